@@ -1,0 +1,76 @@
+package config
+
+import (
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// API groups nodemesh reads. A kind of one of these groups with an apiVersion
+// not listed in kindTable is an error (the user meant a kind we support);
+// anything else unknown is reported as unsupported.
+const (
+	groupCore       = ""
+	groupDiscovery  = "discovery.k8s.io"
+	groupNetworking = "networking.istio.io"
+	groupSecurity   = "security.istio.io"
+)
+
+// kindInfo says how to decode one (group, kind).
+type kindInfo struct {
+	kind     Kind
+	versions []string
+	// Exactly one of newCore and newIstio is set.
+	newCore  func() metav1.Object // whole object, strict JSON
+	newIstio func() proto.Message // spec only, protojson
+}
+
+type groupKind struct{ group, kind string }
+
+var kindTable = map[groupKind]kindInfo{
+	{groupCore, "Namespace"}:      {kind: KindNamespace, versions: []string{"v1"}, newCore: func() metav1.Object { return new(corev1.Namespace) }},
+	{groupCore, "Service"}:        {kind: KindService, versions: []string{"v1"}, newCore: func() metav1.Object { return new(corev1.Service) }},
+	{groupCore, "Pod"}:            {kind: KindPod, versions: []string{"v1"}, newCore: func() metav1.Object { return new(corev1.Pod) }},
+	{groupCore, "ServiceAccount"}: {kind: KindServiceAccount, versions: []string{"v1"}, newCore: func() metav1.Object { return new(corev1.ServiceAccount) }},
+	{groupDiscovery, "EndpointSlice"}: {kind: KindEndpointSlice, versions: []string{"v1"},
+		newCore: func() metav1.Object { return new(discoveryv1.EndpointSlice) }},
+
+	{groupNetworking, "VirtualService"}: {kind: KindVirtualService, versions: networkingVersions,
+		newIstio: func() proto.Message { return new(networkingv1alpha3.VirtualService) }},
+	{groupNetworking, "DestinationRule"}: {kind: KindDestinationRule, versions: networkingVersions,
+		newIstio: func() proto.Message { return new(networkingv1alpha3.DestinationRule) }},
+	{groupNetworking, "Gateway"}: {kind: KindGateway, versions: networkingVersions,
+		newIstio: func() proto.Message { return new(networkingv1alpha3.Gateway) }},
+	{groupNetworking, "ServiceEntry"}: {kind: KindServiceEntry, versions: networkingVersions,
+		newIstio: func() proto.Message { return new(networkingv1alpha3.ServiceEntry) }},
+	{groupNetworking, "Sidecar"}: {kind: KindSidecar, versions: networkingVersions,
+		newIstio: func() proto.Message { return new(networkingv1alpha3.Sidecar) }},
+
+	{groupSecurity, "PeerAuthentication"}: {kind: KindPeerAuthentication, versions: securityVersions,
+		newIstio: func() proto.Message { return new(securityv1beta1.PeerAuthentication) }},
+	{groupSecurity, "AuthorizationPolicy"}: {kind: KindAuthorizationPolicy, versions: securityVersions,
+		newIstio: func() proto.Message { return new(securityv1beta1.AuthorizationPolicy) }},
+	{groupSecurity, "RequestAuthentication"}: {kind: KindRequestAuthentication, versions: securityVersions,
+		newIstio: func() proto.Message { return new(securityv1beta1.RequestAuthentication) }},
+}
+
+var (
+	networkingVersions = []string{"v1", "v1beta1", "v1alpha3"}
+	securityVersions   = []string{"v1", "v1beta1"}
+)
+
+// splitAPIVersion splits "group/version" ("v1" is the core group).
+func splitAPIVersion(apiVersion string) (group, version string) {
+	if i := strings.LastIndexByte(apiVersion, '/'); i >= 0 {
+		return apiVersion[:i], apiVersion[i+1:]
+	}
+	return groupCore, apiVersion
+}
+
+// Namespaced reports whether objects of kind k live in a namespace.
+func (k Kind) Namespaced() bool { return k != KindNamespace }

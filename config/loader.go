@@ -1,0 +1,240 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Load reads YAML and JSON files and directories. Directories are walked
+// recursively for *.yaml, *.yml and *.json files (names starting with a dot
+// are skipped, symbolic links to files are followed, so a mounted ConfigMap
+// works); a file named explicitly is read whatever its extension. Files may
+// hold several documents separated by "---" lines, and `kind: List` objects.
+//
+// Load returns every object it could decode, and a Diagnostic for every
+// problem: SeverityError for what cannot be used (bad YAML, unknown fields,
+// unsupported apiVersion of a supported kind, duplicate objects),
+// SeverityInfo for kinds nodemesh does not read. An object that appears twice
+// is returned once (the first) with an error for the second.
+func Load(paths ...string) ([]*Object, []Diagnostic) {
+	files, diags := listFiles(paths...)
+	var objs []*Object
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			diags = append(diags, fileError(f, fmt.Errorf("read file: %w", err)))
+			continue
+		}
+		o, d := decodeFile(f, data)
+		objs = append(objs, o...)
+		diags = append(diags, d...)
+	}
+	return dedupe(objs, diags)
+}
+
+// Decode decodes the documents of one file's content; file is only used in
+// diagnostics and Origin. See Load.
+func Decode(file string, data []byte) ([]*Object, []Diagnostic) {
+	return dedupe(decodeFile(file, data))
+}
+
+// HasErrors reports whether any diagnostic has SeverityError.
+func HasErrors(diags []Diagnostic) bool {
+	for _, d := range diags {
+		if d.Severity == SeverityError {
+			return true
+		}
+	}
+	return false
+}
+
+func fileError(file string, err error) Diagnostic {
+	return Diagnostic{Severity: SeverityError, Origin: Origin{File: file}, Message: err.Error()}
+}
+
+// listFiles expands paths into the files to read, in a stable order.
+func listFiles(paths ...string) ([]string, []Diagnostic) {
+	var files []string
+	var diags []Diagnostic
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			diags = append(diags, fileError(p, fmt.Errorf("stat: %w", err)))
+			continue
+		}
+		if !st.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				diags = append(diags, fileError(path, fmt.Errorf("walk: %w", err)))
+				return nil
+			}
+			if path != p && strings.HasPrefix(d.Name(), ".") {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if d.IsDir() || !isConfigFile(d.Name()) {
+				return nil
+			}
+			if d.Type()&fs.ModeSymlink != 0 {
+				st, err := os.Stat(path)
+				if err != nil {
+					diags = append(diags, fileError(path, fmt.Errorf("stat: %w", err)))
+					return nil
+				}
+				if !st.Mode().IsRegular() {
+					return nil
+				}
+			} else if !d.Type().IsRegular() {
+				return nil
+			}
+			files = append(files, path)
+			return nil
+		})
+		if err != nil {
+			diags = append(diags, fileError(p, fmt.Errorf("walk: %w", err)))
+		}
+	}
+	return files, diags
+}
+
+func isConfigFile(name string) bool {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+// dedupe drops every object whose Key was already seen, with an error.
+func dedupe(objs []*Object, diags []Diagnostic) ([]*Object, []Diagnostic) {
+	seen := make(map[Key]*Object, len(objs))
+	out := objs[:0]
+	for _, o := range objs {
+		if first, ok := seen[o.Key]; ok {
+			diags = append(diags, Diagnostic{
+				Severity: SeverityError, Origin: o.Origin, Object: o.Key,
+				Message: "duplicate object, first defined at " + first.Origin.String(),
+			})
+			continue
+		}
+		seen[o.Key] = o
+		out = append(out, o)
+	}
+	return out, diags
+}
+
+// document is one YAML document of a file.
+type document struct {
+	index int    // 0-based index among the file's non-empty documents
+	start int    // 1-based line of the document's first line of text
+	line  int    // 1-based line of its first line that is not blank or a comment
+	data  []byte // its text
+}
+
+var utf8BOM = []byte("\xef\xbb\xbf")
+
+// splitDocuments splits a YAML stream on lines that are exactly "---"
+// (optionally followed by blanks and a comment), dropping documents that hold
+// only blank lines and comments.
+func splitDocuments(data []byte) []document {
+	data = bytes.TrimPrefix(data, utf8BOM)
+	var docs []document
+	cur, startOff, lineNo := document{start: 1}, 0, 0
+	emit := func(end int) {
+		if cur.line > 0 { // the document has content
+			cur.index = len(docs)
+			cur.data = data[startOff:end]
+			docs = append(docs, cur)
+		}
+	}
+	for off := 0; off < len(data); {
+		lineNo++
+		end, next := len(data), len(data)
+		if i := bytes.IndexByte(data[off:], '\n'); i >= 0 {
+			end, next = off+i, off+i+1
+		}
+		line := bytes.TrimRight(data[off:end], "\r")
+		switch {
+		case isSeparator(line):
+			emit(off)
+			cur, startOff = document{start: lineNo + 1}, next
+		case cur.line == 0 && isContent(line):
+			cur.line = lineNo
+		}
+		off = next
+	}
+	emit(len(data))
+	return docs
+}
+
+func isSeparator(line []byte) bool {
+	if !bytes.HasPrefix(line, []byte("---")) {
+		return false
+	}
+	rest := bytes.TrimLeft(line[3:], " \t")
+	if len(rest) == len(line)-3 && len(rest) > 0 {
+		return false // "----" or "---x"
+	}
+	return len(rest) == 0 || rest[0] == '#'
+}
+
+func isContent(line []byte) bool {
+	t := bytes.TrimSpace(line)
+	return len(t) > 0 && t[0] != '#'
+}
+
+// decodeFile decodes every document of one file, without deduplication.
+func decodeFile(file string, data []byte) ([]*Object, []Diagnostic) {
+	d := &decoder{file: file}
+	for _, doc := range splitDocuments(data) {
+		d.document(doc)
+	}
+	return d.objs, d.diags
+}
+
+type decoder struct {
+	file  string
+	objs  []*Object
+	diags []Diagnostic
+}
+
+var yamlLineRE = regexp.MustCompile(`\bline (\d+)\b`)
+
+func (d *decoder) document(doc document) {
+	origin := Origin{File: d.file, Doc: doc.index, Line: doc.line}
+	defer func() {
+		if r := recover(); r != nil {
+			d.diags = append(d.diags, Diagnostic{Severity: SeverityError, Origin: origin,
+				Message: fmt.Sprintf("internal error decoding document: %v", r)})
+		}
+	}()
+	js, err := yaml.YAMLToJSONStrict(doc.data)
+	if err != nil {
+		// Make the parser's document-relative line numbers file-relative.
+		msg := yamlLineRE.ReplaceAllStringFunc(err.Error(), func(m string) string {
+			n, _ := strconv.Atoi(strings.TrimPrefix(m, "line "))
+			return "line " + strconv.Itoa(n+doc.start-1)
+		})
+		msg = strings.TrimPrefix(msg, "error converting YAML to JSON: ")
+		d.diags = append(d.diags, Diagnostic{Severity: SeverityError, Origin: origin,
+			Message: "invalid YAML: " + msg})
+		return
+	}
+	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
+		return // a document holding only "~" or "null"
+	}
+	d.value(origin, "", js)
+}
