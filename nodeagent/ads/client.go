@@ -1,0 +1,320 @@
+package ads
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
+)
+
+// UserAgent is sent as node.user_agent_name.
+const UserAgent = "nodemesh-agent"
+
+// Client keeps the node's dataplane resources in sync with the control plane
+// over one Delta ADS stream. Build it with New and drive it with Run.
+type Client struct {
+	cfg    Config
+	log    *slog.Logger
+	status *statusTracker
+
+	// Owned by the Run goroutine.
+	applied resourceSet // last set Apply accepted
+	synced  bool        // applied holds a full set (first Apply succeeded)
+}
+
+// New checks cfg and builds a Client.
+func New(cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(cfg.Types) == 0 {
+		cfg.Types = slices.Clone(dataplanev1.Types)
+	}
+	cfg.Backoff = cfg.Backoff.withDefaults()
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Client{
+		cfg:     cfg,
+		log:     log.With("node", cfg.Node),
+		status:  newStatusTracker(cfg.Node, cfg.Types),
+		applied: resourceSet{},
+	}, nil
+}
+
+// Status returns the current sync state. Safe for concurrent use.
+func (c *Client) Status() Status { return c.status.get() }
+
+// Run holds the ADS stream until ctx is done, reconnecting with backoff when
+// it breaks. It returns nil when ctx is cancelled and an error only when the
+// connection cannot be set up at all.
+func (c *Client) Run(ctx context.Context) error {
+	conn := c.cfg.Conn
+	if conn == nil {
+		opts := c.cfg.DialOptions
+		if len(opts) == 0 {
+			opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		}
+		opts = append([]grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: 30 * time.Second, Timeout: 10 * time.Second,
+		})}, opts...)
+		cc, err := grpc.NewClient(c.cfg.ControlPlane, opts...)
+		if err != nil {
+			return fmt.Errorf("dialing control plane %s: %w", c.cfg.ControlPlane, err)
+		}
+		defer cc.Close()
+		conn = cc
+	}
+	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
+
+	failures := 0
+	for streams := 0; ; streams++ {
+		if streams > 0 {
+			c.status.update(func(s *Status) { s.Reconnects++ })
+		}
+		gotResponse, err := c.runStream(ctx, ads)
+		c.status.update(func(s *Status) {
+			s.Connected = false
+			if err != nil {
+				s.LastError = err.Error()
+			}
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		if gotResponse {
+			failures = 0
+		}
+		delay := c.cfg.Backoff.Delay(failures)
+		failures++
+		c.log.Warn("ads stream ended; reconnecting", "error", err, "backoff", delay, "attempt", failures)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// pending is a received response waiting for its ACK or NACK.
+type pending struct {
+	typeURL, nonce, version string
+}
+
+// streamState is what one stream holds beyond the client's applied set.
+type streamState struct {
+	staged  resourceSet // applied + deltas not yet applied; nil when none
+	pending []pending
+	seen    map[string]bool // types with a response on this client before the first sync
+}
+
+// runStream opens one stream, subscribes and serves it until it breaks or
+// ctx is done. gotResponse reports whether the control plane answered.
+func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) (gotResponse bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ads.DeltaAggregatedResources(sctx)
+	if err != nil {
+		return false, fmt.Errorf("opening delta ads stream: %w", err)
+	}
+	for i, t := range c.cfg.Types {
+		req := &discovery.DeltaDiscoveryRequest{
+			TypeUrl:                 t,
+			ResourceNamesSubscribe:  []string{"*"},
+			InitialResourceVersions: c.applied.versions(t),
+		}
+		if i == 0 {
+			req.Node = c.node()
+		}
+		if err := stream.Send(req); err != nil {
+			return false, fmt.Errorf("subscribing to %s: %w", t, err)
+		}
+	}
+	c.status.update(func(s *Status) { s.Connected = true; s.LastError = "" })
+	c.log.Info("ads stream open", "types", len(c.cfg.Types), "held", c.heldCount())
+
+	// Recv runs on its own goroutine; Send stays on this one.
+	type recvResult struct {
+		resp *discovery.DeltaDiscoveryResponse
+		err  error
+	}
+	recv := make(chan recvResult)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			resp, err := stream.Recv()
+			select {
+			case recv <- recvResult{resp, err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	defer wg.Wait()
+	defer cancel()
+
+	st := &streamState{seen: map[string]bool{}}
+	for {
+		select {
+		case <-ctx.Done():
+			return gotResponse, ctx.Err()
+		case r := <-recv:
+			if r.err != nil {
+				return gotResponse, fmt.Errorf("receiving: %w", r.err)
+			}
+			gotResponse = true
+			if err := c.handle(ctx, stream, st, r.resp); err != nil {
+				return gotResponse, err
+			}
+		}
+	}
+}
+
+func (c *Client) node() *core.Node {
+	// The keys and values of xds.MetaProxy / xds.MetaNodeName: the agent
+	// and its node's shared Envoy are one proxy to the control plane.
+	md, _ := structpb.NewStruct(map[string]any{"NODEMESH_PROXY": "envoy", "NODE_NAME": c.cfg.Node})
+	return &core.Node{Id: c.cfg.Node, UserAgentName: UserAgent, Metadata: md}
+}
+
+func (c *Client) heldCount() int {
+	n := 0
+	for _, m := range c.applied {
+		n += len(m)
+	}
+	return n
+}
+
+type deltaSender interface {
+	Send(*discovery.DeltaDiscoveryRequest) error
+}
+
+// handle folds one response into the staged set, applies it when the set is
+// complete, and ACKs or NACKs. It returns an error only when the stream
+// broke.
+func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState, resp *discovery.DeltaDiscoveryResponse) error {
+	log := c.log.With("type_url", resp.GetTypeUrl(), "version", resp.GetSystemVersionInfo(), "nonce", resp.GetNonce())
+	p := pending{typeURL: resp.GetTypeUrl(), nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
+	d, err := decodeDelta(resp)
+	if err != nil {
+		log.Error("rejecting ads response", "error", err)
+		return c.nack(stream, []pending{p}, err)
+	}
+	if st.staged == nil {
+		st.staged = c.applied.clone()
+	}
+	changed := st.staged.apply(d)
+	st.pending = append(st.pending, p)
+	if !c.synced {
+		st.seen[d.typeURL] = true
+		for _, t := range c.cfg.Types {
+			if !st.seen[t] {
+				log.Debug("waiting for every type before the first apply", "missing", t)
+				return nil
+			}
+		}
+		changed = true // the first full set is always applied
+	}
+	ps := st.pending
+	staged := st.staged
+	st.pending, st.staged = nil, nil
+	if !changed {
+		log.Debug("ads response changes nothing; acking without apply")
+		return c.ack(stream, ps, staged, false)
+	}
+	start := time.Now()
+	if err := c.cfg.Applier.Apply(ctx, staged.resources()); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Error("apply failed; keeping the previous dataplane state", "error", err)
+		if !c.synced {
+			// Keep the full set: the control plane will not resend it, and
+			// applying a later delta over nothing would program a partial set.
+			st.staged = staged
+		}
+		return c.nack(stream, ps, err)
+	}
+	log.Info("applied dataplane resources", "resources", staged.resources().Len(), "took", time.Since(start))
+	return c.ack(stream, ps, staged, true)
+}
+
+func (c *Client) ack(stream deltaSender, ps []pending, staged resourceSet, applied bool) error {
+	c.applied = staged
+	c.synced = true
+	now := time.Now()
+	for _, p := range ps {
+		if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: p.typeURL, ResponseNonce: p.nonce}); err != nil {
+			return fmt.Errorf("acking %s nonce %s: %w", p.typeURL, p.nonce, err)
+		}
+		c.status.update(func(s *Status) { s.Synced = true })
+		c.status.updateType(p.typeURL, func(ts *TypeStatus) {
+			ts.Version, ts.Nonce, ts.LastAck = p.version, p.nonce, now
+			ts.Acks++
+			if applied {
+				ts.Applies++
+			}
+		})
+	}
+	for t, m := range c.applied {
+		c.status.updateType(t, func(ts *TypeStatus) { ts.Resources = len(m) })
+	}
+	return nil
+}
+
+func (c *Client) nack(stream deltaSender, ps []pending, cause error) error {
+	now := time.Now()
+	msg := cause.Error()
+	for _, p := range ps {
+		req := &discovery.DeltaDiscoveryRequest{
+			TypeUrl:       p.typeURL,
+			ResponseNonce: p.nonce,
+			ErrorDetail:   &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: msg},
+		}
+		if err := stream.Send(req); err != nil {
+			return fmt.Errorf("nacking %s nonce %s: %w", p.typeURL, p.nonce, err)
+		}
+		c.status.updateType(p.typeURL, func(ts *TypeStatus) {
+			ts.LastNack, ts.LastNackNonce, ts.LastNackTime = msg, p.nonce, now
+			ts.Nacks++
+		})
+	}
+	return nil
+}
+
+// ErrNotSynced is returned by Ready before the first full set was applied.
+var ErrNotSynced = errors.New("dataplane resources not yet applied")
+
+// Ready reports nil once the first full set was applied (for a readiness
+// probe). It stays ready while the control plane is away: the kernel keeps
+// forwarding with the last applied set.
+func (c *Client) Ready() error {
+	s := c.Status()
+	if !s.Synced {
+		if s.LastError != "" {
+			return fmt.Errorf("%w: %s", ErrNotSynced, s.LastError)
+		}
+		return ErrNotSynced
+	}
+	return nil
+}
