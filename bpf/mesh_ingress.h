@@ -1,0 +1,70 @@
+/* cgroup_skb/ingress: L4 identity policy at the destination for clients the
+ * connect hook did not see (other nodes, the host). Attached to the cgroup
+ * of the pods: it checks a TCP SYN (so a denied connection never reaches
+ * accept) and every UDP datagram. Included by mesh.c. */
+
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+static __always_inline int ingress_check(struct addr *src, struct addr *dst, __u16 dport, __u8 proto)
+{
+	struct endpoint_info *server = bpf_map_lookup_elem(&workloads, dst);
+	struct endpoint_info *client;
+	int denied;
+
+	if (!server)
+		return 1;
+	client = bpf_map_lookup_elem(&workloads, src);
+	denied = policy_verdict(server->identity, client ? client->identity : 0,
+				bpf_ntohs(dport), proto) == VERDICT_DENY;
+	count_verdict(HOOK_INGRESS, denied);
+	return !denied;
+}
+
+/* l4_wanted loads the destination port and says whether this packet opens
+ * a flow (TCP SYN without ACK, or any UDP datagram). */
+static __always_inline int l4_wanted(struct __sk_buff *skb, __u32 off, __u8 proto, __u16 *dport)
+{
+	__u8 flags;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off + 2, dport, sizeof(*dport)) < 0)
+		return 0;
+	if (proto == IPPROTO_UDP)
+		return 1;
+	if (bpf_skb_load_bytes(skb, off + 13, &flags, 1) < 0)
+		return 0;
+	return (flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK);
+}
+
+SEC("cgroup_skb/ingress")
+int ingress_policy(struct __sk_buff *skb)
+{
+	struct addr src = {}, dst = {};
+	__u16 dport = 0;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0)
+			return 1;
+		if (!l4_wanted(skb, ip.ihl * 4, ip.protocol, &dport))
+			return 1;
+		addr_from4(&src, ip.saddr);
+		addr_from4(&dst, ip.daddr);
+		return ingress_check(&src, &dst, dport, ip.protocol);
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0)
+			return 1;
+		if (!l4_wanted(skb, sizeof(ip6), ip6.nexthdr, &dport))
+			return 1;
+		__builtin_memcpy(&src, &ip6.saddr, sizeof(src));
+		__builtin_memcpy(&dst, &ip6.daddr, sizeof(dst));
+		return ingress_check(&src, &dst, dport, ip6.nexthdr);
+	}
+	return 1;
+}
