@@ -34,5 +34,11 @@ bench:
 demo: build
 	@echo "demo: wired up by cmd/meshd and cmd/mesh-agent"
 
+# Builds spire-server and spire-agent v1.13.3 into NODEMESH_CACHE (default ~/.cache/nodemesh)/spire-1.13.3/bin
+# (reused when present; ~5 min and 4 GiB cold). e2e/spire tests find them there.
+.PHONY: spire
+spire:
+	GO=$(GO) e2e/spire/build.sh
+
 clean:
 	rm -rf $(BIN)
