@@ -31,6 +31,15 @@ check-generate: generate
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./translate/...
 
+# Data-path latency table (Graf's method): fortio (built once into
+# $${XDG_CACHE_HOME:-$$HOME/.cache}/nodemesh/bin) sends a fixed-rate HTTP load
+# over fixed connections in the netns cluster: no mesh, eBPF socket LB, eBPF
+# same-node acceleration, haproxy sidecars, haproxy node proxy; ratios to no
+# mesh. Needs root and haproxy (apt-get install -y haproxy).
+# Tune with BENCH_FLAGS='-bench-qps 5000 -bench-rounds 1'.
+bench-dataplane:
+	$(GO) test -count=1 -timeout 30m -run '^TestBenchDataplane$$' -v ./e2e -bench-dataplane $(BENCH_FLAGS)
+
 demo: build
 	@echo "demo: wired up by cmd/meshd and cmd/mesh-agent"
 

@@ -30,6 +30,9 @@ type ClientConfig struct {
 	// Unconnected sends UDP with sendto/recvfrom on an unconnected socket
 	// (the sendmsg/recvmsg hooks) instead of connect/send/recv.
 	Unconnected bool
+	// DialOnly makes a TCP client connect and close without the greeting
+	// and echo exchange (for servers that do not speak it).
+	DialOnly bool
 }
 
 // ClientResult is what the client saw.
@@ -51,7 +54,8 @@ func (p *Pod) Connect(ctx context.Context, cfg ClientConfig) (ClientResult, erro
 	env, argv, err := helperArgv("client",
 		"-addr", cfg.Addr, "-proto", cfg.Proto, "-n", strconv.Itoa(cfg.Count),
 		"-c", strconv.Itoa(cfg.Concurrency), "-duration", cfg.Duration.String(),
-		"-timeout", cfg.Timeout.String(), "-unconnected="+strconv.FormatBool(cfg.Unconnected))
+		"-timeout", cfg.Timeout.String(), "-unconnected="+strconv.FormatBool(cfg.Unconnected),
+		"-dial-only="+strconv.FormatBool(cfg.DialOnly))
 	if err != nil {
 		return res, err
 	}
@@ -75,6 +79,7 @@ func runClient(args []string) error {
 	fs.DurationVar(&cfg.Duration, "duration", 0, "spread over")
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Second, "per connection")
 	fs.BoolVar(&cfg.Unconnected, "unconnected", false, "UDP with sendto/recvfrom")
+	fs.BoolVar(&cfg.DialOnly, "dial-only", false, "TCP connect and close")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -164,8 +169,8 @@ func tcpExchange(cfg ClientConfig, payload string) (string, string, error) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(cfg.Timeout))
 	peer, err := getpeername(c.(*net.TCPConn))
-	if err != nil {
-		return "", "", err
+	if err != nil || cfg.DialOnly {
+		return "", peer, err
 	}
 	r := bufio.NewReader(c)
 	greeting, err := readLine(r)

@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+)
+
+var (
+	benchDataplane = flag.Bool("bench-dataplane", false, "run TestBenchDataplane: fortio latency of direct, eBPF and proxy paths")
+	benchQPS       = flag.Float64("bench-qps", 10000, "requested fortio rate; lowered when a calibration run cannot sustain it")
+	benchConns     = flag.Int("bench-conns", 16, "fortio connections (fixed, keep-alive)")
+	benchDuration  = flag.Duration("bench-duration", 10*time.Second, "length of each fortio run")
+	benchRounds    = flag.Int("bench-rounds", 2, "rounds over all paths; figures are averaged over rounds")
+)
+
+// benchPath is one way from the client pod to a server pod.
+type benchPath struct {
+	name  string
+	setup func(t *testing.T, dst *Pod) (url string, teardown func()) // nil: not available
+	skip  string                                                     // why setup is nil
+	same  bool                                                       // same-node only
+}
+
+type benchRow struct {
+	placement, path          string
+	qps, mean, p50, p90, p99 float64
+	runs                     int
+}
+
+// TestBenchDataplane measures, in Graf's way, the latency that each data
+// path adds to a fixed-rate HTTP load over fixed connections: no mesh (pod
+// IP), eBPF socket LB (VIP), eBPF with same-node acceleration, haproxy as two
+// sidecars and haproxy as one node proxy, same-node and cross-node. Ratios
+// are taken against the direct path of the same run. Run with
+// `make bench-dataplane` or `go test ./e2e -run TestBenchDataplane -v -bench-dataplane`.
+func TestBenchDataplane(t *testing.T) {
+	if !*benchDataplane {
+		t.Skip("benchmark: enable with -bench-dataplane (make bench-dataplane)")
+	}
+	c := NewCluster(t, Config{Nodes: 2, PodsPerNode: 2})
+	ctx := context.Background()
+	fortio, err := FortioBinary(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := c.Nodes[0].Pods[0]
+	dsts := map[string]*Pod{"same-node": c.Nodes[0].Pods[1], "cross-node": c.Nodes[1].Pods[0]}
+	for _, p := range dsts {
+		if _, err := p.StartFortioServer(ctx, fortio, 8080); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qps := calibrate(t, client, fortio, dsts["cross-node"])
+	paths := append([]benchPath{{name: "direct (pod IP)", setup: directPath}}, meshPaths(t, c)...)
+	paths = append(paths, proxyPaths(c)...)
+
+	rows := map[string]*benchRow{}
+	var order []string
+	for round := 0; round < *benchRounds; round++ {
+		for _, placement := range []string{"cross-node", "same-node"} {
+			for _, bp := range paths {
+				if bp.setup == nil || (bp.same && placement != "same-node") {
+					continue
+				}
+				key := placement + "/" + bp.name
+				r := rows[key]
+				if r == nil {
+					r = &benchRow{placement: placement, path: bp.name}
+					rows[key] = r
+					order = append(order, key)
+				}
+				url, teardown := bp.setup(t, dsts[placement])
+				res, err := client.FortioLoad(ctx, fortio, url, qps, *benchConns, *benchDuration)
+				teardown()
+				if err != nil {
+					t.Fatalf("%s: %v", key, err)
+				}
+				r.add(t, res)
+			}
+		}
+	}
+	printBench(t, qps, rows, order, paths)
+}
+
+// calibrate lowers the rate until a short direct run sustains it.
+func calibrate(t *testing.T, client *Pod, fortio string, dst *Pod) float64 {
+	qps := *benchQPS
+	url := fmt.Sprintf("http://%s:8080/", dst.IP)
+	for qps > 500 {
+		res, err := client.FortioLoad(context.Background(), fortio, url, qps, *benchConns, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ActualQPS >= 0.95*qps {
+			return qps
+		}
+		t.Logf("calibration: %v qps requested, %.0f sustained", qps, res.ActualQPS)
+		qps = math.Max(500, math.Floor(res.ActualQPS*0.8/500)*500)
+	}
+	return qps
+}
+
+func (r *benchRow) add(t *testing.T, res FortioResult) {
+	p := func(q float64) float64 {
+		v, err := res.Percentile(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	r.qps += res.ActualQPS
+	r.mean += res.DurationHistogram.Avg
+	r.p50 += p(50)
+	r.p90 += p(90)
+	r.p99 += p(99)
+	r.runs++
+}
+
+func directPath(t *testing.T, dst *Pod) (string, func()) {
+	return fmt.Sprintf("http://%s:8080/", dst.IP), func() {}
+}
+
+// proxyPaths are haproxy in TCP mode: a sidecar on each side (client pod ->
+// its sidecar on loopback -> server's sidecar -> server on loopback), and one
+// shared node proxy on the client's node.
+func proxyPaths(c *Cluster) []benchPath {
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		reason := "haproxy not installed (apt-get install -y haproxy)"
+		return []benchPath{{name: "haproxy sidecars (2 hops)", skip: reason}, {name: "haproxy node proxy (1 hop)", skip: reason}}
+	}
+	client := c.Nodes[0].Pods[0]
+	sidecars := func(t *testing.T, dst *Pod) (string, func()) {
+		out, err := client.StartHAProxy(client.Name+"-out", "127.0.0.1:15001", fmt.Sprintf("%s:15006", dst.IP))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := dst.StartHAProxy(dst.Name+"-in", "0.0.0.0:15006", "127.0.0.1:8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := waitTCP(context.Background(), client, fmt.Sprintf("%s:15006", dst.IP), in); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitTCP(context.Background(), client, "127.0.0.1:15001", out); err != nil {
+			t.Fatal(err)
+		}
+		return "http://127.0.0.1:15001/", func() { out.Stop(time.Second); in.Stop(time.Second) }
+	}
+	nodeProxy := func(t *testing.T, dst *Pod) (string, func()) {
+		n := client.Node
+		p, err := n.StartHAProxy(n.Name+"-proxy", "0.0.0.0:15002", fmt.Sprintf("%s:8080", dst.IP))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := fmt.Sprintf("%s:15002", n.Gateway)
+		if err := waitTCP(context.Background(), client, addr, p); err != nil {
+			t.Fatal(err)
+		}
+		return "http://" + addr + "/", func() { p.Stop(time.Second) }
+	}
+	return []benchPath{
+		{name: "haproxy sidecars (2 hops)", setup: sidecars},
+		{name: "haproxy node proxy (1 hop)", setup: nodeProxy},
+	}
+}
+
+func printBench(t *testing.T, qps float64, rows map[string]*benchRow, order []string, paths []benchPath) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nnodemesh dataplane latency: fortio %s load -qps %.0f -c %d -t %s, %d round(s) averaged, %s\n",
+		FortioVersion, qps, *benchConns, *benchDuration, *benchRounds, time.Now().UTC().Format(time.RFC3339))
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "placement\tpath\tqps\tmean µs\tp50 µs\tp90 µs\tp99 µs\tmean/direct\tp50/direct\tp99/direct\t")
+	for _, key := range order {
+		r := rows[key]
+		base := rows[r.placement+"/direct (pod IP)"]
+		n, bn := float64(r.runs), float64(base.runs)
+		us := func(v float64) string { return fmt.Sprintf("%.0f", v/n*1e6) }
+		ratio := func(v, bv float64) string { return fmt.Sprintf("%.2fx", (v/n)/(bv/bn)) }
+		fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.placement, r.path, r.qps/n,
+			us(r.mean), us(r.p50), us(r.p90), us(r.p99), ratio(r.mean, base.mean), ratio(r.p50, base.p50), ratio(r.p99, base.p99))
+	}
+	w.Flush()
+	for _, bp := range paths {
+		if bp.setup == nil {
+			fmt.Fprintf(&b, "not measured: %s: %s\n", bp.name, bp.skip)
+		}
+	}
+	fmt.Fprint(os.Stdout, b.String()) // shown with -v, as make bench-dataplane runs it
+}
