@@ -1,0 +1,116 @@
+package xds
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/nodemesh/nodemesh/translate"
+)
+
+// built is the outcome of translating the configuration for one proxy;
+// every node with that proxy shares it.
+type built struct {
+	nc       *translate.NodeConfig
+	snap     *cachev3.Snapshot
+	versions Versions
+	err      error // translate, check or snapshot error: do not serve
+}
+
+// build translates, checks and hashes the configuration for proxy (as
+// Kuma's reconciler does: hash, validate, check consistency, then set).
+func (s *Server) build(view View, proxy translate.Proxy) built {
+	start := time.Now()
+	nc := view.Translate(proxy)
+	s.metrics.observeTranslate(time.Since(start))
+	if nc == nil {
+		return built{err: fmt.Errorf("translate returned no config")}
+	}
+	if err := s.cfg.Check(nc); err != nil {
+		return built{nc: nc, err: fmt.Errorf("check: %w", err)}
+	}
+	snap, versions, err := buildSnapshot(nc)
+	if err != nil {
+		return built{nc: nc, err: err}
+	}
+	return built{nc: nc, snap: snap, versions: versions}
+}
+
+// apply sets a node's snapshot from b unless b is older than what the node
+// has, b failed (the previous snapshot stays), or no version changed.
+func (s *Server) apply(ns *nodeState, generation uint64, b built) {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.removed || generation < ns.generation {
+		return
+	}
+	if b.nc != nil {
+		ns.diagnostics = b.nc.Diagnostics
+	}
+	if b.err != nil {
+		ns.err, ns.errAt = b.err, s.cfg.Now()
+		s.metrics.checkErrors.Add(1)
+		s.log.Error("xds snapshot refused; node keeps its previous config", "node", ns.id, "generation", generation, "err", b.err)
+		return
+	}
+	ns.err = nil
+	ns.generation = generation
+	if ns.served != nil && ns.versions.Equal(b.versions) {
+		s.metrics.skipped.Add(1)
+		return
+	}
+	if err := s.cache.SetSnapshot(s.ctx, ns.id, b.snap); err != nil {
+		ns.err, ns.errAt = fmt.Errorf("set snapshot: %w", err), s.cfg.Now()
+		s.log.Error("xds set snapshot", "node", ns.id, "err", err)
+		return
+	}
+	ns.versions, ns.served = b.versions, b.nc
+	s.metrics.rebuilds.Add(1)
+	s.log.Debug("xds snapshot set", "node", ns.id, "generation", generation, "version", b.versions)
+}
+
+// rebuildAll rebuilds every connected node from view, translating once per
+// distinct proxy on a pool of Config.Workers goroutines.
+func (s *Server) rebuildAll(view View) {
+	s.mu.Lock()
+	groups := make(map[translate.Proxy][]*nodeState)
+	for _, ns := range s.nodes {
+		groups[ns.proxy] = append(groups[ns.proxy], ns)
+	}
+	s.mu.Unlock()
+	if len(groups) == 0 {
+		return
+	}
+	start := time.Now()
+	gen := view.Generation()
+	jobs := make(chan translate.Proxy)
+	var wg sync.WaitGroup
+	for range min(s.cfg.Workers, len(groups)) {
+		wg.Go(func() {
+			for p := range jobs {
+				b := s.build(view, p)
+				for _, ns := range groups[p] {
+					s.apply(ns, gen, b)
+				}
+			}
+		})
+	}
+	for p := range groups {
+		jobs <- p
+	}
+	close(jobs)
+	wg.Wait()
+	s.log.Debug("xds rebuilt nodes", "generation", gen, "proxies", len(groups), "took", time.Since(start))
+}
+
+// gcpLogger adapts slog to go-control-plane's logger. Its Info messages
+// are per-request chatter, so they go to Debug.
+type gcpLogger struct{ l *slog.Logger }
+
+func (g gcpLogger) Debugf(format string, args ...any) { g.l.Debug(fmt.Sprintf(format, args...)) }
+func (g gcpLogger) Infof(format string, args ...any)  { g.l.Debug(fmt.Sprintf(format, args...)) }
+func (g gcpLogger) Warnf(format string, args ...any)  { g.l.Warn(fmt.Sprintf(format, args...)) }
+func (g gcpLogger) Errorf(format string, args ...any) { g.l.Error(fmt.Sprintf(format, args...)) }

@@ -1,0 +1,131 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"sort"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nodemesh/nodemesh/translate"
+)
+
+// TypeURLs are the resource types nodemesh serves, in push order.
+var TypeURLs = []string{
+	resourcev3.ClusterType,
+	resourcev3.EndpointType,
+	resourcev3.ListenerType,
+	resourcev3.RouteType,
+}
+
+// typeShort names a type URL in status tables and metrics labels.
+func typeShort(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ClusterType:
+		return "CDS"
+	case resourcev3.EndpointType:
+		return "EDS"
+	case resourcev3.ListenerType:
+		return "LDS"
+	case resourcev3.RouteType:
+		return "RDS"
+	case resourcev3.SecretType:
+		return "SDS"
+	default:
+		return typeURL
+	}
+}
+
+// Versions holds the content version of each type URL of a snapshot.
+type Versions map[string]string
+
+// Equal reports whether v and o hold the same versions.
+func (v Versions) Equal(o Versions) bool {
+	if len(v) != len(o) {
+		return false
+	}
+	for k, x := range v {
+		if o[k] != x {
+			return false
+		}
+	}
+	return true
+}
+
+// nodeResources lists a NodeConfig's resources by type URL.
+func nodeResources(nc *translate.NodeConfig) map[string][]types.Resource {
+	out := make(map[string][]types.Resource, len(TypeURLs))
+	add := func(typeURL string, n int, at func(int) types.Resource) {
+		rs := make([]types.Resource, 0, n)
+		for i := range n {
+			rs = append(rs, at(i))
+		}
+		out[typeURL] = rs
+	}
+	add(resourcev3.ListenerType, len(nc.Listeners), func(i int) types.Resource { return nc.Listeners[i] })
+	add(resourcev3.RouteType, len(nc.Routes), func(i int) types.Resource { return nc.Routes[i] })
+	add(resourcev3.ClusterType, len(nc.Clusters), func(i int) types.Resource { return nc.Clusters[i] })
+	add(resourcev3.EndpointType, len(nc.Endpoints), func(i int) types.Resource { return nc.Endpoints[i] })
+	return out
+}
+
+// contentVersion hashes resources (sorted by name, deterministic proto
+// encoding) into a short version string. Equal content gives equal versions
+// whatever the order of the input.
+func contentVersion(rs []types.Resource) (string, error) {
+	type named struct {
+		name string
+		res  types.Resource
+	}
+	sorted := make([]named, 0, len(rs))
+	for _, r := range rs {
+		sorted = append(sorted, named{cachev3.GetResourceName(r), r})
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	h := sha256.New()
+	var lenBuf [8]byte
+	opts := proto.MarshalOptions{Deterministic: true}
+	for _, n := range sorted {
+		b, err := opts.Marshal(n.res)
+		if err != nil {
+			return "", fmt.Errorf("marshal %q: %w", n.name, err)
+		}
+		for _, part := range [][]byte{[]byte(n.name), b} {
+			binary.BigEndian.PutUint64(lenBuf[:], uint64(len(part)))
+			h.Write(lenBuf[:])
+			h.Write(part)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8]), nil
+}
+
+// buildSnapshot turns a NodeConfig into a go-control-plane snapshot whose
+// per-type versions are content hashes.
+func buildSnapshot(nc *translate.NodeConfig) (*cachev3.Snapshot, Versions, error) {
+	snap := &cachev3.Snapshot{}
+	versions := make(Versions, len(TypeURLs))
+	for typeURL, rs := range nodeResources(nc) {
+		v, err := contentVersion(rs)
+		if err != nil {
+			return nil, nil, fmt.Errorf("hash %s: %w", typeShort(typeURL), err)
+		}
+		idx := cachev3.GetResponseType(typeURL)
+		if idx == types.UnknownType {
+			return nil, nil, fmt.Errorf("unknown type url %q", typeURL)
+		}
+		snap.Resources[idx] = cachev3.NewResources(v, rs)
+		versions[typeURL] = v
+	}
+	// Build the per-resource version map now, before the snapshot is shared
+	// between nodes and streams: go-control-plane builds it lazily without a
+	// lock.
+	if err := snap.ConstructVersionMap(); err != nil {
+		return nil, nil, fmt.Errorf("build version map: %w", err)
+	}
+	return snap, versions, nil
+}
