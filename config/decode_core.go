@@ -30,8 +30,9 @@ func strictUnmarshal(js []byte, v any, prefix string) []Diagnostic {
 	strictErrs, err := kjson.UnmarshalStrict(js, v)
 	if err != nil {
 		field := ""
-		if off, ok := errorOffset(err); ok {
-			field = pathAtOffset(js, off)
+		if off, ok := errorOffset(err); ok && off > 0 {
+			// The offset is just after the offending value.
+			field = pathAtOffset(js, off-1)
 		}
 		msg := strings.TrimPrefix(err.Error(), "json: ")
 		return []Diagnostic{{Severity: SeverityError, Field: joinField(prefix, field), Message: msg}}
