@@ -18,7 +18,7 @@ type metrics struct {
 	rebuilds     atomic.Uint64
 	skipped      atomic.Uint64 // node snapshots left alone: nothing changed
 	checkErrors  atomic.Uint64 // snapshots refused by the check
-	translateSum atomic.Int64 // nanoseconds
+	translateSum atomic.Int64  // nanoseconds
 
 	mu     sync.Mutex
 	pushes map[string]uint64 // type URL -> responses sent

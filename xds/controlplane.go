@@ -1,0 +1,260 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/nodemesh/nodemesh/config"
+	"github.com/nodemesh/nodemesh/translate"
+)
+
+// TranslateFunc builds a proxy's configuration from a store snapshot
+// (translate.Translate).
+type TranslateFunc func(*config.Snapshot, translate.Proxy) *translate.NodeConfig
+
+// StoreSource adapts a config.Store and a translator to a Source.
+func StoreSource(store *config.Store, fn TranslateFunc) Source {
+	return storeSource{store: store, fn: fn, changed: store.Watch()}
+}
+
+type storeSource struct {
+	store   *config.Store
+	fn      TranslateFunc
+	changed <-chan struct{}
+}
+
+func (s storeSource) Current() View            { return storeView{s.store.Snapshot(), s.fn} }
+func (s storeSource) Changed() <-chan struct{} { return s.changed }
+
+type storeView struct {
+	snap *config.Snapshot
+	fn   TranslateFunc
+}
+
+func (v storeView) Generation() uint64 { return v.snap.Version() }
+func (v storeView) Translate(p translate.Proxy) *translate.NodeConfig {
+	return v.fn(v.snap, p)
+}
+
+// ControlPlaneConfig configures meshd: a directory of YAML served over ADS.
+type ControlPlaneConfig struct {
+	// ConfigDir holds the Kubernetes and Istio YAML to serve. Required.
+	ConfigDir string
+	// XDSAddr is the ADS gRPC listen address (default 127.0.0.1:15010;
+	// port 0 picks a free port, see ControlPlane.XDSAddr).
+	XDSAddr string
+	// DebugAddr is the debug HTTP listen address (default 127.0.0.1:15014).
+	DebugAddr string
+	// PollInterval is how often the directory is checked (default 200ms).
+	PollInterval time.Duration
+	// Translate is translate.Translate; Check is translate.Check. Required.
+	Translate TranslateFunc
+	Check     func(*translate.NodeConfig) error
+	// ShutdownTimeout bounds the graceful stop (default 5s).
+	ShutdownTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate reports a configuration meshd cannot start with.
+func (c *ControlPlaneConfig) Validate() error {
+	var errs []error
+	if c.ConfigDir == "" {
+		errs = append(errs, errors.New("control plane: ConfigDir is required"))
+	}
+	if c.Translate == nil {
+		errs = append(errs, errors.New("control plane: Translate is required"))
+	}
+	if c.PollInterval < 0 || c.ShutdownTimeout < 0 {
+		errs = append(errs, errors.New("control plane: negative PollInterval or ShutdownTimeout"))
+	}
+	return errors.Join(errs...)
+}
+
+// ControlPlane is a running meshd: file source -> store -> xds Server, on
+// a gRPC listener and a debug HTTP listener.
+type ControlPlane struct {
+	cfg     ControlPlaneConfig
+	log     *slog.Logger
+	files   *config.FileSource
+	xds     *Server
+	grpc    *grpc.Server
+	http    *http.Server
+	xdsLis  net.Listener
+	httpLis net.Listener
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errOnce sync.Once
+	err     error
+	done    chan struct{}
+}
+
+// StartControlPlane loads ConfigDir once (a load with errors is logged and
+// served from an empty store until fixed), opens the listeners and starts
+// serving. Stop it with Stop.
+func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.XDSAddr == "" {
+		cfg.XDSAddr = "127.0.0.1:15010"
+	}
+	if cfg.DebugAddr == "" {
+		cfg.DebugAddr = "127.0.0.1:15014"
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	store := config.NewStore()
+	files, err := config.NewFileSource(config.FileSourceConfig{
+		Dir: cfg.ConfigDir, Store: store, Interval: cfg.PollInterval, OnStatus: cp.logFileStatus,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	cp.files = files
+	_ = files.Sync() // the first load, before any client can connect; errors are in Status
+	cp.xds, err = NewServer(Config{
+		Source:            StoreSource(store, cfg.Translate),
+		Check:             cfg.Check,
+		SourceDiagnostics: func() []config.Diagnostic { return files.Status().Diagnostics },
+		Logger:            cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	if cp.xdsLis, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
+		return nil, fmt.Errorf("start control plane: listen xds: %w", err)
+	}
+	if cp.httpLis, err = net.Listen("tcp", cfg.DebugAddr); err != nil {
+		cp.xdsLis.Close()
+		return nil, fmt.Errorf("start control plane: listen debug: %w", err)
+	}
+	cp.grpc = grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+		MinTime: 10 * time.Second, PermitWithoutStream: true,
+	}))
+	cp.xds.Register(cp.grpc)
+	cp.http = &http.Server{Handler: cp.debugMux(), ReadHeaderTimeout: 5 * time.Second}
+	cp.run()
+	cp.log.Info("meshd serving", "xds", cp.XDSAddr(), "debug", cp.DebugAddr(), "config", cfg.ConfigDir)
+	return cp, nil
+}
+
+func (cp *ControlPlane) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cp.cancel = cancel
+	for _, f := range []func() error{
+		func() error { return cp.files.Run(ctx) },
+		func() error { return cp.xds.Run(ctx) },
+		func() error { return cp.grpc.Serve(cp.xdsLis) },
+		func() error {
+			if err := cp.http.Serve(cp.httpLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	} {
+		cp.wg.Go(func() {
+			if err := f(); err != nil {
+				cp.fail(err)
+			}
+		})
+	}
+}
+
+// fail records the first error of a part and stops the others.
+func (cp *ControlPlane) fail(err error) {
+	cp.errOnce.Do(func() {
+		cp.err = err
+		cp.log.Error("meshd part failed; stopping", "err", err)
+		close(cp.done)
+	})
+}
+
+// Done is closed when a part of the control plane failed; Stop it then.
+func (cp *ControlPlane) Done() <-chan struct{} { return cp.done }
+
+// XDSAddr is the address the ADS server listens on.
+func (cp *ControlPlane) XDSAddr() string { return cp.xdsLis.Addr().String() }
+
+// DebugAddr is the address the debug HTTP server listens on.
+func (cp *ControlPlane) DebugAddr() string { return cp.httpLis.Addr().String() }
+
+// Server is the xDS server, for status.
+func (cp *ControlPlane) Server() *Server { return cp.xds }
+
+// Files is the file source, for status.
+func (cp *ControlPlane) Files() *config.FileSource { return cp.files }
+
+// Stop stops gracefully: no new streams, open streams ended, debug server
+// shut down, all within ShutdownTimeout (then forcibly). It returns the
+// error that made a part fail, if any.
+func (cp *ControlPlane) Stop() error {
+	stopped := make(chan struct{})
+	go func() { cp.grpc.GracefulStop(); close(stopped) }()
+	cp.xds.Shutdown() // ADS streams never end by themselves
+	timer := time.NewTimer(cp.cfg.ShutdownTimeout)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		cp.log.Warn("graceful stop timed out; closing connections")
+		cp.grpc.Stop()
+		<-stopped
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cp.cfg.ShutdownTimeout)
+	defer cancel()
+	herr := cp.http.Shutdown(ctx)
+	cp.cancel()
+	cp.wg.Wait()
+	if cp.err != nil {
+		return cp.err
+	}
+	if herr != nil {
+		return fmt.Errorf("stop debug server: %w", herr)
+	}
+	return nil
+}
+
+func (cp *ControlPlane) debugMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", cp.xds.DebugHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		st := cp.files.Status()
+		if st.LastApplied.IsZero() {
+			msg := "no configuration loaded yet"
+			if st.Err != nil {
+				msg += ": " + st.Err.Error()
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ok: config version %d, %d objects from %d files\n", st.Version, st.Objects, st.Files)
+	})
+	return mux
+}
+
+func (cp *ControlPlane) logFileStatus(st config.FileStatus) {
+	if st.Err != nil {
+		cp.log.Error("config load refused; serving the last good config", "dir", cp.cfg.ConfigDir, "err", st.Err)
+		return
+	}
+	cp.log.Info("config loaded", "dir", cp.cfg.ConfigDir, "files", st.Files, "objects", st.Objects, "version", st.Version)
+	for _, d := range st.Diagnostics {
+		cp.log.Warn("config diagnostic", "diagnostic", d.String())
+	}
+}

@@ -1,0 +1,118 @@
+package xds
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/nodemesh/nodemesh/config"
+	"github.com/nodemesh/nodemesh/translate"
+)
+
+// clusterPerService is a stand-in translator for wiring tests: one STATIC
+// cluster per Service in the snapshot.
+func clusterPerService(snap *config.Snapshot, p translate.Proxy) *translate.NodeConfig {
+	nc := &translate.NodeConfig{Proxy: p}
+	for _, o := range snap.List(config.KindService) {
+		nc.Clusters = append(nc.Clusters, &clusterv3.Cluster{
+			Name:                 fmt.Sprintf("%s.%s", o.Name, o.Namespace),
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		})
+	}
+	sort.Slice(nc.Clusters, func(i, j int) bool { return nc.Clusters[i].Name < nc.Clusters[j].Name })
+	return nc
+}
+
+func serviceYAML(names ...string) string {
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: %s\n  namespace: default\nspec:\n  ports:\n  - name: http\n    port: 80\n", n)
+	}
+	return b.String()
+}
+
+func TestControlPlaneServesDirectory(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "services.yaml")
+	if err := os.WriteFile(file, []byte(serviceYAML("a")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := StartControlPlane(ControlPlaneConfig{
+		ConfigDir: dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0", PollInterval: 20 * time.Millisecond,
+		Translate: clusterPerService, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = cp.Stop()
+		}
+	})
+	debug := "http://" + cp.DebugAddr()
+	if got := httpGet(t, debug+"/readyz"); !strings.HasPrefix(got, "ok") {
+		t.Fatalf("readyz = %q", got)
+	}
+
+	c := newSotwClient(t, cp.XDSAddr(), envoyNode("worker-1"))
+	c.send(resourcev3.ClusterType, "", "", nil)
+	r := c.recv(wait)
+	if len(r.GetResources()) != 1 {
+		t.Fatalf("CDS: %d clusters, want 1", len(r.GetResources()))
+	}
+	c.send(resourcev3.ClusterType, r.GetVersionInfo(), r.GetNonce(), nil)
+
+	// A new file content reaches the client.
+	if err := os.WriteFile(file, []byte(serviceYAML("a", "b")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = c.recv(wait)
+	if len(r.GetResources()) != 2 {
+		t.Fatalf("CDS after edit: %d clusters, want 2", len(r.GetResources()))
+	}
+	c.send(resourcev3.ClusterType, r.GetVersionInfo(), r.GetNonce(), nil)
+
+	// A broken file is refused: nothing is pushed, diagnostics name the file.
+	if err := os.WriteFile(file, []byte(serviceYAML("a")+"  bogusField: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "load error in diagnostics", func() bool {
+		return strings.Contains(httpGet(t, debug+"/debug/diagnostics"), "services.yaml")
+	})
+	c.expectNothing(quiet)
+	if got := httpGet(t, debug+"/debug/syncz"); !strings.Contains(got, "worker-1") || !strings.Contains(got, "SYNCED") {
+		t.Fatalf("syncz:\n%s", got)
+	}
+
+	// Stop is graceful and prompt although a stream is open.
+	start := time.Now()
+	if err := cp.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("stop took %v", d)
+	}
+	select {
+	case <-c.errs:
+	case <-time.After(wait):
+		t.Fatal("client stream still open after Stop")
+	}
+}
+
+func TestControlPlaneConfigValidate(t *testing.T) {
+	_, err := StartControlPlane(ControlPlaneConfig{})
+	if err == nil || !strings.Contains(err.Error(), "ConfigDir is required") || !strings.Contains(err.Error(), "Translate is required") {
+		t.Fatalf("err = %v", err)
+	}
+}
