@@ -255,6 +255,7 @@ func TestStoreConcurrent(t *testing.T) {
 	wg.Wait()
 	<-done
 	s.Unwatch(w)
+	drained(w) // a notification sent before Unwatch may be pending
 	if err := s.Replace("src0", nil); err != nil {
 		t.Fatal(err)
 	}
