@@ -1,0 +1,21 @@
+// Package envoy runs the node's shared Envoy, the L7 half of the node agent
+// in the nodemesh pipeline:
+//
+//	sources -> config -> translate -> xds -> nodeagent/ads -> nodeagent (bpf maps)
+//	                                     \-> nodeagent/envoy (shared Envoy)
+//
+// One Envoy per node serves every namespace with pods on the node, through
+// listeners of each namespace's own (LDS/RDS/CDS/EDS/SDS from the control
+// plane, including per-namespace connection limits and stat prefixes). This
+// package gives it:
+//
+//   - Bootstrap (bootstrap.go): node id = node name, ADS (Delta) to the agent
+//     over a unix socket, admin on 127.0.0.1, overload manager (heap monitor
+//     and actions, global downstream connection limit), layered runtime.
+//   - Proxy (proxy.go): the agent's local xDS server on that unix socket. It
+//     forwards each Envoy ADS stream (SotW or Delta) to the control plane
+//     over the agent's own gRPC connection, so Envoy needs no credentials and
+//     the node has one authenticated identity towards the control plane.
+//   - Supervisor (supervisor.go): starts `envoy -c <bootstrap>` when envoy is
+//     on PATH, restarts it with backoff when it exits, stops it on shutdown.
+package envoy
