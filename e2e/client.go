@@ -50,6 +50,18 @@ type ClientResult struct {
 // and returns what it saw. The error is about running the client, not about
 // failed connections: those are counted in the result.
 func (p *Pod) Connect(ctx context.Context, cfg ClientConfig) (ClientResult, error) {
+	return connect(ctx, p.place(), p.Name, cfg)
+}
+
+// ConnectUnmeshed is Connect from the pod's netns but from a cgroup outside
+// every node subtree, so that no socket-level hook sees the client: only
+// packet-level programs on the path (e.g. the server node's ingress policy)
+// act on its traffic.
+func (p *Pod) ConnectUnmeshed(ctx context.Context, cfg ClientConfig) (ClientResult, error) {
+	return connect(ctx, p.unmeshed(), p.Name, cfg)
+}
+
+func connect(ctx context.Context, pl Place, name string, cfg ClientConfig) (ClientResult, error) {
 	var res ClientResult
 	env, argv, err := helperArgv("client",
 		"-addr", cfg.Addr, "-proto", cfg.Proto, "-n", strconv.Itoa(cfg.Count),
@@ -59,12 +71,12 @@ func (p *Pod) Connect(ctx context.Context, cfg ClientConfig) (ClientResult, erro
 	if err != nil {
 		return res, err
 	}
-	out, err := p.place().run(ctx, env, argv...)
+	out, err := pl.run(ctx, env, argv...)
 	if err != nil {
 		return res, err
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
-		return res, fmt.Errorf("client in %s: decode result %q: %w", p.Name, out, err)
+		return res, fmt.Errorf("client in %s: decode result %q: %w", name, out, err)
 	}
 	return res, nil
 }

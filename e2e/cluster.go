@@ -124,6 +124,9 @@ func (c *Cluster) build(ctx context.Context, cfg Config) error {
 	if err := makeCgroup(c.CgroupRoot); err != nil {
 		return err
 	}
+	if err := makeCgroup(filepath.Join(c.CgroupRoot, "unmeshed")); err != nil {
+		return err
+	}
 	if err := addNetns(ctx, c.Fabric); err != nil {
 		return err
 	}
@@ -296,6 +299,13 @@ func (p *Pod) Start(argv ...string) (*Proc, error) {
 // Run runs argv in the pod's netns and cgroup and returns its stdout.
 func (p *Pod) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	return p.place().run(ctx, nil, argv...)
+}
+
+// unmeshed is the pod's netns with a cgroup outside every node subtree: no
+// socket hook of a node agent sees its processes, as for a process the
+// agent does not manage or a packet from outside the node.
+func (p *Pod) unmeshed() Place {
+	return Place{Netns: p.Netns, Cgroup: filepath.Join(p.Node.c.CgroupRoot, "unmeshed")}
 }
 
 // Start starts argv in the node's netns, in the cgroup <node>/host (inside
