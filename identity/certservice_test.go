@@ -237,4 +237,3 @@ func TestCertServicePluggedChainOrder(t *testing.T) {
 		t.Errorf("peer of another CA: %v, want Unauthenticated", err)
 	}
 }
-
