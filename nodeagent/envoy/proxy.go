@@ -1,0 +1,232 @@
+package envoy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ProxyConfig configures the local xDS proxy.
+type ProxyConfig struct {
+	// Socket is the unix socket path Envoy connects to (BootstrapConfig.XDSSocket).
+	Socket string
+	// Node is the node name. Envoy's node.id is forced to it, so a local
+	// process cannot speak for another node over the agent's connection.
+	Node string
+	// Upstream is the agent's connection to the control plane.
+	Upstream grpc.ClientConnInterface
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// StopTimeout bounds the graceful stop on shutdown; default 5s.
+	StopTimeout time.Duration
+}
+
+// Validate reports what is missing in c.
+func (c ProxyConfig) Validate() error {
+	var errs []error
+	if c.Socket == "" {
+		errs = append(errs, errors.New("socket is required"))
+	}
+	if c.Node == "" {
+		errs = append(errs, errors.New("node is required"))
+	}
+	if c.Upstream == nil {
+		errs = append(errs, errors.New("upstream connection is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("envoy xds proxy config: %w", err)
+	}
+	return nil
+}
+
+// Proxy is the agent's local ADS server for Envoy. Each Envoy stream (SotW
+// or Delta) is forwarded to its own upstream stream on the shared
+// connection; requests (including ACKs and NACKs) go up, responses come
+// down, unchanged except for node.id.
+type Proxy struct {
+	discovery.UnimplementedAggregatedDiscoveryServiceServer
+
+	cfg     ProxyConfig
+	log     *slog.Logger
+	ads     discovery.AggregatedDiscoveryServiceClient
+	streams atomic.Int64 // open Envoy streams
+	total   atomic.Int64 // streams served
+}
+
+// NewProxy checks cfg and builds a Proxy.
+func NewProxy(cfg ProxyConfig) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 5 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Proxy{
+		cfg: cfg,
+		log: log.With("node", cfg.Node, "socket", cfg.Socket),
+		ads: discovery.NewAggregatedDiscoveryServiceClient(cfg.Upstream),
+	}, nil
+}
+
+// ProxyStats counts Envoy streams.
+type ProxyStats struct {
+	Open, Total int64
+}
+
+// Stats returns the stream counters.
+func (p *Proxy) Stats() ProxyStats {
+	return ProxyStats{Open: p.streams.Load(), Total: p.total.Load()}
+}
+
+// Run listens on the unix socket (replacing a stale one left by a previous
+// run) and serves until ctx is done. The socket is only accessible to the
+// agent's user.
+func (p *Proxy) Run(ctx context.Context) error {
+	if err := os.Remove(p.cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing stale xds socket %s: %w", p.cfg.Socket, err)
+	}
+	lis, err := net.Listen("unix", p.cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("listening on xds socket %s: %w", p.cfg.Socket, err)
+	}
+	defer os.Remove(p.cfg.Socket)
+	if err := os.Chmod(p.cfg.Socket, 0o600); err != nil {
+		lis.Close()
+		return fmt.Errorf("restricting xds socket %s: %w", p.cfg.Socket, err)
+	}
+	srv := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(srv, p)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	p.log.Info("envoy xds proxy listening")
+	select {
+	case err := <-served:
+		return fmt.Errorf("serving xds socket %s: %w", p.cfg.Socket, err)
+	case <-ctx.Done():
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	t := time.NewTimer(p.cfg.StopTimeout)
+	defer t.Stop()
+	select {
+	case <-stopped:
+	case <-t.C:
+		srv.Stop()
+		<-stopped
+	}
+	<-served
+	return nil
+}
+
+// StreamAggregatedResources forwards a State of the World stream.
+func (p *Proxy) StreamAggregatedResources(down discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return forward(p, down,
+		func(ctx context.Context) (upstream[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse], error) {
+			return p.ads.StreamAggregatedResources(ctx)
+		},
+		func(r *discovery.DiscoveryRequest) *corev3.Node { return r.GetNode() })
+}
+
+// DeltaAggregatedResources forwards a Delta stream.
+func (p *Proxy) DeltaAggregatedResources(down discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return forward(p, down,
+		func(ctx context.Context) (upstream[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse], error) {
+			return p.ads.DeltaAggregatedResources(ctx)
+		},
+		func(r *discovery.DeltaDiscoveryRequest) *corev3.Node { return r.GetNode() })
+}
+
+type downstream[Req, Resp any] interface {
+	Recv() (Req, error)
+	Send(Resp) error
+	Context() context.Context
+}
+
+type upstream[Req, Resp any] interface {
+	Send(Req) error
+	Recv() (Resp, error)
+	CloseSend() error
+}
+
+// forward pumps one Envoy stream to a new upstream stream and back. It
+// returns when either side ends; an upstream failure is returned to Envoy
+// as Unavailable so that it reconnects (with its own backoff).
+func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], open func(context.Context) (upstream[Req, Resp], error), node func(Req) *corev3.Node) error {
+	p.streams.Add(1)
+	p.total.Add(1)
+	defer p.streams.Add(-1)
+
+	ctx, cancel := context.WithCancel(down.Context())
+	defer cancel()
+	up, err := open(ctx)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "opening control plane stream for node %s: %v", p.cfg.Node, err)
+	}
+
+	// Envoy -> control plane. The goroutine records why it stopped and
+	// cancels ctx, which ends up.Recv below. It may outlive the handler by
+	// the moment gRPC needs to fail down.Recv once the handler returned.
+	type stop struct {
+		err      error
+		upstream bool // up.Send failed (else down.Recv did)
+	}
+	stopped := make(chan stop, 1)
+	go func() {
+		defer cancel()
+		for {
+			req, err := down.Recv()
+			if err != nil {
+				stopped <- stop{err: err}
+				return
+			}
+			if n := node(req); n != nil && n.GetId() != p.cfg.Node {
+				p.log.Warn("envoy sent another node id; replacing it", "got", n.GetId())
+				n.Id = p.cfg.Node
+			}
+			if err := up.Send(req); err != nil {
+				stopped <- stop{err: err, upstream: true}
+				return
+			}
+		}
+	}()
+
+	// Control plane -> Envoy, on the handler goroutine so that down.Send
+	// never runs after the handler returned.
+	for {
+		resp, err := up.Recv()
+		if err != nil {
+			select {
+			case s := <-stopped:
+				if !s.upstream {
+					return nil // Envoy closed its stream or went away
+				}
+				err = s.err
+			default:
+				if down.Context().Err() != nil {
+					return nil // Envoy went away
+				}
+			}
+			p.log.Warn("control plane stream ended; closing the envoy stream", "error", err)
+			return status.Errorf(codes.Unavailable, "control plane stream for node %s: %v", p.cfg.Node, err)
+		}
+		if err := down.Send(resp); err != nil {
+			return err // Envoy went away
+		}
+	}
+}
