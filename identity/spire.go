@@ -136,11 +136,15 @@ func (s *SPIRE) FetchOwnSVID(ctx context.Context) (*x509svid.SVID, error) {
 // TrustBundle implements Source: the bundle of this process's trust domain,
 // as the Workload API delivers it.
 func (s *SPIRE) TrustBundle(ctx context.Context) (*x509bundle.Bundle, error) {
-	svid, err := s.FetchOwnSVID(ctx)
+	src, err := s.X509Source(ctx)
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.own.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("spire: trust bundle: own svid: %w", err)
+	}
+	b, err := src.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
 	if err != nil {
 		return nil, fmt.Errorf("spire: trust bundle: %w", err)
 	}
