@@ -1,0 +1,314 @@
+package ads
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
+	"github.com/nodemesh/nodemesh/nodeagent"
+)
+
+// DefaultL7Port marks an L7 service whose own namespace has no listener on
+// this node. Only the marker matters to the kernel: the port used is the
+// Redirect of the client's namespace.
+const DefaultL7Port = 15001
+
+// StateConfig says how the node's resources become a kernel State.
+type StateConfig struct {
+	// Node is this node's name: workloads with this node are Local.
+	Node string
+	// ProxyIP is the address the node's shared Envoy listens on, as seen
+	// from pods (the node IP); L7 connects are redirected to it. Required
+	// when any NamespaceListener is present.
+	ProxyIP netip.Addr
+	// PodCgroup returns the cgroup v2 directory of a local pod ("" when
+	// unknown); the kernel identifies connecting clients by cgroup. nil
+	// means identities by IP only.
+	PodCgroup func(namespace, pod string) string
+}
+
+// ToState converts the node's dataplane resources into the kernel half's
+// State. It is deterministic (resources are visited in name order) and its
+// errors name the resource and field ("service shop/web:80/TCP: vips[1]:
+// ..."); the ADS client sends such an error as the NACK.
+func ToState(res *Resources, cfg StateConfig) (nodeagent.State, error) {
+	var st nodeagent.State
+	var errs []error
+	for _, name := range sortedKeys(res.Listeners) {
+		errs = append(errs, addListener(&st, cfg, name, res.Listeners[name]))
+	}
+	ips := map[netip.Addr]string{}
+	for _, name := range sortedKeys(res.Workloads) {
+		errs = append(errs, addWorkload(&st, cfg, ips, name, res.Workloads[name]))
+	}
+	l7Ports := map[string]uint16{}
+	for _, r := range st.Redirects {
+		l7Ports[r.Namespace] = r.ProxyPort
+	}
+	keys := map[nodeagent.ServiceKey]string{}
+	for _, name := range sortedKeys(res.Services) {
+		errs = append(errs, addService(&st, keys, l7Ports, name, res.Services[name]))
+	}
+	rules := map[policyKey]nodeagent.Verdict{}
+	for _, name := range sortedKeys(res.Policies) {
+		errs = append(errs, addPolicy(rules, name, res.Policies[name]))
+	}
+	st.Policies = sortedRules(rules)
+	if err := errors.Join(errs...); err != nil {
+		return nodeagent.State{}, err
+	}
+	return st, nil
+}
+
+func addListener(st *nodeagent.State, cfg StateConfig, name string, l *dataplanev1.NamespaceListener) error {
+	errf := func(format string, args ...any) error {
+		return fmt.Errorf("namespace listener %s: "+format, append([]any{name}, args...)...)
+	}
+	switch {
+	case l.GetNamespace() == "":
+		return errf("namespace: empty")
+	case !cfg.ProxyIP.IsValid():
+		return errf("no node proxy address configured for L7 redirects")
+	}
+	port, err := port16(l.GetOutboundPort())
+	if err != nil || port == 0 {
+		return errf("outbound_port: %d is not a port", l.GetOutboundPort())
+	}
+	st.Redirects = append(st.Redirects, nodeagent.Redirect{Namespace: l.GetNamespace(), ProxyIP: cfg.ProxyIP, ProxyPort: port})
+	if l.GetAccelerate() {
+		// The control plane sets accelerate only from the operator's
+		// per-namespace opt-in, which is the statement that the
+		// namespace's workloads do not splice(2) from TCP sockets.
+		st.Accelerate = append(st.Accelerate, nodeagent.Acceleration{Namespace: l.GetNamespace(), SpliceSafe: true})
+	}
+	return nil
+}
+
+func addWorkload(st *nodeagent.State, cfg StateConfig, ips map[netip.Addr]string, name string, w *dataplanev1.Workload) error {
+	errf := func(format string, args ...any) error {
+		return fmt.Errorf("workload %s: "+format, append([]any{name}, args...)...)
+	}
+	switch w.GetIdentity() {
+	case nodeagent.IdentityUnknown, nodeagent.IdentityHost:
+		return errf("identity: %d is reserved", w.GetIdentity())
+	}
+	if len(w.GetIps()) == 0 {
+		return errf("ips: empty")
+	}
+	local := w.GetNode() == cfg.Node
+	cgroup := ""
+	if local && cfg.PodCgroup != nil {
+		cgroup = cfg.PodCgroup(w.GetNamespace(), w.GetName())
+	}
+	for i, s := range w.GetIps() {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return errf("ips[%d]: %q is not an IP address", i, s)
+		}
+		ip = ip.Unmap()
+		if other, ok := ips[ip]; ok {
+			return errf("ips[%d]: %s is also the IP of workload %s", i, ip, other)
+		}
+		ips[ip] = name
+		st.Workloads = append(st.Workloads, nodeagent.Workload{
+			IP: ip, Identity: w.GetIdentity(), Namespace: w.GetNamespace(), Local: local, Cgroup: cgroup,
+		})
+	}
+	return nil
+}
+
+func addService(st *nodeagent.State, keys map[nodeagent.ServiceKey]string, l7Ports map[string]uint16, name string, s *dataplanev1.Service) error {
+	errf := func(format string, args ...any) error {
+		return fmt.Errorf("service %s: "+format, append([]any{name}, args...)...)
+	}
+	port, err := port16(s.GetPort())
+	if err != nil || port == 0 {
+		return errf("port: %d is not a port", s.GetPort())
+	}
+	proto, err := protocol(s.GetProtocol(), nodeagent.TCP)
+	if err != nil {
+		return errf("protocol: %w", err)
+	}
+	if len(s.GetVips()) == 0 {
+		return errf("vips: empty")
+	}
+	backends := make([]nodeagent.Backend, 0, len(s.GetBackends()))
+	for i, b := range s.GetBackends() {
+		ip, err := netip.ParseAddr(b.GetIp())
+		if err != nil {
+			return errf("backends[%d].ip: %q is not an IP address", i, b.GetIp())
+		}
+		bport, err := port16(b.GetPort())
+		if err != nil || bport == 0 {
+			return errf("backends[%d].port: %d is not a port", i, b.GetPort())
+		}
+		weight := b.GetWeight()
+		if weight == 0 {
+			weight = 1 // the API's "0 means 1"; the kernel's 0 means never
+		}
+		backends = append(backends, nodeagent.Backend{IP: ip.Unmap(), Port: bport, Weight: weight})
+	}
+	var l7 uint16
+	if s.GetL7() {
+		l7 = l7Ports[s.GetNamespace()]
+		if l7 == 0 {
+			l7 = DefaultL7Port
+		}
+	}
+	for i, v := range s.GetVips() {
+		vip, err := netip.ParseAddr(v)
+		if err != nil {
+			return errf("vips[%d]: %q is not an IP address", i, v)
+		}
+		vip = vip.Unmap()
+		svc := nodeagent.Service{VIP: vip, Port: port, Proto: proto, L7ProxyPort: l7}
+		// A dual-stack service: each VIP gets the backends of its family.
+		for _, b := range backends {
+			if b.IP.Is4() == vip.Is4() {
+				svc.Backends = append(svc.Backends, b)
+			}
+		}
+		if other, ok := keys[svc.Key()]; ok {
+			return errf("vips[%d]: %s is also served by service %s", i, svc.Key(), other)
+		}
+		keys[svc.Key()] = name
+		st.Services = append(st.Services, svc)
+	}
+	return nil
+}
+
+type policyKey struct {
+	dst, src uint32
+	port     uint16
+	proto    nodeagent.Proto
+}
+
+// addPolicy expands a policy into kernel rules: every selected identity x
+// source x port. A DENY wins over an ALLOW with the same key. An ALLOW
+// policy with no rules allows nothing (Istio semantics): it becomes an
+// ALLOW for the host identity only, which turns on default deny for the
+// selected workloads while matching no workload.
+func addPolicy(rules map[policyKey]nodeagent.Verdict, name string, p *dataplanev1.Policy) error {
+	errf := func(format string, args ...any) error {
+		return fmt.Errorf("policy %s: "+format, append([]any{name}, args...)...)
+	}
+	var verdict nodeagent.Verdict
+	switch p.GetAction() {
+	case dataplanev1.Action_ALLOW:
+		verdict = nodeagent.Allow
+	case dataplanev1.Action_DENY:
+		verdict = nodeagent.Deny
+	default:
+		return errf("action: %s is not ALLOW or DENY", p.GetAction())
+	}
+	for i, dst := range p.GetSelected() {
+		if dst == nodeagent.IdentityUnknown {
+			return errf("selected[%d]: identity 0 is reserved", i)
+		}
+	}
+	add := func(k policyKey) {
+		if old, ok := rules[k]; !ok || old != nodeagent.Deny {
+			rules[k] = verdict
+		}
+	}
+	if len(p.GetRules()) == 0 && verdict == nodeagent.Allow {
+		for _, dst := range p.GetSelected() {
+			add(policyKey{dst: dst, src: nodeagent.IdentityHost})
+		}
+		return nil
+	}
+	for ri, r := range p.GetRules() {
+		proto, err := protocol(r.GetProtocol(), nodeagent.ProtoAny)
+		if err != nil {
+			return errf("rules[%d].protocol: %w", ri, err)
+		}
+		srcs := r.GetSources()
+		if len(srcs) == 0 {
+			srcs = []uint32{0}
+		}
+		ports := make([]uint16, 0, len(r.GetPorts()))
+		for pi, pv := range r.GetPorts() {
+			port, err := port16(pv)
+			if err != nil || port == 0 {
+				return errf("rules[%d].ports[%d]: %d is not a port", ri, pi, pv)
+			}
+			ports = append(ports, port)
+		}
+		if len(ports) == 0 {
+			ports = []uint16{0}
+		}
+		for _, dst := range p.GetSelected() {
+			for _, src := range srcs {
+				for _, port := range ports {
+					add(policyKey{dst: dst, src: src, port: port, proto: proto})
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func sortedRules(rules map[policyKey]nodeagent.Verdict) []nodeagent.PolicyRule {
+	keys := slices.SortedFunc(maps.Keys(rules), func(a, b policyKey) int {
+		return cmp.Or(cmp.Compare(a.dst, b.dst), cmp.Compare(a.src, b.src), cmp.Compare(a.port, b.port), cmp.Compare(a.proto, b.proto))
+	})
+	out := make([]nodeagent.PolicyRule, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, nodeagent.PolicyRule{DstIdentity: k.dst, SrcIdentity: k.src, Port: k.port, Proto: k.proto, Verdict: rules[k]})
+	}
+	return out
+}
+
+func protocol(p dataplanev1.Protocol, unspecified nodeagent.Proto) (nodeagent.Proto, error) {
+	switch p {
+	case dataplanev1.Protocol_PROTOCOL_UNSPECIFIED:
+		return unspecified, nil
+	case dataplanev1.Protocol_TCP:
+		return nodeagent.TCP, nil
+	case dataplanev1.Protocol_UDP:
+		return nodeagent.UDP, nil
+	}
+	return 0, fmt.Errorf("%d is not TCP or UDP", int32(p))
+}
+
+func port16(p uint32) (uint16, error) {
+	if p > 65535 {
+		return 0, fmt.Errorf("port %d out of range", p)
+	}
+	return uint16(p), nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
+// Dataplane is the kernel half as the ADS client needs it
+// (*nodeagent.Dataplane).
+type Dataplane interface {
+	Apply(ctx context.Context, s nodeagent.State) (nodeagent.Stats, error)
+}
+
+// DataplaneApplier is the Applier that programs the kernel: it converts the
+// resources with ToState and applies the State. Either error is NACKed; the
+// kernel writes nothing when the State does not validate.
+type DataplaneApplier struct {
+	Dataplane Dataplane
+	State     StateConfig
+}
+
+// Apply converts and applies res.
+func (a DataplaneApplier) Apply(ctx context.Context, res *Resources) error {
+	st, err := ToState(res, a.State)
+	if err != nil {
+		return err
+	}
+	if _, err := a.Dataplane.Apply(ctx, st); err != nil {
+		return fmt.Errorf("applying dataplane state: %w", err)
+	}
+	return nil
+}
