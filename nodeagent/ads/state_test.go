@@ -114,7 +114,11 @@ func TestToStateErrorsNameTheResource(t *testing.T) {
 			`service blog/dns:53/UDP: port: 0 is not a port`},
 		{"protocol", func(r *Resources, _ *StateConfig) { r.Services["blog/dns:53/UDP"].Protocol = 9 },
 			`service blog/dns:53/UDP: protocol: 9 is not TCP or UDP`},
-		{"duplicate vip", func(r *Resources, _ *StateConfig) { r.Services["shop/db:5432/TCP"].Vips = []string{"10.96.0.53"}; r.Services["shop/db:5432/TCP"].Port = 53; r.Services["shop/db:5432/TCP"].Protocol = dataplanev1.Protocol_UDP },
+		{"duplicate vip", func(r *Resources, _ *StateConfig) {
+			r.Services["shop/db:5432/TCP"].Vips = []string{"10.96.0.53"}
+			r.Services["shop/db:5432/TCP"].Port = 53
+			r.Services["shop/db:5432/TCP"].Protocol = dataplanev1.Protocol_UDP
+		},
 			`service shop/db:5432/TCP: vips[0]: 10.96.0.53:53/UDP is also served by service blog/dns:53/UDP`},
 		{"workload ip", func(r *Resources, _ *StateConfig) { r.Workloads["shop/db-0"].Ips = []string{"::ffff:zz"} },
 			`workload shop/db-0: ips[0]: "::ffff:zz" is not an IP address`},
@@ -122,7 +126,9 @@ func TestToStateErrorsNameTheResource(t *testing.T) {
 			`workload shop/db-0: identity: 1 is reserved`},
 		{"workload same ip", func(r *Resources, _ *StateConfig) { r.Workloads["shop/web-0"].Ips = []string{"10.77.2.10"} },
 			`workload shop/web-0: ips[0]: 10.77.2.10 is also the IP of workload shop/db-0`},
-		{"policy action", func(r *Resources, _ *StateConfig) { r.Policies["shop/lockdown"].Action = dataplanev1.Action_ACTION_UNSPECIFIED },
+		{"policy action", func(r *Resources, _ *StateConfig) {
+			r.Policies["shop/lockdown"].Action = dataplanev1.Action_ACTION_UNSPECIFIED
+		},
 			`policy shop/lockdown: action: ACTION_UNSPECIFIED is not ALLOW or DENY`},
 		{"policy port", func(r *Resources, _ *StateConfig) { r.Policies["shop/db-allow-web"].Rules[0].Ports[1] = 65536 },
 			`policy shop/db-allow-web: rules[0].ports[1]: 65536 is not a port`},
