@@ -46,11 +46,22 @@ func (c callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 }
 
 func (c callbacks) OnStreamRequest(id int64, r *discoveryv3.DiscoveryRequest) error {
-	return c.request(streamKey{id: id}, requestInfo{r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail()})
+	nack, err := c.request(streamKey{id: id}, requestInfo{r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail()})
+	if nack != nil {
+		// A SotW NACK carries the last version the client accepted, so the
+		// snapshot cache would resend the refused version at once, the
+		// client would refuse it again, and so on. Treat the refused
+		// version as the client's: the next push is the next new version.
+		r.VersionInfo = nack.Version
+	}
+	return err
 }
 
+// Delta needs no such care: the cache compares per-resource versions with
+// what was sent, NACKed or not.
 func (c callbacks) OnStreamDeltaRequest(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-	return c.request(streamKey{delta: true, id: id}, requestInfo{r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail()})
+	_, err := c.request(streamKey{delta: true, id: id}, requestInfo{r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail()})
+	return err
 }
 
 func (c callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
@@ -68,11 +79,13 @@ func (callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) 
 
 func (callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
 
-func (c callbacks) request(key streamKey, r requestInfo) error {
+// request registers the stream's node and records what the request
+// answers; it returns the NACK, if the request is one.
+func (c callbacks) request(key streamKey, r requestInfo) (*NACKError, error) {
 	node, err := c.s.streamNode(key, r)
 	if err != nil {
 		c.s.log.Warn("xds stream refused", "err", err)
-		return status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	nack, matched := c.s.acks.answered(key, node, r.typeURL, r.nonce, r.errDetail)
 	switch {
@@ -82,7 +95,7 @@ func (c callbacks) request(key streamKey, r requestInfo) error {
 	case matched:
 		c.s.metrics.count(c.s.metrics.acks, r.typeURL)
 	}
-	return nil
+	return nack, nil
 }
 
 func (c callbacks) response(key streamKey, typeURL, nonce, version string, n int) {

@@ -2,6 +2,8 @@ package xds
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"testing"
@@ -25,7 +27,8 @@ type testServer struct {
 
 func startServer(t *testing.T, src Source) *testServer {
 	t.Helper()
-	s, err := NewServer(Config{Source: src, Debounce: 5 * time.Millisecond, Workers: 2})
+	s, err := NewServer(Config{Source: src, Debounce: 5 * time.Millisecond, Workers: 2,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -300,4 +301,95 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
 	}
 	return string(b)
+}
+
+func TestManyNodesShareTranslationPerProxy(t *testing.T) {
+	src := newFakeSource("127.0.0.11")
+	srv := startServer(t, src)
+	var clients []*sotwClient
+	for _, n := range []string{"node-1", "node-2", "node-3"} {
+		clients = append(clients, newSotwClient(t, srv.addr, envoyNode(n)))
+	}
+	for i := range 3 { // three proxyless clients in one namespace: one proxy
+		clients = append(clients, newSotwClient(t, srv.addr, grpcNode(fmt.Sprintf("client-%d", i), "shop")))
+	}
+	versions := map[string]string{}
+	for _, c := range clients {
+		c.send(resourcev3.EndpointType, "", "", nil, fakeCluster)
+		r := c.recv(wait)
+		c.send(resourcev3.EndpointType, r.GetVersionInfo(), r.GetNonce(), nil, fakeCluster)
+		versions[r.GetVersionInfo()] = c.node.GetId()
+	}
+	if len(versions) != 1 {
+		t.Fatalf("equal content, different versions: %v", versions)
+	}
+	shop := translate.Proxy{Kind: translate.ProxylessGRPC, Namespace: "shop"}
+	before := src.translations(shop)
+
+	src.set(false, "127.0.0.21")
+	for _, c := range clients {
+		r := c.recv(wait)
+		if got := endpointIPs(t, r.GetResources()); len(got) != 1 || got[0] != "127.0.0.21" {
+			t.Fatalf("%s got %v", c.node.GetId(), got)
+		}
+	}
+	if got := src.translations(shop) - before; got != 1 {
+		t.Fatalf("three clients of one proxy kind and namespace were translated %d times, want once", got)
+	}
+	if n := len(srv.Status()); n != 6 {
+		t.Fatalf("status lists %d nodes, want 6", n)
+	}
+}
+
+func TestNACKClearedByLaterACK(t *testing.T) {
+	src := newFakeSource("127.0.0.11")
+	srv := startServer(t, src)
+	c := newSotwClient(t, srv.addr, envoyNode("node-n"))
+	c.send(resourcev3.EndpointType, "", "", nil, fakeCluster)
+	r1 := c.recv(wait)
+	c.send(resourcev3.EndpointType, r1.GetVersionInfo(), r1.GetNonce(), nil, fakeCluster)
+
+	src.set(false, "127.0.0.12")
+	r2 := c.recv(wait)
+	// A NACK carries the last accepted version. The refused version is
+	// not sent again (that would loop): the next push is a new version.
+	c.send(resourcev3.EndpointType, r1.GetVersionInfo(), r2.GetNonce(), &statuspb.Status{Message: "no"}, fakeCluster)
+	eventually(t, "NACK", func() bool {
+		n := typeStatus(t, srv.Server, "node-n", resourcev3.EndpointType).NACK
+		return n != nil && n.Version == r2.GetVersionInfo()
+	})
+
+	c.expectNothing(quiet)
+
+	src.set(false, "127.0.0.13")
+	r3 := c.recv(wait)
+	if r3.GetVersionInfo() == r2.GetVersionInfo() || r3.GetVersionInfo() == r1.GetVersionInfo() {
+		t.Fatalf("after the fix got version %s again", r3.GetVersionInfo())
+	}
+	c.send(resourcev3.EndpointType, r3.GetVersionInfo(), r3.GetNonce(), nil, fakeCluster)
+	eventually(t, "ACK of the fixed version", func() bool {
+		ts := typeStatus(t, srv.Server, "node-n", resourcev3.EndpointType)
+		return ts.NACK == nil && ts.State == "SYNCED" && ts.Acked == r3.GetVersionInfo()
+	})
+	if ts := typeStatus(t, srv.Server, "node-n", resourcev3.EndpointType); ts.NACKs != 1 {
+		t.Fatalf("%d NACKs counted, want 1", ts.NACKs)
+	}
+}
+
+func TestNodeForgottenAfterLastStream(t *testing.T) {
+	srv := startServer(t, newFakeSource("127.0.0.11"))
+	ctxClient := newSotwClient(t, srv.addr, envoyNode("node-gone"))
+	ctxClient.send(resourcev3.ClusterType, "", "", nil)
+	ctxClient.recv(wait)
+	if _, _, ok := srv.NodeConfig("node-gone"); !ok {
+		t.Fatal("connected node has no config")
+	}
+	_ = ctxClient.stream.CloseSend()
+	eventually(t, "node removed", func() bool { return len(srv.Status()) == 0 })
+	if _, _, ok := srv.NodeConfig("node-gone"); ok {
+		t.Fatal("config of a gone node still served")
+	}
+	if got := srv.metrics.nodes.Load(); got != 0 {
+		t.Fatalf("nodes gauge = %d", got)
+	}
 }
