@@ -163,6 +163,16 @@ func (ca *CA) Bundle() *x509bundle.Bundle {
 	return x509bundle.FromX509Authorities(ca.cfg.TrustDomain, ca.roots)
 }
 
+// GetX509BundleForTrustDomain implements go-spiffe's x509bundle.Source, so
+// that TLS configs built on the CA (tlsconfig.MTLSServerConfig) follow root
+// rotations without being rebuilt.
+func (ca *CA) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if td != ca.cfg.TrustDomain {
+		return nil, fmt.Errorf("ca: no bundle for trust domain %q (the CA serves %q)", td, ca.cfg.TrustDomain)
+	}
+	return ca.Bundle(), nil
+}
+
 // SignCSR signs an X.509-SVID for id with the CSR's public key. Everything
 // else the CSR asks for (subject, DNS/URI/IP SANs, extensions) is ignored:
 // the certificate carries exactly one URI SAN, id, which the caller must
