@@ -16,7 +16,9 @@ import (
 
 var cmpOpts = cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmpopts.EquateEmpty()}
 
-func noCgroups(path string) (uint64, error) { return 0, fmt.Errorf("no cgroups in unit tests: %s", path) }
+func noCgroups(path string) (uint64, error) {
+	return 0, fmt.Errorf("no cgroups in unit tests: %s", path)
+}
 
 func svc(vip string, port uint16, backends ...string) Service {
 	s := Service{VIP: netip.MustParseAddr(vip), Port: port, Proto: TCP}

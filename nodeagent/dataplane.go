@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -207,3 +208,17 @@ func ApplyToMaps(ctx context.Context, m Maps, s State, resolve CgroupResolver) (
 
 // DumpMaps is Dump on any Maps.
 func DumpMaps(m Maps) (State, error) { return dumpState(m) }
+
+// CgroupV2Mount returns where the cgroup v2 hierarchy is mounted.
+func CgroupV2Mount() (string, error) {
+	data, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup v2 mount: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[2] == "cgroup2" {
+			return f[1], nil
+		}
+	}
+	return "", errors.New("find cgroup v2 mount: none in /proc/mounts")
+}
