@@ -255,6 +255,13 @@ func (cp *ControlPlane) logFileStatus(st config.FileStatus) {
 	}
 	cp.log.Info("config loaded", "dir", cp.cfg.ConfigDir, "files", st.Files, "objects", st.Objects, "version", st.Version)
 	for _, d := range st.Diagnostics {
-		cp.log.Warn("config diagnostic", "diagnostic", d.String())
+		level := slog.LevelInfo
+		switch d.Severity {
+		case config.SeverityWarning:
+			level = slog.LevelWarn
+		case config.SeverityError:
+			level = slog.LevelError
+		}
+		cp.log.Log(context.Background(), level, "config diagnostic", "diagnostic", d.String())
 	}
 }

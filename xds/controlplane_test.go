@@ -60,8 +60,11 @@ func TestControlPlaneServesDirectory(t *testing.T) {
 		}
 	})
 	debug := "http://" + cp.DebugAddr()
-	if got := httpGet(t, debug+"/readyz"); !strings.HasPrefix(got, "ok") {
+	if got := httpGet(t, debug+"/readyz"); !strings.HasPrefix(got, "ok: config version") {
 		t.Fatalf("readyz = %q", got)
+	}
+	if got := httpGet(t, debug+"/healthz"); got != "ok\n" {
+		t.Fatalf("healthz = %q", got)
 	}
 
 	c := newSotwClient(t, cp.XDSAddr(), envoyNode("worker-1"))
