@@ -109,8 +109,22 @@ func NewRotator(cfg RotatorConfig) (*Rotator, error) {
 	}, nil
 }
 
-// Run fetches and renews until ctx ends, then returns ctx's error.
+// Watcher is a Source that renews SVIDs on its own schedule and pushes them
+// (SPIRE renews at half-life). A Rotator follows it instead of polling.
+type Watcher interface {
+	Source
+	// WatchSVIDs calls fn with w's SVID and each renewal until ctx ends
+	// or fn fails.
+	WatchSVIDs(ctx context.Context, w Workload, fn func(*x509svid.SVID) error) error
+}
+
+// Run fetches and renews until ctx ends, then returns ctx's error. A Source
+// that is a Watcher is followed; any other is polled at RenewFraction of
+// each SVID's lifetime.
 func (r *Rotator) Run(ctx context.Context) error {
+	if w, ok := r.cfg.Source.(Watcher); ok {
+		return r.runWatch(ctx, w)
+	}
 	for {
 		wait := r.cfg.RetryInterval
 		upd, err := r.fetch(ctx)
@@ -141,7 +155,46 @@ func (r *Rotator) Run(ctx context.Context) error {
 	}
 }
 
+// runWatch follows a Watcher, resuming after RetryInterval when the watch
+// fails.
+func (r *Rotator) runWatch(ctx context.Context, w Watcher) error {
+	for {
+		err := w.WatchSVIDs(ctx, r.cfg.Workload, func(svid *x509svid.SVID) error {
+			if svid == nil || len(svid.Certificates) == 0 {
+				return fmt.Errorf("rotate svid for %s: watch returned no certificate", r.cfg.Workload)
+			}
+			bctx, cancel := context.WithTimeout(ctx, r.cfg.FetchTimeout)
+			defer cancel()
+			bundle, err := w.TrustBundle(bctx)
+			if err != nil {
+				return fmt.Errorf("rotate svid for %s: trust bundle: %w", r.cfg.Workload, err)
+			}
+			if upd := (Update{SVID: svid, Bundle: bundle}); r.changed(upd) {
+				r.publish(upd)
+			}
+			return nil
+		})
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if r.cfg.OnError != nil {
+			r.cfg.OnError(fmt.Errorf("rotate svid for %s: watch ended: %w", r.cfg.Workload, err))
+		}
+		timer := time.NewTimer(r.cfg.RetryInterval)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-r.refresh:
+			timer.Stop()
+		case <-timer.C:
+		}
+	}
+}
+
 // Refresh asks Run to fetch a new SVID now, e.g. after a root rotation.
+// A watched source renews on its own; there Refresh only cuts short the
+// wait before resuming a failed watch.
 func (r *Rotator) Refresh() {
 	select {
 	case r.refresh <- struct{}{}:

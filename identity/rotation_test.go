@@ -210,3 +210,81 @@ func TestRotatorConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// pushSource is a Watcher that pushes the SVIDs sent on ch, and then fails
+// its watch once to check that the Rotator resumes it.
+type pushSource struct {
+	ca      *CA
+	ch      chan *x509svid.SVID
+	watches int
+}
+
+func (p *pushSource) SVIDFor(context.Context, Workload) (*x509svid.SVID, error) {
+	return nil, errors.New("pushSource is watched, never polled")
+}
+
+func (p *pushSource) TrustBundle(ctx context.Context) (*x509bundle.Bundle, error) {
+	return p.ca.TrustBundle(ctx)
+}
+
+func (p *pushSource) WatchSVIDs(ctx context.Context, w Workload, fn func(*x509svid.SVID) error) error {
+	p.watches++
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case s, ok := <-p.ch:
+			if !ok {
+				p.ch = make(chan *x509svid.SVID)
+				return errors.New("stream broken")
+			}
+			if err := fn(s); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func TestRotatorFollowsWatcher(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := newTestCA(t, CAConfig{Now: time.Now})
+		id := mustWorkloadID(t, "demo", "web")
+		src := &pushSource{ca: ca, ch: make(chan *x509svid.SVID)}
+		var errs []error
+		r, err := NewRotator(RotatorConfig{Source: src, Workload: Workload{ID: id}, RetryInterval: time.Second,
+			OnError: func(err error) { errs = append(errs, err) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { done <- r.Run(ctx) }()
+		sub := r.Subscribe()
+
+		s1, _ := ca.NewSVID(id)
+		s2, _ := ca.NewSVID(id)
+		src.ch <- s1
+		src.ch <- s1 // a repeat (e.g. an unrelated agent update) is not republished
+		src.ch <- s2
+		close(src.ch) // the watch breaks; the Rotator resumes it after 1s
+		synctest.Wait()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		s3, _ := ca.NewSVID(id)
+		src.ch <- s3
+		for i, want := range []*x509svid.SVID{s1, s2, s3} {
+			u, err := sub.Next(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !u.SVID.Certificates[0].Equal(want.Certificates[0]) {
+				t.Errorf("update %d is not the pushed SVID %d", i, i)
+			}
+		}
+		if src.watches != 2 || len(errs) != 1 {
+			t.Errorf("watches = %d, errors = %v; want 2 watches and the one broken stream reported", src.watches, errs)
+		}
+		cancel()
+		<-done
+	})
+}

@@ -160,26 +160,48 @@ func (s *SPIRE) TrustBundle(ctx context.Context) (*x509bundle.Bundle, error) {
 // authorized delegate, InvalidArgument) return at once and keep their gRPC
 // status.
 func (s *SPIRE) SVIDFor(ctx context.Context, w Workload) (*x509svid.SVID, error) {
+	var got *x509svid.SVID
+	err := s.watch(ctx, w, func(svid *x509svid.SVID) (bool, error) {
+		got = svid
+		return true, nil
+	})
+	return got, err
+}
+
+// WatchSVIDs follows w's SVID through the Delegated Identity API: fn gets
+// the first SVID and every later one as SPIRE renews it (and again when
+// the agent sends an update for another reason, such as a bundle change).
+// It returns when ctx ends or fn fails, or with a refusal as SVIDFor does;
+// a broken stream while the agent restarts is resumed.
+func (s *SPIRE) WatchSVIDs(ctx context.Context, w Workload, fn func(*x509svid.SVID) error) error {
+	return s.watch(ctx, w, func(svid *x509svid.SVID) (bool, error) {
+		return false, fn(svid)
+	})
+}
+
+// watch subscribes and hands matching SVIDs to fn until fn says stop,
+// retrying the states of a starting agent.
+func (s *SPIRE) watch(ctx context.Context, w Workload, fn func(*x509svid.SVID) (stop bool, err error)) error {
 	if s.delegated == nil {
-		return nil, ErrNoAdminSocket
+		return ErrNoAdminSocket
 	}
 	req := &delegatedidentityv1.SubscribeToX509SVIDsRequest{Pid: w.PID}
 	if w.PID == 0 {
 		if len(w.Selectors) == 0 {
-			return nil, fmt.Errorf("spire: svid for %s: no selectors or pid", w)
+			return fmt.Errorf("spire: svid for %s: no selectors or pid", w)
 		}
 		for _, sel := range w.Selectors {
 			req.Selectors = append(req.Selectors, &types.Selector{Type: sel.Type, Value: sel.Value})
 		}
 	}
 	for {
-		svid, err := s.subscribeOnce(ctx, req, w)
+		err := s.subscribeOnce(ctx, req, w, fn)
 		if err == nil || !retryable(err) {
-			return svid, err
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
+			return fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
 		case <-time.After(s.cfg.RetryInterval):
 		}
 	}
@@ -198,28 +220,33 @@ func retryable(err error) bool {
 	return false
 }
 
-func (s *SPIRE) subscribeOnce(ctx context.Context, req *delegatedidentityv1.SubscribeToX509SVIDsRequest, w Workload) (*x509svid.SVID, error) {
+func (s *SPIRE) subscribeOnce(ctx context.Context, req *delegatedidentityv1.SubscribeToX509SVIDsRequest, w Workload, fn func(*x509svid.SVID) (bool, error)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the subscription
 	stream, err := s.delegated.SubscribeToX509SVIDs(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("spire: delegated svid for %s: %w", w, err)
+		return fmt.Errorf("spire: delegated svid for %s: %w", w, err)
 	}
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
-			return nil, fmt.Errorf("spire: delegated svid for %s: %w", w, err)
+			return fmt.Errorf("spire: delegated svid for %s: %w", w, err)
 		}
 		// Until the agent has synced the workload's entries, updates come
 		// without (the wanted) SVID: keep reading.
 		for _, sk := range resp.GetX509Svids() {
 			svid, err := parseDelegated(sk)
 			if err != nil {
-				return nil, fmt.Errorf("spire: delegated svid for %s: %w", w, err)
+				return fmt.Errorf("spire: delegated svid for %s: %w", w, err)
 			}
-			if w.ID.IsZero() || svid.ID == w.ID {
-				return svid, nil
+			if !w.ID.IsZero() && svid.ID != w.ID {
+				continue
 			}
+			stop, err := fn(svid)
+			if err != nil || stop {
+				return err
+			}
+			break // one SVID per update
 		}
 	}
 }

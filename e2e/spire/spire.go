@@ -258,12 +258,25 @@ func (s *Server) JoinToken(t testing.TB) (string, spiffeid.ID) {
 	return m[1], id
 }
 
-// CreateEntry registers id under parent with the selectors ("unix:uid:0").
-func (s *Server) CreateEntry(t testing.TB, parent, id spiffeid.ID, selectors ...string) {
+// Entry is a registration entry.
+type Entry struct {
+	Parent, ID spiffeid.ID
+	// Selectors such as "unix:uid:0"; an entry matches a workload that
+	// has all of them.
+	Selectors []string
+	// X509SVIDTTL, if set, overrides the server's SVID lifetime.
+	X509SVIDTTL time.Duration
+}
+
+// CreateEntry registers e with spire-server entry create.
+func (s *Server) CreateEntry(t testing.TB, e Entry) {
 	t.Helper()
-	args := []string{"entry", "create", "-socketPath", s.SocketPath, "-parentID", parent.String(), "-spiffeID", id.String()}
-	for _, sel := range selectors {
+	args := []string{"entry", "create", "-socketPath", s.SocketPath, "-parentID", e.Parent.String(), "-spiffeID", e.ID.String()}
+	for _, sel := range e.Selectors {
 		args = append(args, "-selector", sel)
+	}
+	if e.X509SVIDTTL > 0 {
+		args = append(args, "-x509SVIDTTL", strconv.Itoa(int(e.X509SVIDTTL/time.Second)))
 	}
 	if _, err := s.cli(args...); err != nil {
 		t.Fatal(err)

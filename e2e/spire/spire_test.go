@@ -46,16 +46,18 @@ func TestSPIREOwnAndDelegatedSVIDs(t *testing.T) {
 	intruder := mustID(t, "demo", "intruder")
 	uid, gid := os.Getuid(), os.Getgid()
 	const intruderGID = 4343
+	const webTTL = 20 * time.Second
 
 	// Entries are registered before the agent starts, under the ID it will
 	// get from the join token, so its first sync brings them.
 	agent := StartAgent(t, srv, AgentConfig{AuthorizedDelegates: []spiffeid.ID{meshAgent}}, func(agentID spiffeid.ID) {
 		// This test process is the "node agent": uid and gid as it runs.
-		srv.CreateEntry(t, agentID, meshAgent, "unix:uid:"+strconv.Itoa(uid), "unix:gid:"+strconv.Itoa(gid))
-		// A pod's workload, attested by the delegate's selectors.
-		srv.CreateEntry(t, agentID, web, "unix:uid:4242")
+		srv.CreateEntry(t, Entry{Parent: agentID, ID: meshAgent, Selectors: []string{"unix:uid:" + strconv.Itoa(uid), "unix:gid:" + strconv.Itoa(gid)}})
+		// A pod's workload, attested by the delegate's selectors, with
+		// a short lifetime so that SPIRE renews it during the test.
+		srv.CreateEntry(t, Entry{Parent: agentID, ID: web, Selectors: []string{"unix:uid:4242"}, X509SVIDTTL: webTTL})
 		// Same uid, another primary gid: the unauthorised subprocess.
-		srv.CreateEntry(t, agentID, intruder, "unix:uid:"+strconv.Itoa(uid), "unix:gid:"+strconv.Itoa(intruderGID))
+		srv.CreateEntry(t, Entry{Parent: agentID, ID: intruder, Selectors: []string{"unix:uid:" + strconv.Itoa(uid), "unix:gid:" + strconv.Itoa(intruderGID)}})
 	})
 
 	src, err := identity.NewSPIRE(identity.SPIREConfig{WorkloadAPIAddr: agent.WorkloadAPIAddr, AdminSocketAddr: agent.AdminAddr})
@@ -99,7 +101,8 @@ func TestSPIREOwnAndDelegatedSVIDs(t *testing.T) {
 		t.Errorf("ParseWorkloadID(%s) = %q, %q, %v", svid.ID, ns, sa, err)
 	}
 
-	// The same through the Rotator, as SDS will use it.
+	// The same through the Rotator, as SDS will use it: it follows SPIRE's
+	// own renewal (at half-life) over the Delegated Identity API stream.
 	rot, err := identity.NewRotator(identity.RotatorConfig{Source: src, Workload: identity.Workload{ID: web, Selectors: []identity.Selector{{Type: "unix", Value: "uid:4242"}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -108,15 +111,30 @@ func TestSPIREOwnAndDelegatedSVIDs(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- rot.Run(rctx) }()
 	sub := rot.Subscribe()
-	upd, err := sub.Next(ctx)
+	var updates []identity.Update
+	for len(updates) < 2 {
+		upd, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatalf("rotator: %v after %d updates", err, len(updates))
+		}
+		if id, _, err := x509svid.Verify(upd.SVID.Certificates, upd.Bundle); err != nil || id != web {
+			t.Errorf("rotator update: %s, %v; want a verified SVID of %s", id, err, web)
+		}
+		if len(updates) > 0 {
+			prev := updates[len(updates)-1].SVID.Certificates[0]
+			if upd.SVID.Certificates[0].Equal(prev) {
+				continue // same SVID, new bundle: not a renewal
+			}
+			t.Logf("renewed SVID received %s after the previous one's NotBefore (lifetime %s)",
+				time.Since(prev.NotBefore).Round(time.Second), prev.NotAfter.Sub(prev.NotBefore))
+			if time.Now().After(prev.NotAfter) {
+				t.Errorf("renewed SVID arrived after the previous one expired")
+			}
+		}
+		updates = append(updates, upd)
+	}
 	rcancel()
 	<-done
-	if err != nil {
-		t.Fatalf("rotator: %v", err)
-	}
-	if id, _, err := x509svid.Verify(upd.SVID.Certificates, upd.Bundle); err != nil || id != web {
-		t.Errorf("rotator update: %s, %v; want a verified SVID of %s", id, err, web)
-	}
 
 	// Selectors no entry matches: no SVID, the call ends with the context.
 	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
