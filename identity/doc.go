@@ -8,19 +8,26 @@
 // will serve the SVIDs of a node's pods over SDS, and the node agent proves
 // who it is with its own SVID over mTLS.
 //
-// Two issuers implement the same Source interface:
-//   - CA, the built-in certificate authority: a self-signed ECDSA P-256 root
-//     generated on first start and persisted, or a plugged-in root and
-//     intermediate in Istio's cacerts layout; root rotation keeps the old root
-//     in the trust bundle during the overlap;
-//   - SPIRE, a SPIRE agent used as the upstream: the agent's own SVID through
-//     the Workload API and the SVIDs of the node's workloads through SPIRE's
-//     Delegated Identity API.
+// Three issuers implement the same Source interface (SVIDFor, TrustBundle):
+//   - CA, the built-in certificate authority in the control plane: a
+//     self-signed ECDSA P-256 root generated on first start and persisted,
+//     or a plugged-in root and intermediate in Istio's cacerts layout; root
+//     rotation keeps the old root in the trust bundle during the overlap;
+//   - CertClient, the node side of the built-in CA: a local key, a CSR, and
+//     Istio's certificate API over mTLS;
+//   - SPIRE, a SPIRE agent used as the upstream: the process's own SVID
+//     through the Workload API and the SVIDs of the node's workloads through
+//     SPIRE's Delegated Identity API.
 //
 // CertService serves Istio's IstioCertificateService.CreateCertificate over
-// mTLS with a pluggable Authorizer; Rotator re-issues an SVID before half of
-// its lifetime has passed and hands every new one to its subscribers.
+// mTLS; an Authorizer decides which caller gets which identity (by default,
+// only its own; a node agent is identified by AgentID and the node named in
+// its certificate, see AgentNode). Rotator keeps one workload's SVID fresh,
+// renewing before half of its lifetime has passed (or following SPIRE's own
+// renewals), and hands every new SVID to every subscriber.
 //
-// The package does not log: errors are returned, wrapped with %w. Time is
-// read through Config.Now where a Config has one, so tests are deterministic.
+// The package does not log: errors are returned, wrapped with %w, and
+// long-running parts report through callbacks. The CA reads time through
+// CAConfig.Now; the Rotator's tests run in a testing/synctest bubble. Both
+// keep the tests deterministic.
 package identity
