@@ -13,6 +13,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -66,16 +67,9 @@ func (c *Client) Status() Status { return c.status.get() }
 func (c *Client) Run(ctx context.Context) error {
 	conn := c.cfg.Conn
 	if conn == nil {
-		opts := c.cfg.DialOptions
-		if len(opts) == 0 {
-			opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-		}
-		opts = append([]grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{
-			Time: 30 * time.Second, Timeout: 10 * time.Second,
-		})}, opts...)
-		cc, err := grpc.NewClient(c.cfg.ControlPlane, opts...)
+		cc, err := Dial(c.cfg.ControlPlane, c.cfg.Backoff, c.cfg.DialOptions...)
 		if err != nil {
-			return fmt.Errorf("dialing control plane %s: %w", c.cfg.ControlPlane, err)
+			return err
 		}
 		defer cc.Close()
 		conn = cc
@@ -111,6 +105,31 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// Dial opens the agent's connection to the control plane: keepalives to
+// notice a dead peer, and gRPC's own reconnect backoff bounded by b (its
+// default grows to 120s, too slow for a fleet coming back after a control
+// plane restart). Without opts the transport is insecure (mTLS comes with
+// the identity work). The connection can be shared by the ADS client
+// (Config.Conn) and the Envoy xDS proxy.
+func Dial(addr string, b Backoff, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	b = b.withDefaults()
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	opts = append([]grpc.DialOption{
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: b.Initial, Multiplier: 1.6, Jitter: b.Jitter, MaxDelay: b.Max},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	}, opts...)
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dialing control plane %s: %w", addr, err)
+	}
+	return cc, nil
 }
 
 // pending is a received response waiting for its ACK or NACK.
@@ -243,7 +262,8 @@ func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState
 		return c.ack(stream, ps, staged, false)
 	}
 	start := time.Now()
-	if err := c.cfg.Applier.Apply(ctx, staged.resources()); err != nil {
+	desired := staged.resources()
+	if err := c.cfg.Applier.Apply(ctx, desired); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -255,7 +275,7 @@ func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState
 		}
 		return c.nack(stream, ps, err)
 	}
-	log.Info("applied dataplane resources", "resources", staged.resources().Len(), "took", time.Since(start))
+	log.Info("applied dataplane resources", "resources", desired.Len(), "took", time.Since(start))
 	return c.ack(stream, ps, staged, true)
 }
 

@@ -12,7 +12,7 @@ type Status struct {
 	Node       string
 	Connected  bool // a stream to the control plane is open
 	Synced     bool // the first full set has been applied
-	Reconnects int  // streams opened after the first one
+	Reconnects int  // stream attempts after the first one
 	LastError  string
 	Types      map[string]TypeStatus // by type URL
 }
