@@ -139,7 +139,7 @@ type pending struct {
 
 // streamState is what one stream holds beyond the client's applied set.
 type streamState struct {
-	staged  resourceSet // applied + deltas not yet applied; nil when none
+	staged  *stage // applied + deltas not yet applied; nil when none
 	pending []pending
 	seen    map[string]bool // types with a response on this client before the first sync
 }
@@ -240,7 +240,7 @@ func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState
 		return c.nack(stream, []pending{p}, err)
 	}
 	if st.staged == nil {
-		st.staged = c.applied.clone()
+		st.staged = newStage(c.applied)
 	}
 	changed := st.staged.apply(d)
 	st.pending = append(st.pending, p)
@@ -255,7 +255,8 @@ func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState
 		changed = true // the first full set is always applied
 	}
 	ps := st.pending
-	staged := st.staged
+	staged := st.staged.set
+	keep := st.staged
 	st.pending, st.staged = nil, nil
 	if !changed {
 		log.Debug("ads response changes nothing; acking without apply")
@@ -271,7 +272,7 @@ func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState
 		if !c.synced {
 			// Keep the full set: the control plane will not resend it, and
 			// applying a later delta over nothing would program a partial set.
-			st.staged = staged
+			st.staged = keep
 		}
 		return c.nack(stream, ps, err)
 	}

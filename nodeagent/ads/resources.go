@@ -44,12 +44,24 @@ type held struct {
 // resourceSet is the set held per type URL: type URL -> name -> resource.
 type resourceSet map[string]map[string]held
 
-func (s resourceSet) clone() resourceSet {
-	out := make(resourceSet, len(s))
-	for t, m := range s {
-		out[t] = maps.Clone(m)
+// stage is a resourceSet being built from a base by deltas, copying a
+// type's map only when a delta touches it (the base is never modified).
+type stage struct {
+	set   resourceSet
+	owned map[string]bool // types copied from the base
+}
+
+func newStage(base resourceSet) *stage {
+	return &stage{set: maps.Clone(base), owned: map[string]bool{}}
+}
+
+// apply folds d into the stage; see resourceSet.apply.
+func (s *stage) apply(d delta) (changed bool) {
+	if !s.owned[d.typeURL] {
+		s.set[d.typeURL] = maps.Clone(s.set[d.typeURL])
+		s.owned[d.typeURL] = true
 	}
-	return out
+	return s.set.apply(d)
 }
 
 // versions returns name -> version of one type, for initial_resource_versions.
