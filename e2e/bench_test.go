@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"sort"
 	"strings"
 	"testing"
 	"text/tabwriter"
@@ -27,6 +28,7 @@ type benchPath struct {
 	setup func(t *testing.T, dst *Pod) (url string, teardown func()) // nil: not available
 	skip  string                                                     // why setup is nil
 	same  bool                                                       // same-node only
+	mesh  bool                                                       // needs the node agents up
 }
 
 type benchRow struct {
@@ -59,34 +61,47 @@ func TestBenchDataplane(t *testing.T) {
 		}
 	}
 	qps := calibrate(t, client, fortio, dsts["cross-node"])
-	paths := append([]benchPath{{name: "direct (pod IP)", setup: directPath}}, meshPaths(t, c)...)
+	mesh, meshed := meshPaths(c, dsts)
+	paths := append([]benchPath{{name: "direct (pod IP)", setup: directPath}}, meshed...)
 	paths = append(paths, proxyPaths(c)...)
 
 	rows := map[string]*benchRow{}
 	var order []string
 	for round := 0; round < *benchRounds; round++ {
-		for _, placement := range []string{"cross-node", "same-node"} {
-			for _, bp := range paths {
-				if bp.setup == nil || (bp.same && placement != "same-node") {
-					continue
+		// No program is attached while the other paths run.
+		for _, withMesh := range []bool{false, true} {
+			if withMesh {
+				mesh.up(t)
+			}
+			for _, placement := range []string{"cross-node", "same-node"} {
+				for _, bp := range paths {
+					if bp.setup == nil || bp.mesh != withMesh || (bp.same && placement != "same-node") {
+						continue
+					}
+					key := placement + "/" + bp.name
+					r := rows[key]
+					if r == nil {
+						r = &benchRow{placement: placement, path: bp.name}
+						rows[key] = r
+						order = append(order, key)
+					}
+					url, teardown := bp.setup(t, dsts[placement])
+					res, err := client.FortioLoad(ctx, fortio, url, qps, *benchConns, *benchDuration)
+					teardown()
+					if err != nil {
+						t.Fatalf("%s: %v", key, err)
+					}
+					r.add(t, res)
 				}
-				key := placement + "/" + bp.name
-				r := rows[key]
-				if r == nil {
-					r = &benchRow{placement: placement, path: bp.name}
-					rows[key] = r
-					order = append(order, key)
-				}
-				url, teardown := bp.setup(t, dsts[placement])
-				res, err := client.FortioLoad(ctx, fortio, url, qps, *benchConns, *benchDuration)
-				teardown()
-				if err != nil {
-					t.Fatalf("%s: %v", key, err)
-				}
-				r.add(t, res)
+			}
+			if withMesh {
+				mesh.down(t)
 			}
 		}
 	}
+	sort.SliceStable(order, func(i, j int) bool {
+		return strings.HasPrefix(order[i], "cross") && !strings.HasPrefix(order[j], "cross")
+	})
 	printBench(t, qps, rows, order, paths)
 }
 
