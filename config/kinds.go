@@ -1,6 +1,7 @@
 package config
 
 import (
+	"reflect"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -63,6 +64,19 @@ var (
 	networkingVersions = []string{"v1", "v1beta1", "v1alpha3"}
 	securityVersions   = []string{"v1", "v1beta1"}
 )
+
+// specTypes is the Go type of Object.Spec for each kind.
+var specTypes = func() map[Kind]reflect.Type {
+	m := make(map[Kind]reflect.Type, len(kindTable))
+	for _, info := range kindTable {
+		if info.newCore != nil {
+			m[info.kind] = reflect.TypeOf(info.newCore())
+		} else {
+			m[info.kind] = reflect.TypeOf(info.newIstio())
+		}
+	}
+	return m
+}()
 
 // splitAPIVersion splits "group/version" ("v1" is the core group).
 func splitAPIVersion(apiVersion string) (group, version string) {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -54,10 +55,10 @@ const metaVersionID = "version"
 
 func objectID(k Key) string { return string(k.Kind) + "\x00" + k.Namespace + "\x00" + k.Name }
 
-func newRecord(source string, o *Object, hash [sha256.Size]byte) *record {
+func newRecord(source string, o *Object) *record {
 	r := &record{
 		ID: objectID(o.Key), Kind: string(o.Kind), KindNS: string(o.Kind) + "\x00" + o.Namespace,
-		Source: source, Hash: hash, Obj: o,
+		Source: source, Obj: o,
 	}
 	switch spec := o.Spec.(type) {
 	case *corev1.Pod:
@@ -125,14 +126,29 @@ func NewStore() *Store {
 // write transaction: new keys are added, changed objects updated (an object
 // whose content hash is unchanged is not rewritten), and the source's other
 // objects deleted. Other sources' objects are untouched. If a key is owned by
-// another source, or objs is invalid (nil object, empty kind or name,
-// duplicate key), nothing is written and an error is returned. The version
-// is incremented and watchers notified only when something changed.
+// another source, or objs is invalid (see Apply), nothing is written and an
+// error is returned. The version is incremented and watchers notified only
+// when something changed.
 func (s *Store) Replace(source string, objs []*Object) error {
+	return s.write(source, objs, nil, true)
+}
+
+// Apply adds or updates upserts and deletes the objects with the keys in
+// deletes, all owned by source, in one write transaction; the source's other
+// objects are untouched. Deleting a key that does not exist is not an error;
+// writing or deleting a key owned by another source is, and then nothing is
+// written. Objects must have a kind, a name, a namespace exactly when the
+// kind is namespaced, and a Spec of the kind's Go type (see the Kind
+// constants).
+func (s *Store) Apply(source string, upserts []*Object, deletes []Key) error {
+	return s.write(source, upserts, deletes, false)
+}
+
+func (s *Store) write(source string, objs []*Object, deletes []Key, replace bool) error {
 	if source == "" {
-		return errors.New("replace: empty source name")
+		return errors.New("write to store: empty source name")
 	}
-	recs, keep, err := s.prepare(source, objs)
+	recs, keep, err := prepare(source, objs)
 	if err != nil {
 		return err
 	}
@@ -140,27 +156,82 @@ func (s *Store) Replace(source string, objs []*Object) error {
 	defer txn.Abort()
 	changed := false
 	for _, r := range recs {
-		raw, err := txn.First(tableObjects, indexID, r.ID)
+		c, err := upsert(txn, source, r)
 		if err != nil {
-			return fmt.Errorf("replace %s: look up %s: %w", source, r.Obj.Key, err)
+			return err
+		}
+		changed = changed || c
+	}
+	var stale []*record
+	if replace {
+		if stale, err = staleRecords(txn, source, keep); err != nil {
+			return err
+		}
+	}
+	for _, k := range deletes {
+		raw, err := txn.First(tableObjects, indexID, objectID(k))
+		if err != nil {
+			return fmt.Errorf("write %s: look up %s: %w", source, k, err)
 		}
 		if old, ok := raw.(*record); ok {
 			if old.Source != source {
-				return fmt.Errorf("replace %s: %s (%s): %w %q (%s)", source, r.Obj.Key, r.Obj.Origin,
-					ErrOwnedByOtherSource, old.Source, old.Obj.Origin)
+				return fmt.Errorf("write %s: delete %s: %w %q", source, k, ErrOwnedByOtherSource, old.Source)
 			}
-			if old.Hash == r.Hash {
-				continue
+			if keep[old.ID] {
+				return fmt.Errorf("write %s: %s both written and deleted", source, k)
 			}
+			stale = append(stale, old)
 		}
-		if err := txn.Insert(tableObjects, r); err != nil {
-			return fmt.Errorf("replace %s: insert %s: %w", source, r.Obj.Key, err)
+	}
+	for _, r := range stale {
+		if err := txn.Delete(tableObjects, r); err != nil {
+			return fmt.Errorf("write %s: delete %s: %w", source, r.Obj.Key, err)
 		}
 		changed = true
 	}
+	if !changed {
+		return nil
+	}
+	if err := bumpVersion(txn); err != nil {
+		return fmt.Errorf("write %s: %w", source, err)
+	}
+	txn.Commit()
+	s.notify()
+	return nil
+}
+
+// upsert inserts r unless the same content is stored; the content hash is
+// only computed when the stored object is not the very same pointer.
+func upsert(txn *memdb.Txn, source string, r *record) (bool, error) {
+	raw, err := txn.First(tableObjects, indexID, r.ID)
+	if err != nil {
+		return false, fmt.Errorf("write %s: look up %s: %w", source, r.Obj.Key, err)
+	}
+	old, _ := raw.(*record)
+	if old != nil && old.Source != source {
+		return false, fmt.Errorf("write %s: %s (%s): %w %q (%s)", source, r.Obj.Key, r.Obj.Origin,
+			ErrOwnedByOtherSource, old.Source, old.Obj.Origin)
+	}
+	if old != nil && old.Obj == r.Obj {
+		return false, nil
+	}
+	if r.Hash, err = contentHash(r.Obj); err != nil {
+		return false, fmt.Errorf("write %s: %w", source, err)
+	}
+	if old != nil && old.Hash == r.Hash {
+		return false, nil
+	}
+	if err := txn.Insert(tableObjects, r); err != nil {
+		return false, fmt.Errorf("write %s: insert %s: %w", source, r.Obj.Key, err)
+	}
+	return true, nil
+}
+
+// staleRecords returns the records of source whose IDs are not in keep.
+func staleRecords(txn *memdb.Txn, source string, keep map[string]bool) ([]*record, error) {
 	it, err := txn.Get(tableObjects, indexSource, source)
 	if err != nil {
-		return fmt.Errorf("replace %s: list source: %w", source, err)
+		return nil, fmt.Errorf("write %s: list source: %w", source, err)
 	}
 	var stale []*record
 	for raw := it.Next(); raw != nil; raw = it.Next() {
@@ -168,52 +239,56 @@ func (s *Store) Replace(source string, objs []*Object) error {
 			stale = append(stale, r)
 		}
 	}
-	for _, r := range stale {
-		if err := txn.Delete(tableObjects, r); err != nil {
-			return fmt.Errorf("replace %s: delete %s: %w", source, r.Obj.Key, err)
-		}
-		changed = true
-	}
-	if !changed {
-		return nil
-	}
+	return stale, nil
+}
+
+func bumpVersion(txn *memdb.Txn) error {
 	raw, err := txn.First(tableMeta, indexID, metaVersionID)
 	if err != nil || raw == nil {
-		return fmt.Errorf("replace %s: read version: %v", source, err)
+		return fmt.Errorf("read version: %v", err)
 	}
 	next := &metaRecord{ID: metaVersionID, Version: raw.(*metaRecord).Version + 1}
 	if err := txn.Insert(tableMeta, next); err != nil {
-		return fmt.Errorf("replace %s: write version: %w", source, err)
+		return fmt.Errorf("write version: %w", err)
 	}
-	txn.Commit()
-	s.notify()
 	return nil
 }
 
-// prepare validates objs and builds their records (hashing outside the
-// write transaction).
-func (s *Store) prepare(source string, objs []*Object) ([]*record, map[string]bool, error) {
+// prepare validates objs and builds their records (without hashes).
+func prepare(source string, objs []*Object) ([]*record, map[string]bool, error) {
 	recs := make([]*record, 0, len(objs))
 	keep := make(map[string]bool, len(objs))
 	for i, o := range objs {
-		switch {
-		case o == nil:
-			return nil, nil, fmt.Errorf("replace %s: object %d is nil", source, i)
-		case o.Kind == "" || o.Name == "":
-			return nil, nil, fmt.Errorf("replace %s: object %d (%s): kind and name are required", source, i, o.Key)
+		if err := validObject(o); err != nil {
+			return nil, nil, fmt.Errorf("write %s: object %d: %w", source, i, err)
 		}
 		id := objectID(o.Key)
 		if keep[id] {
-			return nil, nil, fmt.Errorf("replace %s: duplicate object %s (%s)", source, o.Key, o.Origin)
+			return nil, nil, fmt.Errorf("write %s: duplicate object %s (%s)", source, o.Key, o.Origin)
 		}
 		keep[id] = true
-		h, err := contentHash(o)
-		if err != nil {
-			return nil, nil, fmt.Errorf("replace %s: %w", source, err)
-		}
-		recs = append(recs, newRecord(source, o, h))
+		recs = append(recs, newRecord(source, o))
 	}
 	return recs, keep, nil
+}
+
+// validObject checks what the store and its readers rely on.
+func validObject(o *Object) error {
+	switch {
+	case o == nil:
+		return errors.New("nil object")
+	case o.Kind == "" || o.Name == "":
+		return fmt.Errorf("%s: kind and name are required", o.Key)
+	case o.Kind.Namespaced() != (o.Namespace != ""):
+		return fmt.Errorf("%s: namespace must be set exactly for namespaced kinds", o.Key)
+	}
+	if want, ok := specTypes[o.Kind]; ok && reflect.TypeOf(o.Spec) != want {
+		return fmt.Errorf("%s: spec is %T, want %v", o.Key, o.Spec, want)
+	}
+	if v := reflect.ValueOf(o.Spec); v.Kind() == reflect.Pointer && v.IsNil() {
+		return fmt.Errorf("%s: nil spec", o.Key)
+	}
+	return nil
 }
 
 // Watch returns a channel that receives a value after every commit that

@@ -3,12 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -261,5 +263,86 @@ func TestStoreConcurrent(t *testing.T) {
 	}
 	if drained(w) != 0 {
 		t.Error("notified after Unwatch")
+	}
+}
+
+func TestSpecTypes(t *testing.T) {
+	want := map[Kind]any{
+		KindNamespace: &corev1.Namespace{}, KindService: &corev1.Service{}, KindPod: &corev1.Pod{},
+		KindServiceAccount: &corev1.ServiceAccount{}, KindEndpointSlice: &discoveryv1.EndpointSlice{},
+		KindVirtualService: &networkingv1alpha3.VirtualService{}, KindDestinationRule: &networkingv1alpha3.DestinationRule{},
+		KindGateway: &networkingv1alpha3.Gateway{}, KindServiceEntry: &networkingv1alpha3.ServiceEntry{},
+		KindSidecar:            &networkingv1alpha3.Sidecar{},
+		KindPeerAuthentication: &securityv1beta1.PeerAuthentication{}, KindAuthorizationPolicy: &securityv1beta1.AuthorizationPolicy{},
+		KindRequestAuthentication: &securityv1beta1.RequestAuthentication{},
+	}
+	if len(specTypes) != len(want) {
+		t.Errorf("%d kinds, want %d", len(specTypes), len(want))
+	}
+	for k, v := range want {
+		if specTypes[k] != reflect.TypeOf(v) {
+			t.Errorf("%s: %v, want %T", k, specTypes[k], v)
+		}
+	}
+}
+
+func TestStoreRefusesInvalidObjects(t *testing.T) {
+	s := NewStore()
+	bad := map[string]*Object{
+		"wrong spec type":             {Key: Key{KindPod, "ns", "p"}, Spec: &corev1.Service{}},
+		"nil spec":                    {Key: Key{KindPod, "ns", "p"}, Spec: (*corev1.Pod)(nil)},
+		"no namespace":                {Key: Key{KindPod, "", "p"}, Spec: &corev1.Pod{}},
+		"namespace on cluster-scoped": {Key: Key{KindNamespace, "ns", "n"}, Spec: &corev1.Namespace{}},
+		"no name":                     {Key: Key{KindPod, "ns", ""}, Spec: &corev1.Pod{}},
+	}
+	for name, o := range bad {
+		t.Run(name, func(t *testing.T) {
+			if err := s.Replace("a", []*Object{testVS("ns", "ok", "h"), o}); err == nil {
+				t.Error("accepted")
+			}
+			if err := s.Apply("a", []*Object{o}, nil); err == nil {
+				t.Error("accepted by Apply")
+			}
+		})
+	}
+	if v := s.Snapshot().Version(); v != 0 {
+		t.Errorf("version %d after refused writes", v)
+	}
+}
+
+func TestStoreApply(t *testing.T) {
+	s := NewStore()
+	w := s.Watch()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.Replace("a", []*Object{testVS("ns", "x", "x"), testVS("ns", "y", "y")}))
+	must(s.Replace("b", []*Object{testVS("ns", "b", "b")}))
+	drained(w)
+	must(s.Apply("a", []*Object{testVS("ns", "z", "z"), testVS("ns", "x", "x2")}, []Key{{KindVirtualService, "ns", "y"}, {KindVirtualService, "ns", "gone"}}))
+	if diff := cmp.Diff([]string{"VirtualService/ns/b", "VirtualService/ns/x", "VirtualService/ns/z"},
+		keys(s.Snapshot().List(KindVirtualService))); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if n := drained(w); n != 1 || s.Snapshot().Version() != 3 {
+		t.Errorf("%d notifications, version %d", n, s.Snapshot().Version())
+	}
+	// No-ops: the same content, the same pointer, deleting what is gone.
+	same := s.Snapshot().List(KindVirtualService)[1]
+	must(s.Apply("a", []*Object{same, testVS("ns", "z", "z")}, []Key{{KindVirtualService, "ns", "y"}}))
+	if n := drained(w); n != 0 || s.Snapshot().Version() != 3 {
+		t.Errorf("no-op Apply: %d notifications, version %d", n, s.Snapshot().Version())
+	}
+	if err := s.Apply("a", nil, []Key{{KindVirtualService, "ns", "b"}}); !errors.Is(err, ErrOwnedByOtherSource) {
+		t.Errorf("deleting another source's object: %v", err)
+	}
+	if err := s.Apply("a", []*Object{testVS("ns", "z", "z3")}, []Key{{KindVirtualService, "ns", "z"}}); err == nil {
+		t.Error("writing and deleting one key accepted")
+	}
+	if s.Snapshot().Version() != 3 {
+		t.Error("a refused Apply wrote")
 	}
 }
