@@ -1,0 +1,127 @@
+package translate
+
+import (
+	"time"
+
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/nodemesh/nodemesh/config"
+)
+
+func (m *mesh) readDestinationRules() {
+	for _, o := range m.src.List(config.KindDestinationRule) {
+		dr, ok := o.Spec.(*networking.DestinationRule)
+		if !ok {
+			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			continue
+		}
+		if dr.GetWorkloadSelector() != nil {
+			m.diags.warnf(o, "spec.workloadSelector", "DestinationRules with a workload selector are not supported; ignored")
+			continue
+		}
+		if dr.GetHost() == "" {
+			m.diags.errorf(o, "spec.host", "host is empty; ignored")
+			continue
+		}
+		r := &destinationRule{
+			obj:    o,
+			Host:   resolveHost(dr.GetHost(), o.Namespace),
+			Policy: m.trafficPolicy(o, "spec.trafficPolicy", dr.GetTrafficPolicy()),
+		}
+		seen := map[string]bool{}
+		for i, s := range dr.GetSubsets() {
+			field := fieldf("spec.subsets[%d]", i)
+			if s.GetName() == "" || seen[s.GetName()] {
+				m.diags.errorf(o, field+".name", "subset name %q is empty or repeated; skipped", s.GetName())
+				continue
+			}
+			seen[s.GetName()] = true
+			r.Subsets = append(r.Subsets, subset{
+				Name:   s.GetName(),
+				Labels: s.GetLabels(),
+				Policy: m.trafficPolicy(o, field+".trafficPolicy", s.GetTrafficPolicy()).merge(r.Policy),
+			})
+		}
+		m.drs = append(m.drs, r)
+	}
+}
+
+// destinationRuleFor picks the DestinationRule a client namespace uses for
+// host, as Istio does: one in the client's namespace first, then one in the
+// host's namespace, then any other exported to the client (by namespace and
+// name). Exact hosts beat wildcards.
+func (m *mesh) destinationRuleFor(host, hostNS, clientNS string) *destinationRule {
+	var best *destinationRule
+	bestRank := 1 << 30
+	for _, r := range m.drs {
+		if !hostMatches(r.Host, host) {
+			continue
+		}
+		dr := r.obj.Spec.(*networking.DestinationRule)
+		if r.obj.Namespace != clientNS && !parseExportTo(dr.GetExportTo(), r.obj.Namespace).visibleTo(clientNS) {
+			continue
+		}
+		rank := 2
+		switch r.obj.Namespace {
+		case clientNS:
+			rank = 0
+		case hostNS:
+			rank = 1
+		}
+		if r.Host != host {
+			rank += 3
+		}
+		if rank < bestRank {
+			best, bestRank = r, rank
+		}
+	}
+	return best
+}
+
+// trafficPolicy reads the supported parts of an Istio TrafficPolicy and
+// reports the rest once as informational.
+func (m *mesh) trafficPolicy(o *config.Object, field string, tp *networking.TrafficPolicy) trafficPolicy {
+	var p trafficPolicy
+	if tp == nil {
+		return p
+	}
+	switch tp.GetLoadBalancer().GetSimple() {
+	case networking.LoadBalancerSettings_ROUND_ROBIN:
+		p.LB = lbRoundRobin
+	case networking.LoadBalancerSettings_LEAST_CONN, networking.LoadBalancerSettings_LEAST_REQUEST:
+		p.LB = lbLeastRequest
+	case networking.LoadBalancerSettings_RANDOM:
+		p.LB = lbRandom
+	case networking.LoadBalancerSettings_PASSTHROUGH:
+		m.diags.warnf(o, field+".loadBalancer.simple", "PASSTHROUGH is not supported; using round robin")
+	}
+	if lb := tp.GetLoadBalancer(); lb != nil && lb.GetConsistentHash() != nil {
+		m.diags.warnf(o, field+".loadBalancer.consistentHash", "consistent hashing is not supported yet; using round robin")
+	}
+	if tcp := tp.GetConnectionPool().GetTcp(); tcp != nil {
+		p.MaxConnections = positive(tcp.GetMaxConnections())
+		if d := tcp.GetConnectTimeout(); d != nil && d.AsDuration() > 0 {
+			p.ConnectTimeout = d.AsDuration().Truncate(time.Millisecond)
+		}
+	}
+	if h := tp.GetConnectionPool().GetHttp(); h != nil {
+		p.MaxPendingRequests = positive(h.GetHttp1MaxPendingRequests())
+		p.MaxRequests = positive(h.GetHttp2MaxRequests())
+		p.MaxRetries = positive(h.GetMaxRetries())
+		p.MaxRequestsPerConnect = positive(h.GetMaxRequestsPerConnection())
+	}
+	if tp.GetTls() != nil {
+		m.diags.infof(o, field+".tls", "client TLS settings are managed by the mesh's own mTLS; ignored")
+	}
+	if tp.GetOutlierDetection() != nil || len(tp.GetPortLevelSettings()) > 0 {
+		m.diags.infof(o, field, "outlier detection and port level settings are not supported yet; ignored")
+	}
+	return p
+}
+
+func positive(v int32) uint32 {
+	if v <= 0 {
+		return 0
+	}
+	return uint32(v)
+}

@@ -1,0 +1,210 @@
+package translate
+
+import (
+	"net/netip"
+	"slices"
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func portString(p uint32) string { return strconv.FormatUint(uint64(p), 10) }
+
+// Names of the per-namespace resources on the shared node proxy.
+func outboundListenerName(ns string) string        { return "outbound_" + ns }
+func inboundListenerName(ns string) string         { return "inbound_" + ns }
+func inboundClusterName(ns string) string          { return "inbound|" + ns }
+func outboundRouteName(ns string, p uint32) string { return "outbound_" + ns + "_" + portString(p) }
+
+// outboundChains is what the outbound listener of one namespace matches.
+type outboundChains struct {
+	httpVIPs     map[uint32][]string // port -> VIPs of HTTP services
+	httpHeadless map[uint32]bool     // port has an HTTP service without VIP
+	tcp          []*listenerv3.FilterChain
+	taken        map[string]bool // "prefix|port" already matched
+}
+
+// outboundListener builds the namespace's outbound listener and returns the
+// route configurations its HTTP chains refer to.
+func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHostGroup) {
+	stat := outboundListenerName(s.ns)
+	oc := &outboundChains{httpVIPs: map[uint32][]string{}, httpHeadless: map[uint32]bool{}, taken: map[string]bool{}}
+	groups := map[uint32]*virtualHostGroup{}
+	for _, svc := range s.services {
+		for _, sp := range svc.Ports {
+			if sp.Protocol.isHTTP() {
+				g := groups[sp.Port]
+				if g == nil {
+					g = &virtualHostGroup{Name: outboundRouteName(s.ns, sp.Port)}
+					groups[sp.Port] = g
+				}
+				g.VirtualHosts = append(g.VirtualHosts, s.virtualHost(svc, sp))
+				if len(svc.VIPs) == 0 {
+					oc.httpHeadless[sp.Port] = true
+				}
+				oc.httpVIPs[sp.Port] = append(oc.httpVIPs[sp.Port], oc.claim(svc.VIPs, sp.Port)...)
+				continue
+			}
+			if vips := oc.claim(svc.VIPs, sp.Port); len(vips) > 0 {
+				fc := filterChain("tcp_"+portString(sp.Port)+"_"+svc.Hostname, sp.Port, vips,
+					tcpProxyFilter(stat, s.tcpClusters(svc, sp)))
+				oc.tcp = append(oc.tcp, fc)
+			}
+		}
+	}
+	ports := make([]uint32, 0, len(groups))
+	for p := range groups {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	l := &listenerv3.Listener{
+		Name:             outboundListenerName(s.ns),
+		Address:          socketAddress("0.0.0.0", port),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter()},
+		DefaultFilterChain: &listenerv3.FilterChain{
+			Name:    PassthroughCluster,
+			Filters: []*listenerv3.Filter{tcpProxyFilter(stat, []weightedCluster{{Cluster: PassthroughCluster, Weight: 1}})},
+		},
+	}
+	var out []virtualHostGroup
+	for _, p := range ports {
+		hcm := hcmFilter(stat, groups[p].Name)
+		if vips := oc.httpVIPs[p]; len(vips) > 0 {
+			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p), p, vips, hcm))
+		}
+		if oc.httpHeadless[p] {
+			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p)+"_any", p, nil, hcm))
+		}
+		out = append(out, *groups[p])
+	}
+	l.FilterChains = append(l.FilterChains, oc.tcp...)
+	return l, out
+}
+
+// virtualHostGroup is one route configuration to build.
+type virtualHostGroup struct {
+	Name         string
+	VirtualHosts []virtualHost
+}
+
+// claim returns the VIPs not yet matched on port and marks them taken, so
+// no two filter chains have the same match (Envoy rejects that).
+func (oc *outboundChains) claim(vips []string, port uint32) []string {
+	var out []string
+	for _, v := range vips {
+		k := v + "|" + portString(port)
+		if !oc.taken[k] {
+			oc.taken[k] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// tcpClusters is where a TCP service port goes: the first applicable TCP
+// route of its VirtualService, else the port's cluster.
+func (s *scope) tcpClusters(svc *service, sp servicePort) []weightedCluster {
+	if wc, ok := s.tcpRoute(svc, sp); ok {
+		return wc
+	}
+	return []weightedCluster{{Cluster: s.clusters.want(s, svc, sp, ""), Weight: 1}}
+}
+
+// inboundListener forwards connections for the namespace's local pods to
+// their original destination; connections to any other address match no
+// filter chain and are closed.
+func inboundListener(ns string, port uint32, podIPs []string) *listenerv3.Listener {
+	stat := inboundListenerName(ns)
+	return &listenerv3.Listener{
+		Name:             inboundListenerName(ns),
+		Address:          socketAddress("0.0.0.0", port),
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter()},
+		FilterChains: []*listenerv3.FilterChain{filterChain("inbound_pods", 0, podIPs,
+			tcpProxyFilter(stat, []weightedCluster{{Cluster: inboundClusterName(ns), Weight: 1}}))},
+	}
+}
+
+// filterChain matches destination port (0: any) and addresses (nil: any).
+func filterChain(name string, port uint32, addrs []string, f *listenerv3.Filter) *listenerv3.FilterChain {
+	m := &listenerv3.FilterChainMatch{}
+	if port != 0 {
+		m.DestinationPort = wrapperspb.UInt32(port)
+	}
+	for _, a := range addrs {
+		if r := cidrRange(a); r != nil {
+			m.PrefixRanges = append(m.PrefixRanges, r)
+		}
+	}
+	return &listenerv3.FilterChain{Name: name, FilterChainMatch: m, Filters: []*listenerv3.Filter{f}}
+}
+
+// cidrRange turns an IP or CIDR into a prefix range; nil if it is neither.
+func cidrRange(a string) *corev3.CidrRange {
+	p, err := netip.ParsePrefix(a)
+	if err != nil {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return nil
+		}
+		p = netip.PrefixFrom(ip, ip.BitLen())
+	}
+	p = p.Masked()
+	return &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))}
+}
+
+func originalDstFilter() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{
+		Name:       wellknown.OriginalDestination,
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&origdstv3.OriginalDst{})},
+	}
+}
+
+// httpConnectionManager routes with RDS over ADS; the router filter is last,
+// as Envoy and gRPC require.
+func httpConnectionManager(stat, routeName string) *hcmv3.HttpConnectionManager {
+	return &hcmv3.HttpConnectionManager{
+		StatPrefix: stat,
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsConfigSource(),
+			RouteConfigName: routeName,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       wellknown.Router,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+		}},
+	}
+}
+
+func hcmFilter(stat, routeName string) *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name:       wellknown.HTTPConnectionManager,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(httpConnectionManager(stat, routeName))},
+	}
+}
+
+func tcpProxyFilter(stat string, clusters []weightedCluster) *listenerv3.Filter {
+	tp := &tcpv3.TcpProxy{StatPrefix: stat}
+	if len(clusters) == 1 {
+		tp.ClusterSpecifier = &tcpv3.TcpProxy_Cluster{Cluster: clusters[0].Cluster}
+	} else {
+		wc := &tcpv3.TcpProxy_WeightedCluster{}
+		for _, c := range clusters {
+			wc.Clusters = append(wc.Clusters, &tcpv3.TcpProxy_WeightedCluster_ClusterWeight{Name: c.Cluster, Weight: c.Weight})
+		}
+		tp.ClusterSpecifier = &tcpv3.TcpProxy_WeightedClusters{WeightedClusters: wc}
+	}
+	return &listenerv3.Filter{
+		Name:       wellknown.TCPProxy,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)},
+	}
+}

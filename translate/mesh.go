@@ -1,0 +1,154 @@
+package translate
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/nodemesh/nodemesh/config"
+)
+
+// source is what the translator reads from a config snapshot;
+// *config.Snapshot implements it.
+type source interface {
+	List(kind config.Kind) []*config.Object
+	Get(k config.Key) (*config.Object, bool)
+	PodsOnNode(node string) []*config.Object
+	PodsMatching(ns string, selector map[string]string) []*config.Object
+	EndpointSlicesFor(ns, service string) []*config.Object
+}
+
+// mesh is the model of a whole snapshot, before any per-node choice.
+type mesh struct {
+	src        source
+	diags      *diagnostics
+	services   []*service            // sorted by hostname, Kubernetes first, then namespace
+	byHost     map[string][]*service // hostname -> services in the order above
+	namespaces []string              // every namespace of the mesh, sorted
+	ports      map[string]NamespacePorts
+	vs         []*config.Object // VirtualServices bound to the mesh, sorted by ns/name
+	drs        []*destinationRule
+	sidecars   map[string]*egressScope // namespace -> egress scope (nil: no restriction)
+	endpoints  map[endpointKey][]endpoint
+}
+
+type endpointKey struct {
+	svc  *service
+	port uint32
+}
+
+func buildMesh(src source, d *diagnostics) *mesh {
+	m := &mesh{
+		src:       src,
+		diags:     d,
+		byHost:    map[string][]*service{},
+		sidecars:  map[string]*egressScope{},
+		endpoints: map[endpointKey][]endpoint{},
+	}
+	nsSet := map[string]bool{}
+	for _, o := range src.List(config.KindNamespace) {
+		nsSet[o.Name] = true
+	}
+	for _, o := range src.List(config.KindPod) {
+		nsSet[o.Namespace] = true
+	}
+	for _, o := range src.List(config.KindService) {
+		nsSet[o.Namespace] = true
+		if svc := kubeService(o, d); svc != nil {
+			m.services = append(m.services, svc)
+		}
+	}
+	for _, o := range src.List(config.KindServiceEntry) {
+		m.services = append(m.services, serviceEntryServices(o, d)...)
+	}
+	slices.SortStableFunc(m.services, func(a, b *service) int {
+		return cmp.Or(strings.Compare(a.Hostname, b.Hostname), compareBool(a.ServiceEntry, b.ServiceEntry),
+			strings.Compare(a.Namespace, b.Namespace))
+	})
+	for _, s := range m.services {
+		m.byHost[s.Hostname] = append(m.byHost[s.Hostname], s)
+	}
+	for ns := range nsSet {
+		m.namespaces = append(m.namespaces, ns)
+	}
+	slices.Sort(m.namespaces)
+	m.ports = AllocateNamespacePorts(m.namespaces)
+	m.readSidecars()
+	m.readDestinationRules()
+	m.readVirtualServices()
+	return m
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case !a:
+		return -1
+	default:
+		return 1
+	}
+}
+
+// readSidecars keeps the namespace-wide Sidecars (no workload selector).
+func (m *mesh) readSidecars() {
+	for _, o := range m.src.List(config.KindSidecar) {
+		sc, ok := o.Spec.(*networking.Sidecar)
+		if !ok {
+			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			continue
+		}
+		if sc.GetWorkloadSelector() != nil {
+			m.diags.warnf(o, "spec.workloadSelector", "Sidecars with a workload selector are not supported by per-namespace listeners; ignored")
+			continue
+		}
+		if _, dup := m.sidecars[o.Namespace]; dup {
+			m.diags.errorf(o, "metadata.name", "namespace %s already has a Sidecar without workload selector; ignored", o.Namespace)
+			continue
+		}
+		m.sidecars[o.Namespace] = parseSidecar(o, sc, m.diags)
+	}
+}
+
+// egressFor returns the Sidecar scope of a client namespace: its own
+// Sidecar, else the root namespace's, else none.
+func (m *mesh) egressFor(ns string) *egressScope {
+	if s, ok := m.sidecars[ns]; ok {
+		return s
+	}
+	return m.sidecars[RootNamespace]
+}
+
+// readVirtualServices keeps the VirtualServices that apply to mesh traffic.
+func (m *mesh) readVirtualServices() {
+	for _, o := range m.src.List(config.KindVirtualService) {
+		vs, ok := o.Spec.(*networking.VirtualService)
+		if !ok {
+			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			continue
+		}
+		if len(vs.GetGateways()) > 0 && !slices.Contains(vs.GetGateways(), "mesh") {
+			continue // gateway-only; gateways are not served yet
+		}
+		m.vs = append(m.vs, o)
+	}
+}
+
+// visibleServices returns the services a client namespace can reach,
+// sorted by hostname, one per hostname.
+func (m *mesh) visibleServices(ns string) []*service {
+	scope := m.egressFor(ns)
+	var out []*service
+	for _, s := range m.services {
+		if !s.ExportTo.visibleTo(ns) && s.Namespace != ns || !scope.admits(s) {
+			continue
+		}
+		if n := len(out); n > 0 && out[n-1].Hostname == s.Hostname {
+			continue // first (Kubernetes, then by namespace) wins
+		}
+		out = append(out, s)
+	}
+	return out
+}

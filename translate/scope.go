@@ -1,0 +1,91 @@
+package translate
+
+import (
+	"slices"
+
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/nodemesh/nodemesh/config"
+)
+
+// scope is the mesh as one client namespace sees it: the services it may
+// reach and the VirtualServices and DestinationRules that apply to it.
+type scope struct {
+	m        *mesh
+	ns       string
+	services []*service // sorted by hostname
+	byHost   map[string]*service
+	clusters *clusterSet
+}
+
+func (m *mesh) scope(ns string, cs *clusterSet) *scope {
+	s := &scope{m: m, ns: ns, services: m.visibleServices(ns), byHost: map[string]*service{}, clusters: cs}
+	for _, svc := range s.services {
+		s.byHost[svc.Hostname] = svc
+	}
+	return s
+}
+
+// virtualServiceFor returns the VirtualService that routes host for this
+// namespace and the index of the matching host: one in the client's
+// namespace first, then one in the host's namespace, then any other
+// exported here (by namespace and name).
+func (s *scope) virtualServiceFor(svc *service) (*config.Object, *networking.VirtualService) {
+	var best *config.Object
+	bestRank := 1 << 30
+	for _, o := range s.m.vs {
+		vs := o.Spec.(*networking.VirtualService)
+		if o.Namespace != s.ns && !parseExportTo(vs.GetExportTo(), o.Namespace).visibleTo(s.ns) {
+			continue
+		}
+		if !slices.ContainsFunc(vs.GetHosts(), func(h string) bool { return hostMatches(resolveHost(h, o.Namespace), svc.Hostname) }) {
+			continue
+		}
+		rank := 2
+		switch o.Namespace {
+		case s.ns:
+			rank = 0
+		case svc.Namespace:
+			rank = 1
+		}
+		if rank < bestRank {
+			best, bestRank = o, rank
+		}
+	}
+	if best == nil {
+		return nil, nil
+	}
+	return best, best.Spec.(*networking.VirtualService)
+}
+
+// defaultRoute sends everything to the service port's cluster.
+func (s *scope) defaultRoute(svc *service, sp servicePort) httpRoute {
+	name := s.clusters.want(s, svc, sp, "")
+	return httpRoute{Name: "default", Clusters: []weightedCluster{{Cluster: name, Weight: 100}}}
+}
+
+// httpRoutes returns the routes of one HTTP service port: those of its
+// VirtualService if one applies (bad routes are skipped and diagnosed),
+// else a single default route.
+func (s *scope) httpRoutes(svc *service, sp servicePort) []httpRoute {
+	o, vs := s.virtualServiceFor(svc)
+	if vs == nil || len(vs.GetHttp()) == 0 {
+		return []httpRoute{s.defaultRoute(svc, sp)}
+	}
+	var out []httpRoute
+	for i, hr := range vs.GetHttp() {
+		if r, ok := s.convertHTTPRoute(o, i, hr, sp); ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// virtualHost is one HTTP service port as this namespace sees it.
+func (s *scope) virtualHost(svc *service, sp servicePort) virtualHost {
+	return virtualHost{
+		Name:    svc.Hostname + ":" + portString(sp.Port),
+		Domains: domains(svc, sp.Port, s.ns),
+		Routes:  s.httpRoutes(svc, sp),
+	}
+}
