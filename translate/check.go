@@ -73,7 +73,9 @@ type checker struct {
 	cla      map[string]bool
 }
 
-func (c *checker) errorf(format string, args ...any) { c.errs = append(c.errs, fmt.Errorf(format, args...)) }
+func (c *checker) errorf(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf(format, args...))
+}
 
 // names checks that names are non-empty, unique and sorted, and records them.
 func (c *checker) names(what string, n int, name func(int) string, into map[string]bool) {
