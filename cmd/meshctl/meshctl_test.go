@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+const bookinfo = "/work/shared/testdata/istio/samples/bookinfo"
+
+// bookinfoFiles are the bookinfo services plus one consistent set of
+// traffic rules (the sample folder holds alternatives that clash).
+func bookinfoFiles(t *testing.T) []string {
+	t.Helper()
+	files := []string{
+		filepath.Join(bookinfo, "platform/kube/bookinfo.yaml"),
+		filepath.Join(bookinfo, "networking/destination-rule-all.yaml"),
+		filepath.Join(bookinfo, "networking/virtual-service-reviews-80-20.yaml"),
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("Istio samples not found (%v); they live in shared/testdata beside the repo", err)
+		}
+	}
+	return files
+}
+
+func runCmd(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+const badConfig = `apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: shop
+spec:
+  selector:
+    app: echo
+  ports:
+  - name: grpc
+    port: 7070
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: echo
+  namespace: shop
+spec:
+  hosts: [echo]
+  http:
+  - route:
+    - destination:
+        host: echo
+        subset: v9
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: echo
+  namespace: shop
+spec:
+  host: echo
+  subsetz:
+  - name: v1
+`
+
+func TestAnalyzeReportsBadObjects(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(badConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runCmd("analyze", dir)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; output:\n%s", code, out)
+	}
+	file := filepath.Join(dir, "mesh.yaml")
+	for _, want := range []string{
+		// The loader: unknown field, with file:line of the document, object and field.
+		"Error [" + file + ":26] DestinationRule/shop/echo spec.subsetz: unknown field",
+		"Error [" + file + ":13] VirtualService/shop/echo",
+		// The translator: a route to a subset nobody defines.
+		"VirtualService/shop/echo spec.http[0].route[0].destination.subset",
+		"v9",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("analyze output lacks %q:\n%s", want, out)
+		}
+	}
+	if i, j := strings.Index(out, "Error"), strings.Index(out, "Warning"); j >= 0 && j < i {
+		t.Errorf("warnings before errors:\n%s", out)
+	}
+}
+
+func TestAnalyzeBookinfo(t *testing.T) {
+	files := bookinfoFiles(t)
+	code, out, errOut := runCmd(append([]string{"analyze"}, files...)...)
+	if code != 0 {
+		t.Fatalf("exit %d on the bookinfo sample:\n%s%s", code, out, errOut)
+	}
+	// Deployments are not read: analyze says so, with file:line.
+	if !strings.Contains(out, "Info ["+files[0]+":") || !strings.Contains(out, "Deployment/reviews-v2") {
+		t.Fatalf("analyze output:\n%s", out)
+	}
+	if strings.Contains(out, "Error") {
+		t.Fatalf("errors on a good sample:\n%s", out)
+	}
+}
+
+func TestAnalyzeFolderWithClashingAlternatives(t *testing.T) {
+	if _, err := os.Stat(bookinfo); err != nil {
+		t.Skipf("Istio samples not found: %v", err)
+	}
+	// The whole sample folder defines reviews many times over: each
+	// duplicate is an error naming both places.
+	code, out, _ := runCmd("analyze", bookinfo)
+	if code != 1 || !strings.Contains(out, "VirtualService/default/reviews: duplicate object, first defined at") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+}
+
+func TestTranslateProxylessBookinfo(t *testing.T) {
+	files := bookinfoFiles(t)
+	code, out, errOut := runCmd(append(append([]string{"translate"}, files...), "--grpc-namespace", "default")...)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, errOut)
+	}
+	var doc struct {
+		Proxy     map[string]string
+		Listeners []struct{ Name string }
+		Routes    []struct {
+			Name         string
+			VirtualHosts []struct {
+				Routes []struct {
+					Route struct {
+						Cluster          string
+						WeightedClusters struct {
+							Clusters []struct {
+								Name   string
+								Weight int
+							}
+						}
+					}
+				}
+			} `json:"virtualHosts"`
+		}
+		Clusters []struct{ Name string }
+	}
+	if err := yaml.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("output is not YAML: %v\n%s", err, out)
+	}
+	if doc.Proxy["kind"] != "grpc" || doc.Proxy["namespace"] != "default" {
+		t.Fatalf("proxy = %v", doc.Proxy)
+	}
+	hasListener := false
+	for _, l := range doc.Listeners {
+		hasListener = hasListener || l.Name == "reviews.default.svc.cluster.local:9080"
+	}
+	if !hasListener {
+		t.Fatalf("no API listener for reviews:9080 in %v", doc.Listeners)
+	}
+	weights := map[string]int{}
+	for _, rc := range doc.Routes {
+		if rc.Name != "reviews.default.svc.cluster.local:9080" {
+			continue
+		}
+		for _, vh := range rc.VirtualHosts {
+			for _, r := range vh.Routes {
+				for _, wc := range r.Route.WeightedClusters.Clusters {
+					weights[wc.Name] = wc.Weight
+				}
+			}
+		}
+	}
+	if weights["outbound|9080|v1|reviews.default.svc.cluster.local"] != 80 || weights["outbound|9080|v2|reviews.default.svc.cluster.local"] != 20 {
+		t.Fatalf("reviews weights = %v, want v1 80 / v2 20", weights)
+	}
+}
+
+const nodePods = `apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1-abc
+  namespace: default
+  labels: {app: reviews, version: v1}
+spec:
+  nodeName: node-1
+  serviceAccountName: bookinfo-reviews
+  containers: [{name: reviews, image: reviews}]
+status:
+  podIP: 10.1.0.5
+`
+
+func TestTranslateNode(t *testing.T) {
+	files := bookinfoFiles(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "pods.yaml"), []byte(nodePods), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCmd(append(append([]string{"translate", dir}, files...), "--node", "node-1")...)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, errOut)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if ls, _ := doc["listeners"].([]any); len(ls) == 0 {
+		t.Fatalf("node-1 has a pod in default but got no listeners:\n%s", out)
+	}
+	if !strings.Contains(out, "10.1.0.5") {
+		t.Fatalf("the pod's endpoint is missing:\n%s", out)
+	}
+}
+
+func TestTranslateRefusesBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(badConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCmd("translate", dir, "--node", "n1")
+	if code != 1 || out != "" || !strings.Contains(errOut, "subsetz") {
+		t.Fatalf("exit %d, stdout %q, stderr:\n%s", code, out, errOut)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{nil, {"frobnicate"}, {"analyze"}, {"translate", "dir"}} {
+		if code, _, _ := runCmd(args...); code != 2 {
+			t.Errorf("meshctl %v: exit %d, want 2", args, code)
+		}
+	}
+}
