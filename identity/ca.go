@@ -156,11 +156,19 @@ func (ca *CA) Root() *x509.Certificate {
 }
 
 // Bundle returns the trust bundle: every current root, including a previous
-// root during a rotation's overlap. The caller owns the returned bundle.
+// root during a rotation's overlap, but no root that has expired (the
+// signing root always stays). The caller owns the returned bundle.
 func (ca *CA) Bundle() *x509bundle.Bundle {
+	now := ca.cfg.Now()
 	ca.mu.RLock()
 	defer ca.mu.RUnlock()
-	return x509bundle.FromX509Authorities(ca.cfg.TrustDomain, ca.roots)
+	roots := make([]*x509.Certificate, 0, len(ca.roots))
+	for _, r := range ca.roots {
+		if r.Equal(ca.s.root) || now.Before(r.NotAfter) {
+			roots = append(roots, r)
+		}
+	}
+	return x509bundle.FromX509Authorities(ca.cfg.TrustDomain, roots)
 }
 
 // GetX509BundleForTrustDomain implements go-spiffe's x509bundle.Source, so

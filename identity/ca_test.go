@@ -366,3 +366,23 @@ func TestRootRotation(t *testing.T) {
 		t.Errorf("after retire and restart: %d roots, want 1", got)
 	}
 }
+
+func TestBundleDropsExpiredOldRoots(t *testing.T) {
+	now := t0
+	ca := newTestCA(t, CAConfig{RootTTL: 30 * 24 * time.Hour, Now: func() time.Time { return now }})
+	oldRoot := ca.Root()
+	now = t0.Add(20 * 24 * time.Hour)
+	newRoot, err := ca.RotateRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(ca.Bundle().X509Authorities()); got != 2 {
+		t.Fatalf("during the overlap: %d roots, want 2", got)
+	}
+	now = oldRoot.NotAfter.Add(time.Second)
+	b := ca.Bundle()
+	if b.HasX509Authority(oldRoot) || !b.HasX509Authority(newRoot) {
+		t.Errorf("after the old root expired: has old %v, has new %v; want only the new root",
+			b.HasX509Authority(oldRoot), b.HasX509Authority(newRoot))
+	}
+}

@@ -84,6 +84,24 @@ type Update struct {
 	Bundle *x509bundle.Bundle
 }
 
+// PEM returns the update as the three PEM blobs a TLS stack or an SDS secret
+// takes: the certificate chain (leaf first), the PKCS#8 private key and the
+// trusted roots.
+func (u Update) PEM() (chain, key, roots []byte, err error) {
+	if u.SVID == nil || u.Bundle == nil {
+		return nil, nil, nil, errors.New("update pem: no SVID or no bundle")
+	}
+	chain, key, err = u.SVID.Marshal()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("update pem for %s: %w", u.SVID.ID, err)
+	}
+	roots, err = u.Bundle.Marshal()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("update pem for %s: bundle: %w", u.SVID.ID, err)
+	}
+	return chain, key, roots, nil
+}
+
 // Rotator keeps one workload's SVID fresh: it fetches a new one before half
 // of the current one's lifetime has passed and hands every new SVID to every
 // subscriber, in order, dropping none. The old SVID stays valid until it

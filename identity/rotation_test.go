@@ -288,3 +288,29 @@ func TestRotatorFollowsWatcher(t *testing.T) {
 		<-done
 	})
 }
+
+func TestUpdatePEM(t *testing.T) {
+	ca := newTestCA(t, CAConfig{})
+	svid, err := ca.NewSVID(mustWorkloadID(t, "demo", "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, key, roots, err := Update{SVID: svid, Bundle: ca.Bundle()}.PEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := x509svid.Parse(chain, key)
+	if err != nil {
+		t.Fatalf("x509svid.Parse of the PEM: %v", err)
+	}
+	rootCerts, err := ParseCertsPEM(roots)
+	if err != nil || len(rootCerts) != 1 || !rootCerts[0].Equal(ca.Root()) {
+		t.Fatalf("roots PEM: %d certs, %v; want the CA root", len(rootCerts), err)
+	}
+	if _, err := verifyAt(parsed.Certificates, x509bundle.FromX509Authorities(ca.TrustDomain(), rootCerts), t0); err != nil {
+		t.Errorf("PEM round trip does not verify: %v", err)
+	}
+	if _, _, _, err := (Update{}).PEM(); err == nil {
+		t.Error("PEM of an empty update succeeded")
+	}
+}
