@@ -13,7 +13,8 @@ import (
 
 // contentHash returns a hash of everything in o, used by the store to skip
 // writes of unchanged objects. Protobuf specs are marshaled
-// deterministically, Kubernetes types as JSON (whose map keys are sorted).
+// deterministically, Kubernetes types with their generated protobuf
+// marshalers (which sort map keys), anything else as JSON.
 func contentHash(o *Object) ([sha256.Size]byte, error) {
 	h := sha256.New()
 	writeStrings(h, string(o.Kind), o.Namespace, o.Name, o.APIVersion,
@@ -26,6 +27,9 @@ func contentHash(o *Object) ([sha256.Size]byte, error) {
 	case nil:
 	case proto.Message:
 		spec, err = proto.MarshalOptions{Deterministic: true}.Marshal(s)
+	case interface{ Marshal() ([]byte, error) }:
+		// Kubernetes API types: generated protobuf, map keys sorted.
+		spec, err = s.Marshal()
 	default:
 		spec, err = json.Marshal(s)
 	}

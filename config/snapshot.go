@@ -37,13 +37,13 @@ func (s *Snapshot) Source(k Key) (string, bool) {
 
 // List returns every object of a kind, sorted by namespace and name.
 func (s *Snapshot) List(kind Kind) []*Object {
-	return s.list(indexKind, string(kind))
+	return s.list(indexID+"_prefix", string(kind)+"\x00")
 }
 
 // ListInNamespace returns the objects of a kind in one namespace, sorted by
 // name.
 func (s *Snapshot) ListInNamespace(kind Kind, namespace string) []*Object {
-	return s.list(indexKindNS, string(kind)+"\x00"+namespace)
+	return s.list(indexID+"_prefix", string(kind)+"\x00"+namespace+"\x00")
 }
 
 // PodsOnNode returns the pods whose spec.nodeName is node, sorted by

@@ -21,9 +21,12 @@ const (
 	tableObjects = "objects"
 	tableMeta    = "meta"
 
-	indexID        = "id"        // unique: kind, namespace, name
-	indexKind      = "kind"      // kind
-	indexKindNS    = "kindns"    // kind, namespace
+	// indexID is unique on (kind, namespace, name). Its prefix queries
+	// serve as the kind and kind+namespace indexes: IDs are
+	// "kind\x00namespace\x00name\x00", so the prefix "kind\x00" selects a
+	// kind and "kind\x00namespace\x00" a namespace, in (namespace, name)
+	// order, without two more trees to update on every write.
+	indexID        = "id"
 	indexSource    = "source"    // source that owns the object
 	indexNode      = "node"      // pods: spec.nodeName
 	indexPodLabels = "podlabels" // pods: "namespace/key=value" per label
@@ -34,13 +37,11 @@ const (
 // to are never modified after insert: a change inserts a new record.
 type record struct {
 	ID        string // kind \x00 namespace \x00 name, so that index order is (kind, namespace, name)
-	Kind      string
-	KindNS    string
 	Source    string
 	Node      string
 	PodLabels []string
 	Service   string
-	Hash      [sha256.Size]byte
+	hash      func() ([sha256.Size]byte, error) // content hash, computed once when first needed
 	Obj       *Object
 }
 
@@ -57,8 +58,8 @@ func objectID(k Key) string { return string(k.Kind) + "\x00" + k.Namespace + "\x
 
 func newRecord(source string, o *Object) *record {
 	r := &record{
-		ID: objectID(o.Key), Kind: string(o.Kind), KindNS: string(o.Kind) + "\x00" + o.Namespace,
-		Source: source, Obj: o,
+		ID: objectID(o.Key), Source: source, Obj: o,
+		hash: sync.OnceValues(func() ([sha256.Size]byte, error) { return contentHash(o) }),
 	}
 	switch spec := o.Spec.(type) {
 	case *corev1.Pod:
@@ -83,8 +84,6 @@ func labelIndexValue(namespace, key, value string) string {
 var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	tableObjects: {Name: tableObjects, Indexes: map[string]*memdb.IndexSchema{
 		indexID:        {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-		indexKind:      {Name: indexKind, Indexer: &memdb.StringFieldIndex{Field: "Kind"}},
-		indexKindNS:    {Name: indexKindNS, Indexer: &memdb.StringFieldIndex{Field: "KindNS"}},
 		indexSource:    {Name: indexSource, Indexer: &memdb.StringFieldIndex{Field: "Source"}},
 		indexNode:      {Name: indexNode, AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Node"}},
 		indexPodLabels: {Name: indexPodLabels, AllowMissing: true, Indexer: &memdb.StringSliceFieldIndex{Field: "PodLabels"}},
@@ -148,15 +147,15 @@ func (s *Store) write(source string, objs []*Object, deletes []Key, replace bool
 	if source == "" {
 		return errors.New("write to store: empty source name")
 	}
-	recs, keep, err := prepare(source, objs)
+	keep, err := prepare(source, objs)
 	if err != nil {
 		return err
 	}
 	txn := s.db.Txn(true)
 	defer txn.Abort()
 	changed := false
-	for _, r := range recs {
-		c, err := upsert(txn, source, r)
+	for _, o := range objs {
+		c, err := upsert(txn, source, o)
 		if err != nil {
 			return err
 		}
@@ -200,26 +199,32 @@ func (s *Store) write(source string, objs []*Object, deletes []Key, replace bool
 	return nil
 }
 
-// upsert inserts r unless the same content is stored; the content hash is
-// only computed when the stored object is not the very same pointer.
-func upsert(txn *memdb.Txn, source string, r *record) (bool, error) {
-	raw, err := txn.First(tableObjects, indexID, r.ID)
+// upsert inserts r unless the same content is stored; content hashes are
+// only computed when a different pointer is stored under the key.
+func upsert(txn *memdb.Txn, source string, o *Object) (bool, error) {
+	raw, err := txn.First(tableObjects, indexID, objectID(o.Key))
 	if err != nil {
-		return false, fmt.Errorf("write %s: look up %s: %w", source, r.Obj.Key, err)
+		return false, fmt.Errorf("write %s: look up %s: %w", source, o.Key, err)
 	}
 	old, _ := raw.(*record)
 	if old != nil && old.Source != source {
-		return false, fmt.Errorf("write %s: %s (%s): %w %q (%s)", source, r.Obj.Key, r.Obj.Origin,
+		return false, fmt.Errorf("write %s: %s (%s): %w %q (%s)", source, o.Key, o.Origin,
 			ErrOwnedByOtherSource, old.Source, old.Obj.Origin)
 	}
-	if old != nil && old.Obj == r.Obj {
+	if old != nil && old.Obj == o {
 		return false, nil
 	}
-	if r.Hash, err = contentHash(r.Obj); err != nil {
-		return false, fmt.Errorf("write %s: %w", source, err)
-	}
-	if old != nil && old.Hash == r.Hash {
-		return false, nil
+	r := newRecord(source, o)
+	if old != nil {
+		// Hashes are only needed to compare with a stored object, so a new
+		// key costs no hashing.
+		newHash, err := r.hash()
+		if err != nil {
+			return false, fmt.Errorf("write %s: %w", source, err)
+		}
+		if oldHash, err := old.hash(); err == nil && oldHash == newHash {
+			return false, nil
+		}
 	}
 	if err := txn.Insert(tableObjects, r); err != nil {
 		return false, fmt.Errorf("write %s: insert %s: %w", source, r.Obj.Key, err)
@@ -254,22 +259,20 @@ func bumpVersion(txn *memdb.Txn) error {
 	return nil
 }
 
-// prepare validates objs and builds their records (without hashes).
-func prepare(source string, objs []*Object) ([]*record, map[string]bool, error) {
-	recs := make([]*record, 0, len(objs))
+// prepare validates objs and returns the set of their IDs.
+func prepare(source string, objs []*Object) (map[string]bool, error) {
 	keep := make(map[string]bool, len(objs))
 	for i, o := range objs {
 		if err := validObject(o); err != nil {
-			return nil, nil, fmt.Errorf("write %s: object %d: %w", source, i, err)
+			return nil, fmt.Errorf("write %s: object %d: %w", source, i, err)
 		}
 		id := objectID(o.Key)
 		if keep[id] {
-			return nil, nil, fmt.Errorf("write %s: duplicate object %s (%s)", source, o.Key, o.Origin)
+			return nil, fmt.Errorf("write %s: duplicate object %s (%s)", source, o.Key, o.Origin)
 		}
 		keep[id] = true
-		recs = append(recs, newRecord(source, o))
 	}
-	return recs, keep, nil
+	return keep, nil
 }
 
 // validObject checks what the store and its readers rely on.
