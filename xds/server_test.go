@@ -393,3 +393,31 @@ func TestNodeForgottenAfterLastStream(t *testing.T) {
 		t.Fatalf("nodes gauge = %d", got)
 	}
 }
+
+func TestChangesAreDebounced(t *testing.T) {
+	src := newFakeSource("127.0.0.11")
+	srv := startServer(t, src)
+	c := newSotwClient(t, srv.addr, envoyNode("node-q"))
+	c.send(resourcev3.EndpointType, "", "", nil, fakeCluster)
+	r := c.recv(wait)
+	c.send(resourcev3.EndpointType, r.GetVersionInfo(), r.GetNonce(), nil, fakeCluster)
+
+	envoy := translate.Proxy{Kind: translate.SharedEnvoy, Node: "node-q"}
+	before := src.translations(envoy)
+	for i := range 10 { // a burst well inside the 5ms debounce
+		src.set(false, fmt.Sprintf("127.0.1.%d", i))
+	}
+	pushes := 0
+	for {
+		r = c.recv(wait)
+		pushes++
+		c.send(resourcev3.EndpointType, r.GetVersionInfo(), r.GetNonce(), nil, fakeCluster)
+		if got := endpointIPs(t, r.GetResources()); len(got) == 1 && got[0] == "127.0.1.9" {
+			break
+		}
+	}
+	c.expectNothing(quiet)
+	if got := src.translations(envoy) - before; pushes > 2 || got > 2 {
+		t.Fatalf("10 changes in a burst gave %d pushes and %d translations, want 1 (2 if the burst straddled the window)", pushes, got)
+	}
+}
