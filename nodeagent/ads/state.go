@@ -33,29 +33,74 @@ type StateConfig struct {
 }
 
 // ToState converts the node's dataplane resources into the kernel half's
-// State. It is deterministic (resources are visited in name order) and its
-// errors name the resource and field ("service shop/web:80/TCP: vips[1]:
-// ..."); the ADS client sends such an error as the NACK.
+// State. Its errors name the resource and field ("service shop/web:80/TCP:
+// vips[1]: ..."), are the same for the same input (resources are then
+// visited in name order), and the ADS client sends them as the NACK. The
+// order of the State's slices is unspecified (the kernel half sorts what it
+// needs; compare with State.Canonical).
 func ToState(res *Resources, cfg StateConfig) (nodeagent.State, error) {
+	return NewConverter(cfg).Convert(res)
+}
+
+// Converter is ToState with memory: it keeps the conversion of each service
+// (the bulk of a node's state: VIPs and backends) and redoes only those
+// whose resource or namespace listener port changed, so that one endpoint
+// change costs little more than assembling the State. Not safe for
+// concurrent use.
+type Converter struct {
+	cfg      StateConfig
+	services map[string]serviceEntry
+}
+
+type serviceEntry struct {
+	msg *dataplanev1.Service // the client replaces messages on update, never mutates them
+	l7  uint16
+	out []nodeagent.Service
+}
+
+// NewConverter returns a Converter for cfg.
+func NewConverter(cfg StateConfig) *Converter {
+	return &Converter{cfg: cfg, services: map[string]serviceEntry{}}
+}
+
+// Convert is ToState, reusing earlier service conversions.
+func (c *Converter) Convert(res *Resources) (nodeagent.State, error) {
+	// Fast path in map order; on an error, again in name order so that the
+	// message (which resource clashes with which) is deterministic.
+	st, err := c.convert(res, false)
+	if err != nil {
+		_, err = c.convert(res, true)
+		return nodeagent.State{}, err
+	}
+	return st, nil
+}
+
+func (c *Converter) convert(res *Resources, sorted bool) (nodeagent.State, error) {
 	var st nodeagent.State
 	var errs []error
-	for _, name := range sortedKeys(res.Listeners) {
-		errs = append(errs, addListener(&st, cfg, name, res.Listeners[name]))
+	for _, name := range keysOf(res.Listeners, sorted) {
+		errs = append(errs, addListener(&st, c.cfg, name, res.Listeners[name]))
 	}
 	ips := map[netip.Addr]string{}
-	for _, name := range sortedKeys(res.Workloads) {
-		errs = append(errs, addWorkload(&st, cfg, ips, name, res.Workloads[name]))
+	for _, name := range keysOf(res.Workloads, sorted) {
+		errs = append(errs, addWorkload(&st, c.cfg, ips, name, res.Workloads[name]))
 	}
 	l7Ports := map[string]uint16{}
 	for _, r := range st.Redirects {
 		l7Ports[r.Namespace] = r.ProxyPort
 	}
-	keys := map[nodeagent.ServiceKey]string{}
-	for _, name := range sortedKeys(res.Services) {
-		errs = append(errs, addService(&st, keys, l7Ports, name, res.Services[name]))
+	keys := make(map[nodeagent.ServiceKey]string, len(res.Services))
+	st.Services = make([]nodeagent.Service, 0, len(res.Services))
+	for _, name := range keysOf(res.Services, sorted) {
+		errs = append(errs, c.addService(&st, keys, l7Ports, name, res.Services[name]))
+	}
+	for name := range c.services {
+		if _, ok := res.Services[name]; !ok {
+			delete(c.services, name)
+		}
 	}
 	rules := map[policyKey]nodeagent.Verdict{}
-	for _, name := range sortedKeys(res.Policies) {
+	for _, name := range keysOf(res.Policies, sorted) {
 		errs = append(errs, addPolicy(rules, name, res.Policies[name]))
 	}
 	st.Policies = sortedRules(rules)
@@ -63,6 +108,36 @@ func ToState(res *Resources, cfg StateConfig) (nodeagent.State, error) {
 		return nodeagent.State{}, err
 	}
 	return st, nil
+}
+
+// addService appends the kernel services of one resource (one per VIP),
+// converting it only when it changed since the last Convert.
+func (c *Converter) addService(st *nodeagent.State, keys map[nodeagent.ServiceKey]string, l7Ports map[string]uint16, name string, s *dataplanev1.Service) error {
+	var l7 uint16
+	if s.GetL7() {
+		l7 = l7Ports[s.GetNamespace()]
+		if l7 == 0 {
+			l7 = DefaultL7Port
+		}
+	}
+	e, ok := c.services[name]
+	if !ok || e.msg != s || e.l7 != l7 {
+		out, err := convertService(name, s, l7)
+		if err != nil {
+			delete(c.services, name)
+			return err
+		}
+		e = serviceEntry{msg: s, l7: l7, out: out}
+		c.services[name] = e
+	}
+	for _, svc := range e.out {
+		if other, ok := keys[svc.Key()]; ok {
+			return fmt.Errorf("service %s: %s is also served by service %s", name, svc.Key(), other)
+		}
+		keys[svc.Key()] = name
+	}
+	st.Services = append(st.Services, e.out...)
+	return nil
 }
 
 func addListener(st *nodeagent.State, cfg StateConfig, name string, l *dataplanev1.NamespaceListener) error {
@@ -122,30 +197,32 @@ func addWorkload(st *nodeagent.State, cfg StateConfig, ips map[netip.Addr]string
 	return nil
 }
 
-func addService(st *nodeagent.State, keys map[nodeagent.ServiceKey]string, l7Ports map[string]uint16, name string, s *dataplanev1.Service) error {
+// convertService builds the kernel services of one resource, one per VIP;
+// l7 is the L7ProxyPort marker (0 for a plain L4 service).
+func convertService(name string, s *dataplanev1.Service, l7 uint16) ([]nodeagent.Service, error) {
 	errf := func(format string, args ...any) error {
 		return fmt.Errorf("service %s: "+format, append([]any{name}, args...)...)
 	}
 	port, err := port16(s.GetPort())
 	if err != nil || port == 0 {
-		return errf("port: %d is not a port", s.GetPort())
+		return nil, errf("port: %d is not a port", s.GetPort())
 	}
 	proto, err := protocol(s.GetProtocol(), nodeagent.TCP)
 	if err != nil {
-		return errf("protocol: %w", err)
+		return nil, errf("protocol: %w", err)
 	}
 	if len(s.GetVips()) == 0 {
-		return errf("vips: empty")
+		return nil, errf("vips: empty")
 	}
 	backends := make([]nodeagent.Backend, 0, len(s.GetBackends()))
 	for i, b := range s.GetBackends() {
 		ip, err := netip.ParseAddr(b.GetIp())
 		if err != nil {
-			return errf("backends[%d].ip: %q is not an IP address", i, b.GetIp())
+			return nil, errf("backends[%d].ip: %q is not an IP address", i, b.GetIp())
 		}
 		bport, err := port16(b.GetPort())
 		if err != nil || bport == 0 {
-			return errf("backends[%d].port: %d is not a port", i, b.GetPort())
+			return nil, errf("backends[%d].port: %d is not a port", i, b.GetPort())
 		}
 		weight := b.GetWeight()
 		if weight == 0 {
@@ -153,19 +230,18 @@ func addService(st *nodeagent.State, keys map[nodeagent.ServiceKey]string, l7Por
 		}
 		backends = append(backends, nodeagent.Backend{IP: ip.Unmap(), Port: bport, Weight: weight})
 	}
-	var l7 uint16
-	if s.GetL7() {
-		l7 = l7Ports[s.GetNamespace()]
-		if l7 == 0 {
-			l7 = DefaultL7Port
-		}
-	}
+	out := make([]nodeagent.Service, 0, len(s.GetVips()))
+	seen := map[netip.Addr]int{}
 	for i, v := range s.GetVips() {
 		vip, err := netip.ParseAddr(v)
 		if err != nil {
-			return errf("vips[%d]: %q is not an IP address", i, v)
+			return nil, errf("vips[%d]: %q is not an IP address", i, v)
 		}
 		vip = vip.Unmap()
+		if j, dup := seen[vip]; dup {
+			return nil, errf("vips[%d]: %s duplicates vips[%d]", i, vip, j)
+		}
+		seen[vip] = i
 		svc := nodeagent.Service{VIP: vip, Port: port, Proto: proto, L7ProxyPort: l7}
 		// A dual-stack service: each VIP gets the backends of its family.
 		for _, b := range backends {
@@ -173,13 +249,9 @@ func addService(st *nodeagent.State, keys map[nodeagent.ServiceKey]string, l7Por
 				svc.Backends = append(svc.Backends, b)
 			}
 		}
-		if other, ok := keys[svc.Key()]; ok {
-			return errf("vips[%d]: %s is also served by service %s", i, svc.Key(), other)
-		}
-		keys[svc.Key()] = name
-		st.Services = append(st.Services, svc)
+		out = append(out, svc)
 	}
-	return nil
+	return out, nil
 }
 
 type policyKey struct {
@@ -283,8 +355,11 @@ func port16(p uint32) (uint16, error) {
 	return uint16(p), nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	return slices.Sorted(maps.Keys(m))
+func keysOf[V any](m map[string]V, sorted bool) []string {
+	if sorted {
+		return slices.Sorted(maps.Keys(m))
+	}
+	return slices.AppendSeq(make([]string, 0, len(m)), maps.Keys(m))
 }
 
 // Dataplane is the kernel half as the ADS client needs it
@@ -297,17 +372,23 @@ type Dataplane interface {
 // resources with ToState and applies the State. Either error is NACKed; the
 // kernel writes nothing when the State does not validate.
 type DataplaneApplier struct {
-	Dataplane Dataplane
-	State     StateConfig
+	dataplane Dataplane
+	conv      *Converter
 }
 
-// Apply converts and applies res.
-func (a DataplaneApplier) Apply(ctx context.Context, res *Resources) error {
-	st, err := ToState(res, a.State)
+// NewDataplaneApplier returns the Applier that programs dp.
+func NewDataplaneApplier(dp Dataplane, cfg StateConfig) *DataplaneApplier {
+	return &DataplaneApplier{dataplane: dp, conv: NewConverter(cfg)}
+}
+
+// Apply converts and applies res. The ADS client calls it from one
+// goroutine.
+func (a *DataplaneApplier) Apply(ctx context.Context, res *Resources) error {
+	st, err := a.conv.Convert(res)
 	if err != nil {
 		return err
 	}
-	if _, err := a.Dataplane.Apply(ctx, st); err != nil {
+	if _, err := a.dataplane.Apply(ctx, st); err != nil {
 		return fmt.Errorf("applying dataplane state: %w", err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/nodeagent"
@@ -82,16 +83,16 @@ func TestToState(t *testing.T) {
 		},
 		Accelerate: []nodeagent.Acceleration{{Namespace: "shop", SpliceSafe: true}},
 	}
-	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(want.Canonical(), got.Canonical(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("ToState (-want +got):\n%s", diff)
 	}
 	// What we produce is what the kernel half accepts.
 	if err := got.Validate(); err != nil {
 		t.Errorf("nodeagent rejects the converted state: %v", err)
 	}
-	// Deterministic: a second conversion is identical.
+	// Deterministic up to order: a second conversion is the same state.
 	again, _ := ToState(meshResources(), stateConfig())
-	if diff := cmp.Diff(got, again, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(got.Canonical(), again.Canonical(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("ToState is not deterministic:\n%s", diff)
 	}
 }
@@ -119,7 +120,7 @@ func TestToStateErrorsNameTheResource(t *testing.T) {
 			r.Services["shop/db:5432/TCP"].Port = 53
 			r.Services["shop/db:5432/TCP"].Protocol = dataplanev1.Protocol_UDP
 		},
-			`service shop/db:5432/TCP: vips[0]: 10.96.0.53:53/UDP is also served by service blog/dns:53/UDP`},
+			`service shop/db:5432/TCP: 10.96.0.53:53/UDP is also served by service blog/dns:53/UDP`},
 		{"workload ip", func(r *Resources, _ *StateConfig) { r.Workloads["shop/db-0"].Ips = []string{"::ffff:zz"} },
 			`workload shop/db-0: ips[0]: "::ffff:zz" is not an IP address`},
 		{"workload identity", func(r *Resources, _ *StateConfig) { r.Workloads["shop/db-0"].Identity = 1 },
@@ -155,7 +156,7 @@ func TestDataplaneApplierOnFakeMaps(t *testing.T) {
 	dp := fakeMapsDataplane{maps}
 	cfg := stateConfig()
 	cfg.PodCgroup = nil // the fake resolves no cgroups
-	app := DataplaneApplier{Dataplane: dp, State: cfg}
+	app := NewDataplaneApplier(dp, cfg)
 	res := meshResources()
 	if err := app.Apply(context.Background(), res); err != nil {
 		t.Fatal(err)
@@ -170,7 +171,10 @@ func TestDataplaneApplierOnFakeMaps(t *testing.T) {
 	}
 
 	// A bad resource is refused before anything is written.
-	res.Services["shop/db:5432/TCP"].Vips = []string{"nope"}
+	// (A new message, as the client delivers: messages are never mutated.)
+	bad := proto.Clone(res.Services["shop/db:5432/TCP"]).(*dataplanev1.Service)
+	bad.Vips = []string{"nope"}
+	res.Services["shop/db:5432/TCP"] = bad
 	if err := app.Apply(context.Background(), res); err == nil || !strings.Contains(err.Error(), "service shop/db:5432/TCP") {
 		t.Fatalf("Apply(bad) = %v, want an error naming the service", err)
 	}
