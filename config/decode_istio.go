@@ -33,9 +33,14 @@ func decodeIstio(info kindInfo, top map[string]json.RawMessage) (*Object, []Diag
 	diags = append(diags, kd...)
 	spec := info.newIstio()
 	if raw, ok := top["spec"]; ok && string(raw) != "null" {
-		raw = normalizeDurations(raw, spec.ProtoReflect().Descriptor())
-		if err := (protojson.UnmarshalOptions{}).Unmarshal(raw, spec); err != nil {
-			diags = append(diags, protojsonDiagnostic(raw, err))
+		raw, unknown := prepareSpec(raw, spec.ProtoReflect().Descriptor())
+		for _, f := range unknown {
+			diags = append(diags, Diagnostic{Severity: SeverityError, Field: joinField("spec", f), Message: "unknown field"})
+		}
+		if len(unknown) == 0 {
+			if err := (protojson.UnmarshalOptions{}).Unmarshal(raw, spec); err != nil {
+				diags = append(diags, protojsonDiagnostic(raw, err))
+			}
 		}
 	}
 	for i := range diags {
