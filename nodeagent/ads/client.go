@@ -140,6 +140,7 @@ type pending struct {
 // streamState is what one stream holds beyond the client's applied set.
 type streamState struct {
 	staged  *stage // applied + deltas not yet applied; nil when none
+	changed bool   // staged differs from applied
 	pending []pending
 	seen    map[string]bool // types with a response on this client before the first sync
 }
@@ -202,7 +203,26 @@ func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscover
 				return gotResponse, fmt.Errorf("receiving: %w", r.err)
 			}
 			gotResponse = true
-			if err := c.handle(ctx, stream, st, r.resp); err != nil {
+			if err := c.stage(stream, st, r.resp); err != nil {
+				return gotResponse, err
+			}
+			// Fold in whatever else has arrived (other types), so that one
+			// Apply covers them all.
+		drain:
+			for {
+				select {
+				case r := <-recv:
+					if r.err != nil {
+						return gotResponse, fmt.Errorf("receiving: %w", r.err)
+					}
+					if err := c.stage(stream, st, r.resp); err != nil {
+						return gotResponse, err
+					}
+				default:
+					break drain
+				}
+			}
+			if err := c.commit(ctx, stream, st); err != nil {
 				return gotResponse, err
 			}
 		}
@@ -228,38 +248,58 @@ type deltaSender interface {
 	Send(*discovery.DeltaDiscoveryRequest) error
 }
 
-// handle folds one response into the staged set, applies it when the set is
-// complete, and ACKs or NACKs. It returns an error only when the stream
-// broke.
+// handle stages one response and commits it.
 func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState, resp *discovery.DeltaDiscoveryResponse) error {
-	log := c.log.With("type_url", resp.GetTypeUrl(), "version", resp.GetSystemVersionInfo(), "nonce", resp.GetNonce())
+	if err := c.stage(stream, st, resp); err != nil {
+		return err
+	}
+	return c.commit(ctx, stream, st)
+}
+
+// stage folds one response into the staged set, or NACKs it at once when
+// it cannot be decoded. It returns an error only when the stream broke.
+func (c *Client) stage(stream deltaSender, st *streamState, resp *discovery.DeltaDiscoveryResponse) error {
 	p := pending{typeURL: resp.GetTypeUrl(), nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
 	d, err := decodeDelta(resp)
 	if err != nil {
-		log.Error("rejecting ads response", "error", err)
+		c.log.Error("rejecting ads response", "type_url", p.typeURL, "version", p.version, "nonce", p.nonce, "error", err)
 		return c.nack(stream, []pending{p}, err)
 	}
 	if st.staged == nil {
 		st.staged = newStage(c.applied)
 	}
-	changed := st.staged.apply(d)
+	if st.staged.apply(d) {
+		st.changed = true
+	}
 	st.pending = append(st.pending, p)
 	if !c.synced {
 		st.seen[d.typeURL] = true
+	}
+	return nil
+}
+
+// commit applies the staged set when it is complete and ACKs or NACKs every
+// response staged since the last commit. It returns an error only when the
+// stream broke.
+func (c *Client) commit(ctx context.Context, stream deltaSender, st *streamState) error {
+	if len(st.pending) == 0 {
+		return nil
+	}
+	changed := st.changed
+	if !c.synced {
 		for _, t := range c.cfg.Types {
 			if !st.seen[t] {
-				log.Debug("waiting for every type before the first apply", "missing", t)
+				c.log.Debug("waiting for every type before the first apply", "missing", t)
 				return nil
 			}
 		}
 		changed = true // the first full set is always applied
 	}
-	ps := st.pending
-	staged := st.staged.set
-	keep := st.staged
-	st.pending, st.staged = nil, nil
+	ps, keep := st.pending, st.staged
+	staged := keep.set
+	st.pending, st.staged, st.changed = nil, nil, false
 	if !changed {
-		log.Debug("ads response changes nothing; acking without apply")
+		c.log.Debug("ads responses change nothing; acking without apply", "responses", len(ps))
 		return c.ack(stream, ps, staged, false)
 	}
 	start := time.Now()
@@ -268,15 +308,15 @@ func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		log.Error("apply failed; keeping the previous dataplane state", "error", err)
+		c.log.Error("apply failed; keeping the previous dataplane state", "error", err, "responses", len(ps))
 		if !c.synced {
 			// Keep the full set: the control plane will not resend it, and
 			// applying a later delta over nothing would program a partial set.
-			st.staged = keep
+			st.staged, st.changed = keep, true
 		}
 		return c.nack(stream, ps, err)
 	}
-	log.Info("applied dataplane resources", "resources", desired.Len(), "took", time.Since(start))
+	c.log.Info("applied dataplane resources", "resources", desired.Len(), "responses", len(ps), "took", time.Since(start))
 	return c.ack(stream, ps, staged, true)
 }
 
