@@ -14,7 +14,9 @@ import (
 )
 
 // recordingSender keeps the requests the client sends.
-type recordingSender struct{ reqs []*discovery.DeltaDiscoveryRequest }
+type recordingSender struct {
+	reqs []*discovery.DeltaDiscoveryRequest
+}
 
 func (r *recordingSender) Send(req *discovery.DeltaDiscoveryRequest) error {
 	r.reqs = append(r.reqs, req)
