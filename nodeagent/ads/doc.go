@@ -24,13 +24,17 @@
 //     control plane resends the rejected resource when it changes, or on
 //     reconnect (the client announces the versions it applied).
 //   - A response that changes nothing (same versions, no removals) is ACKed
-//     without calling Apply.
+//     without calling Apply. Responses that arrived together (different
+//     types) are folded into one Apply and ACKed (or NACKed) each.
 //   - When the stream breaks, the client reconnects with exponential backoff
 //     and jitter and re-subscribes with initial_resource_versions of what it
 //     applied, so an unchanged control plane sends nothing new. Nothing is
 //     torn down while the control plane is away.
 //
-// ToState converts the protobuf resources into the kernel half's
-// nodeagent.State, with errors that name the resource and field; such an
-// error becomes the NACK.
+// ToState (and Converter, its memoizing form) converts the protobuf
+// resources into the kernel half's nodeagent.State, with errors that name
+// the resource and field; such an error becomes the NACK.
+// NewDataplaneApplier joins the two: the Applier mesh-agent gives the
+// Client. Dial opens the control plane connection that the Client and the
+// Envoy xDS proxy (nodeagent/envoy) share.
 package ads
