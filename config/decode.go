@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // header is what the decoder reads of every document before it knows the
@@ -114,16 +116,33 @@ func objectKey(kind Kind, namespace, name string) (Key, []Diagnostic) {
 		k.Namespace = "default"
 	}
 	var diags []Diagnostic
-	bad := func(field, msg string) {
-		diags = append(diags, Diagnostic{Severity: SeverityError, Object: k, Field: field, Message: msg})
+	bad := func(field string, msgs []string) {
+		value := name
+		if field == "metadata.namespace" {
+			value = namespace
+		}
+		for _, m := range msgs {
+			if value != "" {
+				m = fmt.Sprintf("invalid value %q: %s", value, m)
+			}
+			diags = append(diags, Diagnostic{Severity: SeverityError, Object: k, Field: field, Message: m})
+		}
 	}
-	if name == "" {
-		bad("metadata.name", "name is required")
-	} else if strings.ContainsAny(name, "/\x00") {
-		bad("metadata.name", "name must not contain '/'")
+	// The API server's rules: a Service name is a DNS-1035 label (it becomes
+	// a DNS name), a Namespace name a DNS-1123 label, other names DNS-1123
+	// subdomains.
+	switch {
+	case name == "":
+		bad("metadata.name", []string{"name is required"})
+	case kind == KindService:
+		bad("metadata.name", validation.IsDNS1035Label(name))
+	case kind == KindNamespace:
+		bad("metadata.name", validation.IsDNS1123Label(name))
+	default:
+		bad("metadata.name", validation.IsDNS1123Subdomain(name))
 	}
-	if strings.ContainsAny(k.Namespace, "/\x00") {
-		bad("metadata.namespace", "namespace must not contain '/'")
+	if kind.Namespaced() && namespace != "" {
+		bad("metadata.namespace", validation.IsDNS1123Label(namespace))
 	}
 	return k, diags
 }

@@ -367,3 +367,25 @@ func mustWrite(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+func TestDecodeInvalidNames(t *testing.T) {
+	in := "apiVersion: v1\nkind: Service\nmetadata: {name: 1web, namespace: Shop}\n---\n" +
+		"apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a_b}\n---\n" +
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: web-0.a}\n" // a valid subdomain
+	objs, diags := Decode("f.yaml", []byte(in))
+	var got []string
+	for _, d := range diags {
+		got = append(got, d.Object.String()+" "+d.Field+" "+d.Message[:strings.Index(d.Message, ":")])
+	}
+	want := []string{
+		`Service/Shop/1web metadata.name invalid value "1web"`,
+		`Service/Shop/1web metadata.namespace invalid value "Shop"`,
+		`Sidecar/default/a_b metadata.name invalid value "a_b"`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if len(objs) != 1 || objs[0].Name != "web-0.a" {
+		t.Errorf("objects %v", keys(objs))
+	}
+}
