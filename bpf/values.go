@@ -3,6 +3,7 @@ package bpf
 import (
 	"encoding/binary"
 	"net/netip"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -56,21 +57,15 @@ const (
 
 // Addr converts an address to its map form (IPv4 is IPv4-mapped).
 func Addr(ip netip.Addr) MeshAddr {
-	b := ip.As16()
 	var a MeshAddr
-	for i := range a.A {
-		a.A[i] = binary.NativeEndian.Uint32(b[i*4:])
-	}
+	// The map words hold the address bytes in memory order.
+	*(*[16]byte)(unsafe.Pointer(&a.A)) = ip.As16()
 	return a
 }
 
 // Netip converts back; IPv4-mapped addresses become plain IPv4.
 func (a MeshAddr) Netip() netip.Addr {
-	var b [16]byte
-	for i, w := range a.A {
-		binary.NativeEndian.PutUint32(b[i*4:], w)
-	}
-	return netip.AddrFrom16(b).Unmap()
+	return netip.AddrFrom16(*(*[16]byte)(unsafe.Pointer(&a.A))).Unmap()
 }
 
 // NetPort turns a host-order port into the network-order value stored in a

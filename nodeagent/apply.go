@@ -35,14 +35,23 @@ type current struct {
 }
 
 func readCurrent(m Maps) (*current, error) {
-	var c current
-	var err error
+	c, err := readSmall(m)
+	if err != nil {
+		return nil, err
+	}
 	if c.services, err = m.Services.Dump(); err != nil {
 		return nil, err
 	}
 	if c.backends, err = m.Backends.Dump(); err != nil {
 		return nil, err
 	}
+	return c, nil
+}
+
+// readSmall reads every map but services and backends.
+func readSmall(m Maps) (*current, error) {
+	var c current
+	var err error
 	if c.workloads, err = m.Workloads.Dump(); err != nil {
 		return nil, err
 	}
@@ -64,9 +73,9 @@ func readCurrent(m Maps) (*current, error) {
 	return &c, nil
 }
 
-// applyState makes the maps hold s, reading what they hold first (never a
-// cache: a crashed agent converges on its next apply). Write order keeps
-// every intermediate state consistent for the programs:
+// applyState makes the maps hold s, reading everything they hold first
+// (never a cache: a crashed agent converges on its next apply). Write order
+// keeps every intermediate state consistent for the programs:
 //
 //  1. namespaces, workloads, cgroups, redirects, policy rules, then modes;
 //  2. new backends;
@@ -77,38 +86,86 @@ func readCurrent(m Maps) (*current, error) {
 //  6. removed modes, rules, redirects, cgroups, workloads, namespaces.
 //
 // Only entries that differ are written, so a second apply of the same state
-// writes nothing.
-func applyState(ctx context.Context, m Maps, s *State, resolve CgroupResolver) (Stats, error) {
+// writes nothing. It returns the backend ids in use, for incremental applies.
+func applyState(ctx context.Context, m Maps, s *State, resolve CgroupResolver) (Stats, *backendIDs, error) {
 	var st Stats
 	if err := s.Validate(); err != nil {
-		return st, fmt.Errorf("invalid state: %w", err)
+		return st, nil, fmt.Errorf("invalid state: %w", err)
 	}
 	cur, err := readCurrent(m)
 	if err != nil {
-		return st, err
+		return st, nil, err
 	}
-	want, err := desiredContents(s, cur.backends, resolve)
+	ids := newBackendIDs(cur.backends)
+	want, err := desiredContents(s, ids, resolve)
 	if err != nil {
-		return st, err
+		return st, nil, err
 	}
 	st.Warnings = want.warnings
 	w := &writer{ctx: ctx, st: &st}
+	svcSteps := serviceSteps(w, m, cur.services, want.services, cur.backends, want.backends)
+	if err := runSteps(smallPuts(w, m, cur, want), svcSteps, smallDeletes(w, m, cur, want)); err != nil {
+		return st, nil, err
+	}
+	for id, b := range cur.backends {
+		if _, ok := want.backends[id]; !ok {
+			ids.release(id, b)
+		}
+	}
+	for k, v := range want.services {
+		if k.Slot != 0 {
+			ids.refs[v.BackendId]++
+		}
+	}
+	ids.fresh = map[uint32]bool{}
+	st.Services = len(s.Services)
+	st.Backends = len(want.backends)
+	st.Workloads = len(want.workloads)
+	st.Policies = len(want.policy)
+	return st, ids, nil
+}
 
-	isSlot := func(k bpf.MeshSvcKey) bool { return k.Slot != 0 }
-	isMaster := func(k bpf.MeshSvcKey) bool { return k.Slot == 0 }
-	steps := []func() error{
+func runSteps(groups ...[]func() error) error {
+	for _, g := range groups {
+		for _, step := range g {
+			if err := step(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// smallPuts writes new and changed entries of every map but services and
+// backends (step 1).
+func smallPuts(w *writer, m Maps, cur *current, want *contents) []func() error {
+	return []func() error{
 		func() error { return putChanged(w, m.Namespaces, cur.namespaces, want.namespaces, nil, cmp.Compare) },
 		func() error { return putChanged(w, m.Workloads, cur.workloads, want.workloads, nil, compareAddr) },
 		func() error { return putChanged(w, m.Cgroups, cur.cgroups, want.cgroups, nil, cmp.Compare) },
 		func() error { return putChanged(w, m.Redirects, cur.redirects, want.redirects, nil, cmp.Compare) },
 		func() error { return putChanged(w, m.Policy, cur.policy, want.policy, nil, comparePolicy) },
 		func() error { return putChanged(w, m.PolicyMode, cur.mode, want.mode, nil, cmp.Compare) },
-		func() error { return putChanged(w, m.Backends, cur.backends, want.backends, nil, cmp.Compare) },
-		func() error { return putChanged(w, m.Services, cur.services, want.services, isSlot, compareSvc) },
-		func() error { return putChanged(w, m.Services, cur.services, want.services, isMaster, compareSvc) },
-		func() error { return deleteStale(w, m.Services, cur.services, want.services, isMaster, compareSvc) },
-		func() error { return deleteStale(w, m.Services, cur.services, want.services, isSlot, compareSvc) },
-		func() error { return deleteStale(w, m.Backends, cur.backends, want.backends, nil, cmp.Compare) },
+	}
+}
+
+// serviceSteps are steps 2-5 over the given service and backend entries.
+func serviceSteps(w *writer, m Maps, curSvc, wantSvc map[bpf.MeshSvcKey]bpf.MeshSvcValue, curBe, wantBe map[uint32]bpf.MeshBackend) []func() error {
+	isSlot := func(k bpf.MeshSvcKey) bool { return k.Slot != 0 }
+	isMaster := func(k bpf.MeshSvcKey) bool { return k.Slot == 0 }
+	return []func() error{
+		func() error { return putChanged(w, m.Backends, curBe, wantBe, nil, cmp.Compare) },
+		func() error { return putChanged(w, m.Services, curSvc, wantSvc, isSlot, compareSvc) },
+		func() error { return putChanged(w, m.Services, curSvc, wantSvc, isMaster, compareSvc) },
+		func() error { return deleteStale(w, m.Services, curSvc, wantSvc, isMaster, compareSvc) },
+		func() error { return deleteStale(w, m.Services, curSvc, wantSvc, isSlot, compareSvc) },
+		func() error { return deleteStale(w, m.Backends, curBe, wantBe, nil, cmp.Compare) },
+	}
+}
+
+// smallDeletes removes what is no longer wanted (step 6).
+func smallDeletes(w *writer, m Maps, cur *current, want *contents) []func() error {
+	return []func() error{
 		func() error { return deleteStale(w, m.PolicyMode, cur.mode, want.mode, nil, cmp.Compare) },
 		func() error { return deleteStale(w, m.Policy, cur.policy, want.policy, nil, comparePolicy) },
 		func() error { return deleteStale(w, m.Redirects, cur.redirects, want.redirects, nil, cmp.Compare) },
@@ -116,20 +173,6 @@ func applyState(ctx context.Context, m Maps, s *State, resolve CgroupResolver) (
 		func() error { return deleteStale(w, m.Workloads, cur.workloads, want.workloads, nil, compareAddr) },
 		func() error { return deleteStale(w, m.Namespaces, cur.namespaces, want.namespaces, nil, cmp.Compare) },
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			return st, err
-		}
-	}
-	for k := range want.services {
-		if k.Slot == 0 {
-			st.Services++
-		}
-	}
-	st.Backends = len(want.backends)
-	st.Workloads = len(want.workloads)
-	st.Policies = len(want.policy)
-	return st, nil
 }
 
 // writer counts writes and checks for cancellation now and then.

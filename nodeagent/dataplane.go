@@ -74,6 +74,7 @@ type Dataplane struct {
 	coll  *ebpf.Collection
 	links []link.Link
 	maps  Maps
+	rec   *Reconciler
 }
 
 // Open loads the programs, adopts the pinned maps (or creates and pins
@@ -108,16 +109,19 @@ func Open(cfg Config) (*Dataplane, error) {
 		return nil, err
 	}
 	log.Info("dataplane loaded", "cgroup", cfg.CgroupPath, "pin_dir", cfg.PinDir, "migrated", migrated)
-	return &Dataplane{cfg: cfg, log: log, coll: coll, links: links, maps: KernelMaps(coll.Maps)}, nil
+	maps := KernelMaps(coll.Maps)
+	return &Dataplane{cfg: cfg, log: log, coll: coll, links: links, maps: maps, rec: NewReconciler(maps, CgroupID)}, nil
 }
 
-// Apply makes the maps hold s (see applyState for the write order). It
-// reads the maps, not a cache, and writes only what differs.
+// Apply makes the maps hold s and writes only what differs, in an order
+// that never exposes a half-written service (see applyState). The first
+// Apply after Open reads every map; later ones re-read and rewrite only the
+// services that changed since the last successful Apply (see Reconciler).
 func (d *Dataplane) Apply(ctx context.Context, s State) (Stats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	start := time.Now()
-	st, err := applyState(ctx, d.maps, &s, CgroupID)
+	st, err := d.rec.apply(ctx, &s)
 	for _, w := range st.Warnings {
 		d.log.Warn("apply", "warning", w)
 	}
@@ -202,8 +206,10 @@ func CgroupID(path string) (uint64, error) {
 }
 
 // ApplyToMaps is Apply on any Maps (a fake, in tests of callers).
+// It always does a full reconcile.
 func ApplyToMaps(ctx context.Context, m Maps, s State, resolve CgroupResolver) (Stats, error) {
-	return applyState(ctx, m, &s, resolve)
+	st, _, err := applyState(ctx, m, &s, resolve)
+	return st, err
 }
 
 // DumpMaps is Dump on any Maps.

@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -25,11 +24,9 @@ type contents struct {
 // CgroupResolver turns a cgroup v2 directory into its id.
 type CgroupResolver func(path string) (uint64, error)
 
-// desiredContents computes the map contents of a validated state. Backend
-// ids already in the backends map are kept; new backends get the lowest ids
-// not in use (never one freed by this same change).
-func desiredContents(s *State, curBackends map[uint32]bpf.MeshBackend, resolve CgroupResolver) (*contents, error) {
-	c := &contents{
+// newContents returns empty contents.
+func newContents() *contents {
+	return &contents{
 		services:   map[bpf.MeshSvcKey]bpf.MeshSvcValue{},
 		backends:   map[uint32]bpf.MeshBackend{},
 		workloads:  map[bpf.MeshAddr]bpf.MeshEndpointInfo{},
@@ -39,12 +36,26 @@ func desiredContents(s *State, curBackends map[uint32]bpf.MeshBackend, resolve C
 		policy:     map[bpf.MeshPolicyKey]bpf.MeshPolicyValue{},
 		mode:       map[uint32]uint32{},
 	}
-	alloc := newBackendIDs(curBackends)
+}
+
+// desiredContents computes the map contents of a validated state. Backend
+// ids come from alloc (see backendIDs).
+func desiredContents(s *State, alloc *backendIDs, resolve CgroupResolver) (*contents, error) {
+	c, err := desiredSmall(s, resolve)
+	if err != nil {
+		return nil, err
+	}
 	for _, svc := range s.Services {
 		if err := c.addService(svc, alloc); err != nil {
 			return nil, err
 		}
 	}
+	return c, nil
+}
+
+// desiredSmall computes everything but services and backends.
+func desiredSmall(s *State, resolve CgroupResolver) (*contents, error) {
+	c := newContents()
 	nsIDs, err := s.namespaceIDs()
 	if err != nil {
 		return nil, err
@@ -130,24 +141,33 @@ func (c *contents) addWorkload(w Workload, resolve CgroupResolver) {
 	}
 }
 
-// backendIDs hands out backend ids.
+// backendIDs hands out backend ids: an address already in the backends map
+// keeps its id; a new one gets the lowest id not in the map (never one
+// freed by the same change, since deletes come last). refs counts the
+// slots using each id; it is kept between incremental applies.
 type backendIDs struct {
 	byAddr map[bpf.MeshBackend]uint32
-	used   map[uint32]bool
+	inMap  []bool   // index: id
+	refs   []uint32 // index: id
+	fresh  map[uint32]bool
 	next   uint32
 }
 
 func newBackendIDs(cur map[uint32]bpf.MeshBackend) *backendIDs {
-	a := &backendIDs{byAddr: map[bpf.MeshBackend]uint32{}, used: map[uint32]bool{}, next: 1}
-	ids := make([]uint32, 0, len(cur))
-	for id := range cur {
-		ids = append(ids, id)
+	a := &backendIDs{
+		byAddr: make(map[bpf.MeshBackend]uint32, len(cur)),
+		inMap:  make([]bool, bpf.BackendsMax+1),
+		refs:   make([]uint32, bpf.BackendsMax+1),
+		fresh:  map[uint32]bool{},
+		next:   1,
 	}
-	slices.SortFunc(ids, cmp.Compare)
-	for _, id := range ids {
-		a.used[id] = true
-		if _, ok := a.byAddr[cur[id]]; !ok {
-			a.byAddr[cur[id]] = id
+	for id, b := range cur {
+		if id > bpf.BackendsMax {
+			continue // not ours; deleted as stale
+		}
+		a.inMap[id] = true
+		if old, ok := a.byAddr[b]; !ok || id < old {
+			a.byAddr[b] = id
 		}
 	}
 	return a
@@ -157,14 +177,29 @@ func (a *backendIDs) id(b bpf.MeshBackend) (uint32, error) {
 	if id, ok := a.byAddr[b]; ok {
 		return id, nil
 	}
-	for a.used[a.next] {
+	for a.next <= bpf.BackendsMax && a.inMap[a.next] {
 		a.next++
 	}
 	if a.next > bpf.BackendsMax {
 		return 0, fmt.Errorf("backend %s: no free backend id (map holds %d)", b.AddrPort(), bpf.BackendsMax)
 	}
 	id := a.next
-	a.used[id] = true
+	a.inMap[id] = true
+	a.fresh[id] = true
 	a.byAddr[b] = id
 	return id, nil
+}
+
+// release forgets an id whose backend entry was deleted.
+func (a *backendIDs) release(id uint32, b bpf.MeshBackend) {
+	if id <= bpf.BackendsMax {
+		a.inMap[id] = false
+		a.refs[id] = 0
+		if id < a.next {
+			a.next = id
+		}
+	}
+	if a.byAddr[b] == id {
+		delete(a.byAddr, b)
+	}
 }

@@ -70,6 +70,13 @@ func (t *memTable[K, V]) Put(k K, v V) error {
 	return nil
 }
 
+func (t *memTable[K, V]) Lookup(k K) (V, bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, ok := t.m[k]
+	return v, ok, nil
+}
+
 func (t *memTable[K, V]) Delete(k K) error {
 	t.mu.Lock()
 	delete(t.m, k)

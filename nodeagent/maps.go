@@ -15,6 +15,8 @@ import (
 type Table[K comparable, V any] interface {
 	Name() string
 	Put(k K, v V) error
+	// Lookup reads one entry; ok is false when k is absent.
+	Lookup(k K) (v V, ok bool, err error)
 	// Delete removes k; deleting a missing key is success.
 	Delete(k K) error
 	// Dump reads every entry.
@@ -66,6 +68,18 @@ func (t *ebpfTable[K, V]) Put(k K, v V) error {
 		return fmt.Errorf("update map %s: %w", t.name, err)
 	}
 	return nil
+}
+
+func (t *ebpfTable[K, V]) Lookup(k K) (V, bool, error) {
+	var v V
+	err := t.m.Lookup(&k, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return v, false, nil
+	}
+	if err != nil {
+		return v, false, fmt.Errorf("lookup in map %s: %w", t.name, err)
+	}
+	return v, true, nil
 }
 
 func (t *ebpfTable[K, V]) Delete(k K) error {

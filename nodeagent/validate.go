@@ -80,7 +80,10 @@ func validateService(svc Service) error {
 		return fmt.Errorf("backends: %d is more than %d", len(svc.Backends), bpf.MaxSlots)
 	}
 	var total uint64
-	seen := map[netip.AddrPort]int{}
+	var seen map[netip.AddrPort]int // only for large services: small ones compare pairwise
+	if len(svc.Backends) > 16 {
+		seen = make(map[netip.AddrPort]int, len(svc.Backends))
+	}
 	for i, b := range svc.Backends {
 		ap := netip.AddrPortFrom(b.IP, b.Port)
 		switch {
@@ -91,16 +94,34 @@ func validateService(svc Service) error {
 		case b.Port == 0:
 			return fmt.Errorf("backends[%d].port: must not be 0", i)
 		}
-		if j, ok := seen[ap]; ok {
+		if j := duplicateBackend(svc.Backends, i, seen); j >= 0 {
 			return fmt.Errorf("backends[%d]: %s duplicates backends[%d]", i, ap, j)
 		}
-		seen[ap] = i
 		total += uint64(b.Weight)
 	}
 	if total > 1<<32-1 {
 		return errors.New("backends: total weight overflows 32 bits")
 	}
 	return nil
+}
+
+// duplicateBackend returns the index of an earlier backend with the same
+// address and port as bs[i], or -1.
+func duplicateBackend(bs []Backend, i int, seen map[netip.AddrPort]int) int {
+	if seen == nil {
+		for j := 0; j < i; j++ {
+			if bs[j].IP == bs[i].IP && bs[j].Port == bs[i].Port {
+				return j
+			}
+		}
+		return -1
+	}
+	ap := netip.AddrPortFrom(bs[i].IP, bs[i].Port)
+	if j, ok := seen[ap]; ok {
+		return j
+	}
+	seen[ap] = i
+	return -1
 }
 
 func validateWorkload(w Workload) error {
