@@ -164,7 +164,7 @@ func TestEndpoints(t *testing.T) {
 		cluster string
 		want    []string
 	}{
-		{reviewsV3, nil}, // not referenced by any route on node-a without a VirtualService
+		{reviewsV3, []string{"10.2.0.11:9080", "10.2.0.12:9080"}}, // every DestinationRule subset gets a cluster
 		{"outbound|9080||reviews.default.svc.cluster.local", []string{"10.1.0.13:9080", "10.2.0.10:9080", "10.2.0.11:9080", "10.2.0.12:9080"}},
 		{"outbound|80||web.shop.svc.cluster.local", []string{"10.1.0.20:8080"}},                 // named targetPort
 		{"outbound|7070||grpc-api.shop.svc.cluster.local", []string{"10.1.0.30:17070"}},         // EndpointSlice, ready only

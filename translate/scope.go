@@ -89,3 +89,21 @@ func (s *scope) virtualHost(svc *service, sp servicePort) virtualHost {
 		Routes:  s.httpRoutes(svc, sp),
 	}
 }
+
+// wantAllClusters adds, for every service port this namespace can see, the
+// service's cluster and one per subset of the DestinationRule that applies
+// here, as Istio does, so routes can be changed without new clusters.
+func (s *scope) wantAllClusters() {
+	for _, svc := range s.services {
+		dr := s.m.destinationRuleFor(svc.Hostname, svc.Namespace, s.ns)
+		for _, sp := range svc.Ports {
+			s.clusters.want(s, svc, sp, "")
+			if dr == nil {
+				continue
+			}
+			for _, sub := range dr.Subsets {
+				s.clusters.want(s, svc, sp, sub.Name)
+			}
+		}
+	}
+}

@@ -39,9 +39,9 @@ func translate(src source, proxy Proxy) *NodeConfig {
 	case SharedEnvoy:
 		groups = sharedEnvoy(m, cs, proxy.Node, nc)
 	case ProxylessGRPC:
-		var ls []*listenerv3.Listener
-		ls, groups = m.scope(proxy.Namespace, cs).proxyless()
-		nc.Listeners = ls
+		sc := m.scope(proxy.Namespace, cs)
+		sc.wantAllClusters()
+		nc.Listeners, groups = sc.proxyless()
 	}
 	for _, g := range groups {
 		nc.Routes = append(nc.Routes, routeConfiguration(g.Name, g.VirtualHosts))
@@ -84,7 +84,9 @@ func sharedEnvoy(m *mesh, cs *clusterSet, node string, nc *NodeConfig) []virtual
 		if !ok {
 			continue // more namespaces than slots
 		}
-		l, gs := m.scope(ns, cs).outboundListener(ports.Outbound)
+		sc := m.scope(ns, cs)
+		sc.wantAllClusters()
+		l, gs := sc.outboundListener(ports.Outbound)
 		nc.Listeners = append(nc.Listeners, l)
 		groups = append(groups, gs...)
 		if ips := local[ns]; len(ips) > 0 {
