@@ -18,4 +18,10 @@
 //     the node has one authenticated identity towards the control plane.
 //   - Supervisor (supervisor.go): starts `envoy -c <bootstrap>` when envoy is
 //     on PATH, restarts it with backoff when it exits, stops it on shutdown.
+//   - RunNodeProxy (nodeproxy.go): the three together, as mesh-agent runs
+//     them; without an Envoy binary only the xDS socket runs.
+//
+// Per-namespace connection limits and stat prefixes are not in the
+// bootstrap: they come with each namespace's listeners from the control
+// plane. Neither are secrets: SDS flows over the same ADS stream.
 package envoy

@@ -30,8 +30,10 @@ type NodeProxyConfig struct {
 	Logger *slog.Logger
 }
 
-// Paths of the files NodeProxy keeps in Dir.
-func (c NodeProxyConfig) SocketPath() string    { return filepath.Join(c.Dir, "xds.sock") }
+// SocketPath is the xDS socket Envoy connects to: Dir/xds.sock.
+func (c NodeProxyConfig) SocketPath() string { return filepath.Join(c.Dir, "xds.sock") }
+
+// BootstrapPath is the bootstrap file passed to Envoy: Dir/envoy-bootstrap.json.
 func (c NodeProxyConfig) BootstrapPath() string { return filepath.Join(c.Dir, "envoy-bootstrap.json") }
 
 // Validate reports what is missing in c.
