@@ -236,5 +236,15 @@ func (d *decoder) document(doc document) {
 	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
 		return // a document holding only "~" or "null"
 	}
+	first := len(d.diags)
 	d.value(origin, "", js)
+	// Point at the line of each bad field (Origin.Line is the document's).
+	lines := fieldLines{doc: doc}
+	for i := first; i < len(d.diags); i++ {
+		if d.diags[i].Severity == SeverityError {
+			if l := lines.line(d.diags[i].Field); l > 0 {
+				d.diags[i].Message += " (line " + strconv.Itoa(l) + ")"
+			}
+		}
+	}
 }

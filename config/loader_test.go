@@ -23,8 +23,8 @@ var invalidIstioFiles = map[string][]string{
 	// websocketUpgrade was removed from the HTTPRoute API (Istio upgrades
 	// websockets by default); this file still carries it.
 	"tests/testdata/config/rule-websocket-route.yaml": {
-		"Error [FILE:37] VirtualService/testns/websocket-route spec.http[0].websocketUpgrade: unknown field",
-		"Error [FILE:60] VirtualService/testns/websocket-route2 spec.http[0].websocketUpgrade: unknown field",
+		"Error [FILE:37] VirtualService/testns/websocket-route spec.http[0].websocketUpgrade: unknown field (line 56)",
+		"Error [FILE:60] VirtualService/testns/websocket-route2 spec.http[0].websocketUpgrade: unknown field (line 79)",
 	},
 }
 
@@ -196,7 +196,7 @@ spec:
     - destination: {host: ratings}
 `,
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Doc: 1, Line: 8},
-			Object: Key{KindVirtualService, "shop", "ratings"}, Field: "spec.http[1].rout", Message: "unknown field"}},
+			Object: Key{KindVirtualService, "shop", "ratings"}, Field: "spec.http[1].rout", Message: "unknown field (line 18)"}},
 	}, {
 		name: "unknown field in a core object",
 		yaml: `apiVersion: v1
@@ -220,34 +220,34 @@ spec:
       protocl: TCP
 `,
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Doc: 1, Line: 8},
-			Object: Key{KindPod, "shop", "web-0"}, Field: "spec.containers[0].ports[0].protocl", Message: "unknown field"}},
+			Object: Key{KindPod, "shop", "web-0"}, Field: "spec.containers[0].ports[0].protocl", Message: "unknown field (line 19)"}},
 	}, {
 		name: "wrong type in a core object",
 		yaml: "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: b}\nspec:\n  ports:\n  - port: eighty\n",
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1},
 			Object: Key{KindService, "b", "a"}, Field: "spec.ports[0].port",
-			Message: `cannot unmarshal string into Go struct field ServicePort.spec.ports.port of type int32`}},
+			Message: `cannot unmarshal string into Go struct field ServicePort.spec.ports.port of type int32 (line 6)`}},
 	}, {
 		name: "bad enum in an Istio spec",
 		yaml: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICTLY}\n",
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1},
 			Object: Key{KindPeerAuthentication, "istio-system", "default"}, Field: "spec.mtls.mode",
-			Message: `invalid value for enum field mode: "STRICTLY"`}},
+			Message: `invalid value for enum field mode: "STRICTLY" (line 5)`}},
 	}, {
 		name: "unknown field in Istio metadata and top level",
 		yaml: "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, labelz: {a: b}}\nspek: {}\n",
 		want: []Diagnostic{
 			{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1}, Object: Key{KindGateway, "default", "gw"},
-				Field: "spek", Message: "unknown field"},
+				Field: "spek", Message: "unknown field (line 4)"},
 			{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1}, Object: Key{KindGateway, "default", "gw"},
-				Field: "metadata.labelz", Message: "unknown field"},
+				Field: "metadata.labelz", Message: "unknown field (line 3)"},
 		},
 	}, {
 		name: "unsupported apiVersion of a supported kind",
 		yaml: "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\n",
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1},
 			Object: Key{Kind: KindVirtualService, Name: "x"}, Field: "apiVersion",
-			Message: `unsupported apiVersion "networking.istio.io/v2" for kind VirtualService (supported: networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3)`}},
+			Message: `unsupported apiVersion "networking.istio.io/v2" for kind VirtualService (supported: networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3) (line 1)`}},
 	}, {
 		name: "unsupported kinds are information",
 		yaml: "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n",
@@ -269,7 +269,7 @@ spec:
 			{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1}, Object: Key{Name: "a"},
 				Field: "kind", Message: "kind is required and must be a string"},
 			{Severity: SeverityError, Origin: Origin{File: "f.yaml", Doc: 1, Line: 4}, Object: Key{KindServiceAccount, "a", ""},
-				Field: "metadata.name", Message: "name is required"},
+				Field: "metadata.name", Message: "name is required (line 6)"},
 		},
 	}, {
 		name: "not a mapping",
@@ -285,7 +285,7 @@ spec:
 		name: "error inside a List item",
 		yaml: "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: a}\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: b, nmae: c}\n",
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1},
-			Object: Key{Kind: KindNamespace, Name: "b"}, Field: "items[1].metadata.nmae", Message: "unknown field"}},
+			Object: Key{Kind: KindNamespace, Name: "b"}, Field: "items[1].metadata.nmae", Message: "unknown field (line 9)"}},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
