@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Kernel tests run their clients as children started inside the test
@@ -21,7 +23,7 @@ func TestMain(m *testing.M) {
 	if req := os.Getenv(childEnv); req != "" {
 		os.Exit(childDial(req))
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 type dialReq struct {

@@ -50,7 +50,8 @@ type WatchConfig struct {
 }
 
 // WatchStateFile applies the file now and again whenever its content
-// changes, until ctx is done. A file that does not parse or validate, or a
+// changes, until ctx is done. Writers should replace the file atomically
+// (write a temporary file, rename it over); an empty file is ignored. A file that does not parse or validate, or a
 // failed apply, is logged (naming the file) and the last good state keeps
 // serving; a failed apply is retried at the next check.
 func WatchStateFile(ctx context.Context, cfg WatchConfig, a Applier) error {
@@ -72,6 +73,12 @@ func WatchStateFile(ctx context.Context, cfg WatchConfig, a Applier) error {
 			return
 		}
 		if applied != nil && bytes.Equal(data, applied) {
+			return
+		}
+		if len(bytes.TrimSpace(data)) == 0 {
+			// Most likely caught mid-write; an empty state would remove
+			// every service. To remove everything, write "{}".
+			log.Warn("state file is empty; ignored", "file", cfg.Path)
 			return
 		}
 		s, err := ParseState(data)

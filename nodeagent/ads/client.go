@@ -46,6 +46,9 @@ func New(cfg Config) (*Client, error) {
 		cfg.Types = slices.Clone(dataplanev1.Types)
 	}
 	cfg.Backoff = cfg.Backoff.withDefaults()
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = DefaultMaxMessageBytes
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -150,7 +153,7 @@ type streamState struct {
 func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) (gotResponse bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := ads.DeltaAggregatedResources(sctx)
+	stream, err := ads.DeltaAggregatedResources(sctx, grpc.MaxCallRecvMsgSize(c.cfg.MaxMessageBytes))
 	if err != nil {
 		return false, fmt.Errorf("opening delta ads stream: %w", err)
 	}

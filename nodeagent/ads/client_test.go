@@ -12,8 +12,10 @@ import (
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
@@ -442,4 +444,39 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestClientLargeInitialSync syncs 20,000 services (a first response far
+// above gRPC's default 4 MiB message limit) through the real server.
+func TestClientLargeInitialSync(t *testing.T) {
+	cp := newControlPlane(t)
+	const n = 20000
+	batch := map[string]types.Resource{}
+	for i := range n {
+		svc := &dataplanev1.Service{Namespace: "big", Name: fmt.Sprint("svc", i), Vips: []string{fmt.Sprintf("10.%d.%d.%d", 96+i>>16, i>>8&255, i&255)}, Port: 80, Protocol: dataplanev1.Protocol_TCP}
+		for b := range 10 {
+			svc.Backends = append(svc.Backends, &dataplanev1.Backend{Ip: fmt.Sprintf("10.200.%d.%d", i>>8&255, (i+b)&255), Port: uint32(8000 + b), Node: "node-with-a-long-name-" + fmt.Sprint(b)})
+		}
+		batch[fmt.Sprintf("big/svc%d:80/TCP", i)] = svc
+	}
+	if err := cp.caches[dataplanev1.ServiceType].UpdateResources(batch, nil); err != nil {
+		t.Fatal(err)
+	}
+	app := &fakeApplier{}
+	start := time.Now()
+	c := startClient(t, cp, app)
+	waitFor(t, "large sync", allAcked(c, 1))
+	took := time.Since(start)
+	resps, _, _ := cp.seen()
+	size := 0
+	for _, r := range resps {
+		size += proto.Size(r)
+	}
+	if size <= 4<<20 {
+		t.Fatalf("test setup: responses total %d bytes, want more than gRPC's 4 MiB default", size)
+	}
+	if _, got := app.state(); len(got.Services) != n {
+		t.Errorf("applied %d services, want %d", len(got.Services), n)
+	}
+	t.Logf("initial sync of %d services (%.1f MiB) took %v", n, float64(size)/(1<<20), took)
 }

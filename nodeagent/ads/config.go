@@ -88,7 +88,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Backoff between reconnects.
 	Backoff Backoff
+	// MaxMessageBytes bounds one response from the control plane; default
+	// DefaultMaxMessageBytes. gRPC's own default (4 MiB) is far too small
+	// for the first response of a large node (100k services).
+	MaxMessageBytes int
 }
+
+// DefaultMaxMessageBytes is the default Config.MaxMessageBytes.
+const DefaultMaxMessageBytes = 512 << 20
 
 // Validate reports what is missing or wrong in c.
 func (c Config) Validate() error {
@@ -106,6 +113,9 @@ func (c Config) Validate() error {
 		if _, ok := decoders[t]; !ok {
 			errs = append(errs, fmt.Errorf("type %q is not a dataplane type", t))
 		}
+	}
+	if c.MaxMessageBytes < 0 {
+		errs = append(errs, fmt.Errorf("max message bytes %d is negative", c.MaxMessageBytes))
 	}
 	if c.Backoff.Jitter < 0 || c.Backoff.Jitter >= 1 {
 		errs = append(errs, fmt.Errorf("backoff jitter %v is outside [0, 1)", c.Backoff.Jitter))
