@@ -446,11 +446,11 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// TestClientLargeInitialSync syncs 20,000 services (a first response far
+// TestClientLargeInitialSync syncs 10,000 services (a first response far
 // above gRPC's default 4 MiB message limit) through the real server.
 func TestClientLargeInitialSync(t *testing.T) {
 	cp := newControlPlane(t)
-	const n = 20000
+	const n = 10000
 	batch := map[string]types.Resource{}
 	for i := range n {
 		svc := &dataplanev1.Service{Namespace: "big", Name: fmt.Sprint("svc", i), Vips: []string{fmt.Sprintf("10.%d.%d.%d", 96+i>>16, i>>8&255, i&255)}, Port: 80, Protocol: dataplanev1.Protocol_TCP}

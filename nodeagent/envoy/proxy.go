@@ -30,6 +30,10 @@ type ProxyConfig struct {
 	Logger *slog.Logger
 	// StopTimeout bounds the graceful stop on shutdown; default 5s.
 	StopTimeout time.Duration
+	// MaxMessageBytes bounds one message from the control plane; default
+	// 512 MiB (gRPC's 4 MiB default is too small for a large node's first
+	// response).
+	MaxMessageBytes int
 }
 
 // Validate reports what is missing in c.
@@ -71,6 +75,9 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 5 * time.Second
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = 512 << 20
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -138,7 +145,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 func (p *Proxy) StreamAggregatedResources(down discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	return forward(p, down,
 		func(ctx context.Context) (upstream[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse], error) {
-			return p.ads.StreamAggregatedResources(ctx)
+			return p.ads.StreamAggregatedResources(ctx, grpc.MaxCallRecvMsgSize(p.cfg.MaxMessageBytes))
 		},
 		func(r *discovery.DiscoveryRequest) *corev3.Node { return r.GetNode() })
 }
@@ -147,7 +154,7 @@ func (p *Proxy) StreamAggregatedResources(down discovery.AggregatedDiscoveryServ
 func (p *Proxy) DeltaAggregatedResources(down discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	return forward(p, down,
 		func(ctx context.Context) (upstream[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse], error) {
-			return p.ads.DeltaAggregatedResources(ctx)
+			return p.ads.DeltaAggregatedResources(ctx, grpc.MaxCallRecvMsgSize(p.cfg.MaxMessageBytes))
 		},
 		func(r *discovery.DeltaDiscoveryRequest) *corev3.Node { return r.GetNode() })
 }

@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -305,5 +306,33 @@ func TestProxyConfigValidate(t *testing.T) {
 		if err := (ProxyConfig{}).Validate(); !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to mention %q", err, want)
 		}
+	}
+}
+
+// TestProxyLargeResponse passes a response above gRPC's 4 MiB default
+// message size from the control plane to Envoy.
+func TestProxyLargeResponse(t *testing.T) {
+	u := newUpstreamCP(t)
+	var names []string
+	for i := range 50 {
+		names = append(names, fmt.Sprintf("%d-%s", i, strings.Repeat("x", 100_000)))
+	}
+	u.setClusters("v1", names...)
+	_, conn := startProxy(t, u)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(64<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	if size := proto.Size(resp); len(resp.GetResources()) != 50 || size <= 4<<20 {
+		t.Errorf("got %d clusters in %d bytes, want 50 in more than 4 MiB", len(resp.GetResources()), size)
 	}
 }
