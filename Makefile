@@ -6,7 +6,7 @@ BIN     ?= bin
 # Generated files are excluded from the format check.
 GOFILES  = $(shell git ls-files '*.go' | grep -v '_bpfel\.go$$')
 
-.PHONY: all build test lint generate check-generate bench bench-dataplane demo clean
+.PHONY: all build test lint generate check-generate bench bench-maps bench-dataplane demo clean
 
 all: build
 
@@ -30,6 +30,10 @@ check-generate: generate
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./translate/...
+
+# BPF maps at scale (root): 100k services / 1M backends, a 10k-service change.
+bench-maps:
+	$(GO) test -count=1 -run '^TestScale$$' -v -bench '^BenchmarkApply10kChange$$' -benchtime 5x ./nodeagent/
 
 # Data-path latency table (Graf's method): fortio (built once into
 # $${XDG_CACHE_HOME:-$$HOME/.cache}/nodemesh/bin) sends a fixed-rate HTTP load
