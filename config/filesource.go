@@ -84,6 +84,8 @@ type FileSource struct {
 	pollMu   sync.Mutex // serializes polls
 	lastHash [sha256.Size]byte
 	hashOK   bool // lastHash was loaded (applied or refused for its content)
+	pending  [sha256.Size]byte
+	pendOK   bool // pending holds the content seen by the previous poll
 
 	mu     sync.Mutex // guards status
 	status FileStatus
@@ -103,25 +105,35 @@ func NewFileSource(cfg FileSourceConfig) (*FileSource, error) {
 	return &FileSource{cfg: cfg, status: FileStatus{Source: cfg.Source}}, nil
 }
 
-// Run polls until ctx is done, starting with an immediate poll. It returns
+// Run polls until ctx is done, starting with an immediate load. It returns
 // nil when ctx is cancelled.
+//
+// A change is applied once two consecutive polls saw the same content, so
+// that a file caught half-written (os.WriteFile truncates, then writes) is
+// not applied, which would briefly delete its objects everywhere. Writing
+// files atomically (write a temporary file, then rename it) is still best.
 func (f *FileSource) Run(ctx context.Context) error {
 	t := time.NewTicker(f.cfg.Interval)
 	defer t.Stop()
+	f.Sync()
 	for {
-		f.Sync()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			f.poll(true)
 		}
 	}
 }
 
-// Sync polls once: if the directory's content changed since the last poll,
-// it loads it and applies it when it has no errors. It returns the status
-// error (nil when the current content is applied).
-func (f *FileSource) Sync() error {
+// Sync polls once: if the directory's content changed since the last load,
+// it loads it now and applies it when it has no errors. It returns the
+// status error (nil when the current content is applied).
+func (f *FileSource) Sync() error { return f.poll(false) }
+
+// poll loads the directory if its content changed; with settle, only once
+// the previous poll saw the same content.
+func (f *FileSource) poll(settle bool) error {
 	f.pollMu.Lock()
 	defer f.pollMu.Unlock()
 	files, diags := listFiles(f.cfg.Dir)
@@ -140,8 +152,14 @@ func (f *FileSource) Sync() error {
 	h.Sum(sum[:0])
 	ioFailed := len(diags) > 0 // listing or reading failed: retry every poll
 	if f.hashOK && sum == f.lastHash && !ioFailed {
+		f.pendOK = false
 		return f.Status().Err
 	}
+	if settle && !(f.pendOK && f.pending == sum) {
+		f.pending, f.pendOK = sum, true
+		return f.Status().Err
+	}
+	f.pendOK = false
 	var objs []*Object
 	for i, file := range files {
 		if contents[i] != nil {

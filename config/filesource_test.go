@@ -158,3 +158,37 @@ func TestFileSourceConfig(t *testing.T) {
 		t.Errorf("defaults: %+v", fs.cfg)
 	}
 }
+
+// TestFileSourceSettle checks that content seen by only one poll (a file
+// caught half-written) is not applied, and that content seen twice is.
+func TestFileSourceSettle(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.yaml")
+	full := fsNamespace + strings.Replace(fsVS, "%s", "web.v1", 1)
+	mustWrite(t, path, full)
+	store := NewStore()
+	fs, err := NewFileSource(FileSourceConfig{Dir: dir, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Sync(); err != nil || vsHost(store) != "web.v1" {
+		t.Fatalf("Sync: %v, host %q", err, vsHost(store))
+	}
+	v := store.Snapshot().Version()
+	mustWrite(t, path, "") // truncated, as in the middle of os.WriteFile
+	if err := fs.poll(true); err != nil || vsHost(store) != "web.v1" || store.Snapshot().Version() != v {
+		t.Fatalf("a half-written file was applied: %v, host %q", err, vsHost(store))
+	}
+	mustWrite(t, path, full)
+	if err := fs.poll(true); err != nil || store.Snapshot().Version() != v {
+		t.Fatalf("restored content changed the store: %v", err)
+	}
+	mustWrite(t, path, "")
+	fs.poll(true)
+	if vsHost(store) != "web.v1" {
+		t.Fatal("applied after one poll")
+	}
+	if err := fs.poll(true); err != nil || vsHost(store) != "" || store.Snapshot().Version() != v+1 {
+		t.Fatalf("an emptied file seen twice was not applied: %v, host %q", err, vsHost(store))
+	}
+}
