@@ -12,6 +12,18 @@
 // links, and Apply writes the difference between what the maps hold and the
 // State, in an order that never exposes a half-written service.
 //
+// Apply reads the maps, not a cache: the first Apply after Open (and the
+// next after any failed Apply, and every DefaultFullEvery-th) reads every
+// entry and writes the difference. In between, the services that differ
+// from the last applied State are re-read from the maps entry by entry and
+// rewritten, so that a change to 10k of 100k services does not read 2M
+// entries.
+//
+// For the e2e cluster and the ADS client: give each local pod its cgroup
+// (Workload.Cgroup) so connects from it are attributed to its identity;
+// register the node's own IP as a Workload with Identity IdentityHost so
+// that traffic from the node proxy passes L4 policy at the pods.
+//
 // Maps are reached through the small Table interface, with the kernel
 // implementation, an in-memory fake (NewFakeMaps) and a fault-injecting
 // wrapper (FaultyMaps), so that the diff and its write order are unit
