@@ -7,4 +7,17 @@
 // that names the file, document, object and field), and keeps them in a
 // go-memdb store whose read transactions are immutable snapshots for the
 // translator. It does not log and does not touch the network.
+//
+// Files:
+//   - loader.go: Load and Decode; splitting streams into documents.
+//   - decode.go, decode_core.go, decode_istio.go: per-kind strict decoding
+//     (sigs.k8s.io/json for Kubernetes types, protojson for Istio specs);
+//     specwalk.go finds every unknown Istio field and accepts Go durations;
+//     fieldline.go and jsonpath.go turn decoder errors into field paths and
+//     lines.
+//   - store.go, snapshot.go: the go-memdb store (Replace, Apply, Watch) and
+//     its snapshots with indexed lookups (pods by node and by selector,
+//     EndpointSlices by service); hash.go skips writes of unchanged objects.
+//   - filesource.go: a directory polled and applied as one source, keeping
+//     the last good config when the files have errors.
 package config
