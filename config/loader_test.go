@@ -358,6 +358,23 @@ func TestLoadDirectory(t *testing.T) {
 	}
 }
 
+// TestLoadSymlinkedDirectory loads a directory given as a symbolic link
+// (e.g. a mount point swapped atomically) whose own name starts with a dot.
+func TestLoadSymlinkedDirectory(t *testing.T) {
+	dir := t.TempDir()
+	mustWrite(t, filepath.Join(dir, ".v1", "ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
+	link := filepath.Join(dir, ".current")
+	if err := os.Symlink(".v1", link); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{link, filepath.Join(dir, ".v1")} {
+		objs, diags := Load(p)
+		if len(objs) != 1 || len(diags) != 0 {
+			t.Errorf("Load(%s): %v, %v", p, keys(objs), diags)
+		}
+	}
+}
+
 func mustWrite(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
