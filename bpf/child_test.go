@@ -127,7 +127,7 @@ func peerName(c net.Conn) string {
 // udpSendTo sends N datagrams from one unconnected socket (sendmsg4) and
 // records the source address recvmsg reports for each answer.
 func udpSendTo(req childReq, timeout time.Duration, res *childResult) error {
-	local := "0.0.0.0:0"
+	local := ":0"
 	if req.Local != "" {
 		local = net.JoinHostPort(req.Local, "0")
 	}

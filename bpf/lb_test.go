@@ -105,18 +105,26 @@ func TestLoadBalanceUDP(t *testing.T) {
 	}
 }
 
-func TestLoadBalanceTCP6(t *testing.T) {
+// TestLoadBalanceIPv6 covers connect6, getpeername6, sendmsg6 and
+// recvmsg6 against the IPv6 loopback.
+func TestLoadBalanceIPv6(t *testing.T) {
 	e := newEnv(t)
-	port := freePort(t, "tcp6", "::1")
-	backend := netip.AddrPortFrom(netip.MustParseAddr("::1"), port)
-	nameServers(t, "tcp6", backend.String())
-	e.putService("fd00::10", 80, ProtoTCP, 0, []netip.AddrPort{backend}, nil)
+	tcpPort := freePort(t, "tcp6", "::1")
+	udpPort := freePort(t, "udp6", "::1")
+	tcpBackend := netip.AddrPortFrom(netip.MustParseAddr("::1"), tcpPort)
+	udpBackend := netip.AddrPortFrom(netip.MustParseAddr("::1"), udpPort)
+	nameServers(t, "tcp6", tcpBackend.String())
+	nameServers(t, "udp6", udpBackend.String())
+	e.putService("fd00::10", 80, ProtoTCP, 0, []netip.AddrPort{tcpBackend}, nil)
+	e.putService("fd00::53", 53, ProtoUDP, 0, []netip.AddrPort{udpBackend}, nil)
+
 	res := e.client(e.cgroup, childReq{Mode: "dial", Net: "tcp6", Addr: "[fd00::10]:80", N: 20})
-	if len(res.Errors) != 0 {
-		t.Fatalf("errors: %v", res.Errors)
+	if len(res.Errors) != 0 || res.Replies[tcpBackend.String()] != 20 || res.Peers["[fd00::10]:80"] != 20 {
+		t.Errorf("tcp6: replies %v peers %v errors %v, want all from %s shown as [fd00::10]:80", res.Replies, res.Peers, res.Errors, tcpBackend)
 	}
-	if res.Replies[backend.String()] != 20 || res.Peers["[fd00::10]:80"] != 20 {
-		t.Errorf("replies %v peers %v, want all from %s shown as [fd00::10]:80", res.Replies, res.Peers, backend)
+	res = e.client(e.cgroup, childReq{Mode: "udp-sendto", Net: "udp6", Addr: "[fd00::53]:53", N: 20})
+	if len(res.Errors) != 0 || res.Replies[udpBackend.String()] != 20 || res.Peers["[fd00::53]:53"] != 20 {
+		t.Errorf("udp6: replies %v peers %v errors %v, want all from %s shown as [fd00::53]:53", res.Replies, res.Peers, res.Errors, udpBackend)
 	}
 }
 

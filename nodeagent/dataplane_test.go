@@ -3,7 +3,11 @@ package nodeagent
 import (
 	"context"
 	"net/netip"
+	"os"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -80,5 +84,68 @@ func TestDataplaneApplyDumpAdopt(t *testing.T) {
 	}
 	if diff := cmp.Diff(want.Canonical(), got, opts); diff != "" {
 		t.Fatalf("adopted dump differs (-want +got):\n%s", diff)
+	}
+}
+
+// TestDataplaneMovesToAnotherCgroup: pinned links attached to another
+// cgroup are not adopted; the programs move to the configured cgroup.
+func TestDataplaneMovesToAnotherCgroup(t *testing.T) {
+	env := newKernelEnv(t)
+	other := env.Cgroup + "-b"
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(other) })
+	dp, err := Open(Config{Node: "move", CgroupPath: env.Cgroup, PinDir: env.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	dp2, err := Open(Config{Node: "move", CgroupPath: other, PinDir: env.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Uninstall()
+	for _, tc := range []struct {
+		cgroup string
+		want   int
+	}{{env.Cgroup, 0}, {other, 1}} {
+		n, err := attachedConnect4(tc.cgroup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != tc.want {
+			t.Errorf("%s: %d connect4 programs attached, want %d", tc.cgroup, n, tc.want)
+		}
+	}
+}
+
+func attachedConnect4(cgroup string) (int, error) {
+	f, err := os.Open(cgroup)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		return 0, err
+	}
+	return len(res.Programs), nil
+}
+
+// TestKernelTableDeleteMissing: deleting a key that is not there succeeds.
+func TestKernelTableDeleteMissing(t *testing.T) {
+	env := newKernelEnv(t)
+	dp, err := Open(Config{Node: "del", CgroupPath: env.Cgroup, PinDir: env.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Uninstall()
+	m := dp.Maps()
+	if err := m.Backends.Delete(12345); err != nil {
+		t.Errorf("delete missing backend: %v", err)
+	}
+	if _, ok, err := m.Backends.Lookup(12345); ok || err != nil {
+		t.Errorf("lookup missing: ok=%v err=%v", ok, err)
 	}
 }
