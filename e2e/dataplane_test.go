@@ -286,6 +286,51 @@ func TestDataplanePolicy(t *testing.T) {
 	}
 }
 
+// TestDataplaneUDPReplyToProtectedClient: a workload whose identity has
+// Allow rules (so is default deny for new inbound flows) opens a UDP flow of
+// its own; the replies must reach it, as they do for TCP and as Kubernetes
+// NetworkPolicy (stateful) promises. The server must see every datagram and
+// the client every reply.
+func TestDataplaneUDPReplyToProtectedClient(t *testing.T) {
+	c := NewCluster(t, Config{})
+	agents := startAgents(t, c)
+	echoes := startEchoes(t, c)
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	const web, api = 2001, 2002
+	client, server := n1.Pods[0], n2.Pods[0]
+	applyMesh(t, c, agents, meshSpec{
+		Identity: map[string]uint32{client.Name: api, n2.Pods[1].Name: web},
+		Policies: []nodeagent.PolicyRule{{DstIdentity: api, SrcIdentity: web, Port: echoTCP, Proto: nodeagent.TCP, Verdict: nodeagent.Allow}},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const n = 10
+	addr := fmt.Sprintf("%s:%d", server.IP, echoUDP)
+	for _, tc := range []struct {
+		name string
+		run  func(context.Context, ClientConfig) (ClientResult, error)
+	}{{"connected", client.Connect}, {"unmeshed-client", client.ConnectUnmeshed}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := echoes[server.Name].Reset(); err != nil {
+				t.Fatal(err)
+			}
+			res, err := tc.run(ctx, ClientConfig{Addr: addr, Proto: "udp", Count: n, Timeout: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := echoes[server.Name].Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.UDPPackets != n || res.OK != n {
+				t.Fatalf("server got %d of %d datagrams, failed to send %v; client got %d replies (%v): "+
+					"policy treats replies to the client's own flow as new inbound flows",
+					st.UDPPackets, n, st.SendErrors, res.OK, res.Errors)
+			}
+		})
+	}
+}
+
 // TestDataplaneRestart: while a client opens 2,000 connections to a VIP
 // over about four seconds, each node agent is closed and a new one opened
 // that adopts the pinned maps and swaps its programs into the existing

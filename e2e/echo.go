@@ -37,6 +37,7 @@ type EchoStats struct {
 	UDPPackets int64
 	Peers      map[string]int64 // remote IP -> accepts + packets
 	OrigDsts   map[string]int64 // SO_ORIGINAL_DST answers (OrigDst mode)
+	SendErrors map[string]int64 // failed UDP replies by error
 }
 
 // Echo is a running echo server. Every TCP connection is greeted with the
@@ -198,7 +199,7 @@ func runEcho(args []string) error {
 }
 
 func (s *echoServer) resetLocked() {
-	s.st = EchoStats{Name: s.name, Peers: map[string]int64{}, OrigDsts: map[string]int64{}}
+	s.st = EchoStats{Name: s.name, Peers: map[string]int64{}, OrigDsts: map[string]int64{}, SendErrors: map[string]int64{}}
 }
 
 func (s *echoServer) ctlHandler() http.Handler {
@@ -271,7 +272,11 @@ func (s *echoServer) serveUDP(pc net.PacketConn) error {
 		s.st.Peers[remoteIP(from)]++
 		s.mu.Unlock()
 		reply := append([]byte(s.name+"\n"), buf[:n]...)
-		_, _ = pc.WriteTo(reply, from)
+		if _, err := pc.WriteTo(reply, from); err != nil {
+			s.mu.Lock()
+			s.st.SendErrors[errText(err)]++
+			s.mu.Unlock()
+		}
 	}
 }
 

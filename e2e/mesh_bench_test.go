@@ -42,6 +42,9 @@ func meshPaths(c *Cluster, dsts map[string]*Pod) (*benchMesh, []benchPath) {
 		return fmt.Sprintf("http://%s:80/", m.vips[dst]), func() { applyMesh(t, c, m.agents, m.spec) }
 	}
 	return m, []benchPath{
+		// What the attached programs (cgroup_skb ingress on every packet)
+		// cost traffic that uses no service.
+		{name: "direct, agent attached", setup: directPath, mesh: true},
 		{name: "eBPF socket LB (VIP)", setup: lb, mesh: true},
 		{name: "eBPF LB + same-node accel", setup: accel, mesh: true, same: true},
 	}
