@@ -160,15 +160,14 @@ func (f *FileSource) poll(settle bool) error {
 		return f.Status().Err
 	}
 	f.pendOK = false
-	var objs []*Object
+	var inputs []fileData
 	for i, file := range files {
 		if contents[i] != nil {
-			o, d := decodeFile(file, contents[i])
-			objs = append(objs, o...)
-			diags = append(diags, d...)
+			inputs = append(inputs, fileData{file, contents[i]})
 		}
 	}
-	objs, diags = dedupe(objs, diags)
+	objs, d := decodeFiles(inputs)
+	objs, diags = dedupe(objs, append(diags, d...))
 	st := f.Status()
 	st.Files, st.LastLoad, st.Diagnostics, st.Err = len(files), time.Now(), diags, nil
 	if errs := errorsOnly(diags); len(errs) > 0 {

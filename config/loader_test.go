@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -404,5 +405,36 @@ func TestDecodeInvalidNames(t *testing.T) {
 	}
 	if len(objs) != 1 || objs[0].Name != "web-0.a" {
 		t.Errorf("objects %v", keys(objs))
+	}
+}
+
+// TestDecodeLargeStreamInOrder decodes enough documents to go parallel and
+// checks that objects and diagnostics keep the stream's order.
+func TestDecodeLargeStreamInOrder(t *testing.T) {
+	var b strings.Builder
+	for i := range 300 {
+		if i%50 == 7 {
+			fmt.Fprintf(&b, "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa%d, nmae: x}\n", i)
+			continue
+		}
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa%d}\n", i)
+	}
+	objs, diags := Decode("big.yaml", []byte(b.String()))
+	if len(objs) != 294 || len(diags) != 6 {
+		t.Fatalf("%d objects, %d diagnostics", len(objs), len(diags))
+	}
+	prev := -1
+	for _, o := range objs {
+		var n int
+		fmt.Sscanf(o.Name, "sa%d", &n)
+		if o.Origin.Doc != n || o.Origin.Line != 4*n+2 || n <= prev {
+			t.Fatalf("%s at %+v after sa%d", o.Name, o.Origin, prev)
+		}
+		prev = n
+	}
+	for i, d := range diags {
+		if want := 50*i + 7; d.Origin.Doc != want || d.Field != "metadata.nmae" {
+			t.Errorf("diagnostic %d: %v, want document %d", i, d, want)
+		}
 	}
 }
