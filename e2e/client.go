@@ -33,6 +33,8 @@ type ClientConfig struct {
 	// DialOnly makes a TCP client connect and close without the greeting
 	// and echo exchange (for servers that do not speak it).
 	DialOnly bool
+	// Payload adds this many bytes to each TCP exchange's echoed line.
+	Payload int
 }
 
 // ClientResult is what the client saw.
@@ -67,7 +69,7 @@ func connect(ctx context.Context, pl Place, name string, cfg ClientConfig) (Clie
 		"-addr", cfg.Addr, "-proto", cfg.Proto, "-n", strconv.Itoa(cfg.Count),
 		"-c", strconv.Itoa(cfg.Concurrency), "-duration", cfg.Duration.String(),
 		"-timeout", cfg.Timeout.String(), "-unconnected="+strconv.FormatBool(cfg.Unconnected),
-		"-dial-only="+strconv.FormatBool(cfg.DialOnly))
+		"-dial-only="+strconv.FormatBool(cfg.DialOnly), "-payload", strconv.Itoa(cfg.Payload))
 	if err != nil {
 		return res, err
 	}
@@ -92,6 +94,7 @@ func runClient(args []string) error {
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Second, "per connection")
 	fs.BoolVar(&cfg.Unconnected, "unconnected", false, "UDP with sendto/recvfrom")
 	fs.BoolVar(&cfg.DialOnly, "dial-only", false, "TCP connect and close")
+	fs.IntVar(&cfg.Payload, "payload", 0, "extra bytes per TCP exchange")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -163,6 +166,9 @@ func errText(err error) string {
 
 func exchange(cfg ClientConfig, i int) (backend, peer string, err error) {
 	payload := fmt.Sprintf("ping-%d", i)
+	if cfg.Payload > 0 && cfg.Proto != "udp" {
+		payload += "-" + strings.Repeat("x", cfg.Payload)
+	}
 	switch {
 	case cfg.Proto == "udp" && cfg.Unconnected:
 		return udpUnconnected(cfg, payload)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -219,6 +220,24 @@ func (n *Node) addPod(ctx context.Context, k int) (*Pod, error) {
 		fmt.Sprintf("route add %s/32 dev eth0 scope link", n.Gateway),
 		fmt.Sprintf("route add default via %s dev eth0", n.Gateway),
 	)
+}
+
+// VethBytes returns the bytes that crossed the pod's veth so far (received
+// plus sent, counted on the node's end).
+func (p *Pod) VethBytes(ctx context.Context) (uint64, error) {
+	out, err := run(ctx, "ip", "-n", p.Node.Netns, "-s", "-j", "link", "show", "dev", p.Name)
+	if err != nil {
+		return 0, err
+	}
+	var links []struct {
+		Stats64 struct {
+			RX, TX struct{ Bytes uint64 }
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 {
+		return 0, fmt.Errorf("veth %s stats: %q: %v", p.Name, out, err)
+	}
+	return links[0].Stats64.RX.Bytes + links[0].Stats64.TX.Bytes, nil
 }
 
 // Pods returns every pod of every node, node by node.

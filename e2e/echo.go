@@ -28,6 +28,9 @@ type EchoConfig struct {
 	// greeting ("<name> <ip:port>"), as a node proxy's original_dst
 	// listener filter reads it.
 	OrigDst bool
+	// Splice echoes with io.Copy(conn, conn), which Go implements with
+	// splice(2): the kind of reader sk_msg acceleration starves.
+	Splice bool
 }
 
 // EchoStats is what an echo server has seen since its start or last Reset.
@@ -66,6 +69,9 @@ func (c *Cluster) startEcho(pl Place, name string, cfg EchoConfig) (*Echo, error
 	args := []string{"-name", name, "-ctl", sock, "-tcp", joinInts(cfg.TCPPorts), "-udp", joinInts(cfg.UDPPorts)}
 	if cfg.OrigDst {
 		args = append(args, "-origdst")
+	}
+	if cfg.Splice {
+		args = append(args, "-splice")
 	}
 	env, argv, err := helperArgv("echo", args...)
 	if err != nil {
@@ -150,6 +156,7 @@ func splitInts(s string) ([]int, error) {
 type echoServer struct {
 	name    string
 	origDst bool
+	splice  bool
 	mu      sync.Mutex
 	st      EchoStats
 }
@@ -161,10 +168,11 @@ func runEcho(args []string) error {
 	tcp := fs.String("tcp", "", "TCP ports, comma separated")
 	udp := fs.String("udp", "", "UDP ports, comma separated")
 	origDst := fs.Bool("origdst", false, "report SO_ORIGINAL_DST in the greeting")
+	splice := fs.Bool("splice", false, "echo with io.Copy (splice)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	s := &echoServer{name: *name, origDst: *origDst}
+	s := &echoServer{name: *name, origDst: *origDst, splice: *splice}
 	s.resetLocked()
 	tcpPorts, err := splitInts(*tcp)
 	if err != nil {
@@ -234,7 +242,11 @@ func (s *echoServer) serveTCP(ln net.Listener) error {
 			s.st.OrigDsts[strings.Fields(greeting)[1]]++
 		}
 		s.mu.Unlock()
-		go echoConn(c, greeting)
+		if s.splice {
+			go spliceConn(c.(*net.TCPConn), greeting)
+		} else {
+			go echoConn(c, greeting)
+		}
 	}
 }
 
@@ -258,6 +270,16 @@ func echoConn(c net.Conn, greeting string) {
 			return
 		}
 	}
+}
+
+// spliceConn greets, then echoes with io.Copy between the socket and
+// itself, which Go does with splice(2).
+func spliceConn(c *net.TCPConn, greeting string) {
+	defer c.Close()
+	if _, err := io.WriteString(c, greeting+"\n"); err != nil {
+		return
+	}
+	_, _ = io.Copy(c, c)
 }
 
 func (s *echoServer) serveUDP(pc net.PacketConn) error {
