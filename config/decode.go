@@ -54,6 +54,7 @@ func (d *decoder) value(origin Origin, field string, js []byte) {
 			h.APIVersion, h.Kind, strings.Join(qualify(group, info.versions), ", "))
 		return
 	}
+	key, _ = objectKey(info.kind, key.Namespace, key.Name) // the default namespace, for diagnostics
 	var obj *Object
 	var diags []Diagnostic
 	if info.newCore != nil {

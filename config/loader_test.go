@@ -223,6 +223,11 @@ spec:
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Doc: 1, Line: 8},
 			Object: Key{KindPod, "shop", "web-0"}, Field: "spec.containers[0].ports[0].protocl", Message: "unknown field (line 19)"}},
 	}, {
+		name: "object named with the default namespace",
+		yaml: "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa}\nsecrets: [{nam: x}]\n",
+		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1},
+			Object: Key{KindServiceAccount, "default", "sa"}, Field: "secrets[0].nam", Message: "unknown field (line 4)"}},
+	}, {
 		name: "wrong type in a core object",
 		yaml: "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: b}\nspec:\n  ports:\n  - port: eighty\n",
 		want: []Diagnostic{{Severity: SeverityError, Origin: Origin{File: "f.yaml", Line: 1},
