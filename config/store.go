@@ -94,12 +94,14 @@ var schema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	}},
 }}
 
-// Store holds the configuration objects of every source in a go-memdb
-// database. Writes replace one source's whole set at a time; reads go through
-// immutable Snapshots. A Store is safe for concurrent use.
+// Store holds the configuration objects of every source (a file directory,
+// a Kubernetes API server, ...) in a go-memdb database. Each object is owned
+// by one source; writes change one source's objects in one transaction
+// (Replace: the whole set; Apply: some objects); reads go through immutable
+// Snapshots. A Store is safe for concurrent use.
 //
-// Objects passed to Replace belong to the store from then on: neither the
-// caller nor readers may modify them.
+// Objects passed to Replace or Apply belong to the store from then on:
+// neither the caller nor readers may modify them.
 type Store struct {
 	db *memdb.MemDB
 
@@ -167,7 +169,12 @@ func (s *Store) write(source string, objs []*Object, deletes []Key, replace bool
 			return err
 		}
 	}
+	deleted := make(map[Key]bool, len(deletes))
 	for _, k := range deletes {
+		if deleted[k] {
+			continue
+		}
+		deleted[k] = true
 		raw, err := txn.First(tableObjects, indexID, objectID(k))
 		if err != nil {
 			return fmt.Errorf("write %s: look up %s: %w", source, k, err)
@@ -208,8 +215,8 @@ func upsert(txn *memdb.Txn, source string, o *Object) (bool, error) {
 	}
 	old, _ := raw.(*record)
 	if old != nil && old.Source != source {
-		return false, fmt.Errorf("write %s: %s (%s): %w %q (%s)", source, o.Key, o.Origin,
-			ErrOwnedByOtherSource, old.Source, old.Obj.Origin)
+		return false, fmt.Errorf("write %s: %s%s: %w %q%s", source, o.Key, at(o.Origin),
+			ErrOwnedByOtherSource, old.Source, at(old.Obj.Origin))
 	}
 	if old != nil && old.Obj == o {
 		return false, nil
@@ -268,11 +275,19 @@ func prepare(source string, objs []*Object) (map[string]bool, error) {
 		}
 		id := objectID(o.Key)
 		if keep[id] {
-			return nil, fmt.Errorf("write %s: duplicate object %s (%s)", source, o.Key, o.Origin)
+			return nil, fmt.Errorf("write %s: duplicate object %s%s", source, o.Key, at(o.Origin))
 		}
 		keep[id] = true
 	}
 	return keep, nil
+}
+
+// at formats an origin for an error message: " (file:line)", or nothing.
+func at(o Origin) string {
+	if s := o.String(); s != "" {
+		return " (" + s + ")"
+	}
+	return ""
 }
 
 // validObject checks what the store and its readers rely on.

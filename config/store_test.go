@@ -322,7 +322,8 @@ func TestStoreApply(t *testing.T) {
 	must(s.Replace("a", []*Object{testVS("ns", "x", "x"), testVS("ns", "y", "y")}))
 	must(s.Replace("b", []*Object{testVS("ns", "b", "b")}))
 	drained(w)
-	must(s.Apply("a", []*Object{testVS("ns", "z", "z"), testVS("ns", "x", "x2")}, []Key{{KindVirtualService, "ns", "y"}, {KindVirtualService, "ns", "gone"}}))
+	must(s.Apply("a", []*Object{testVS("ns", "z", "z"), testVS("ns", "x", "x2")},
+		[]Key{{KindVirtualService, "ns", "y"}, {KindVirtualService, "ns", "gone"}, {KindVirtualService, "ns", "y"}}))
 	if diff := cmp.Diff([]string{"VirtualService/ns/b", "VirtualService/ns/x", "VirtualService/ns/z"},
 		keys(s.Snapshot().List(KindVirtualService))); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
