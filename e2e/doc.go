@@ -25,6 +25,18 @@
 // `ip netns exec`, which remounts /sys). Helper programs (echo server,
 // clients) are re-executions of the test binary; see RunHelper.
 //
+// Use:
+//
+//	c := e2e.NewCluster(t, e2e.Config{})            // 2 nodes x 3 pods; skips if not root etc.
+//	srv := c.Nodes[1].Pods[0]
+//	echo, _ := srv.StartEcho(e2e.EchoConfig{TCPPorts: []int{8080}})
+//	res, _ := c.Nodes[0].Pods[0].Connect(ctx, e2e.ClientConfig{Addr: "10.78.0.10:80", Count: 1000})
+//	// res.Backends: who answered; res.Peers: getpeername; res.Errors
+//	st, _ := echo.Stats()                          // accepts, peers, SO_ORIGINAL_DST
+//
+// Pod.Start/Run and Node.Start/Run run any program in place; node agents
+// attach to Node.Cgroup and pin under Cluster.PinDir(node).
+//
 // Everything is removed in t.Cleanup, and Sweep removes what runs that died
 // left behind (their owner PID is recorded under /run/nodemesh-e2e).
 package e2e
