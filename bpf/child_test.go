@@ -42,6 +42,8 @@ func runChild(raw string) int {
 		httpGet(req, timeout, &res)
 	case "serve-origdst", "serve-echo-copy", "serve-http", "serve-name":
 		err = serve(req)
+	case "serve-udp-name":
+		err = serveUDP(req)
 	default:
 		err = fmt.Errorf("unknown mode %q", req.Mode)
 	}
@@ -224,6 +226,23 @@ func serve(req childReq) error {
 				fmt.Fprint(c, ln.Addr().String())
 			}
 		}()
+	}
+}
+
+// serveUDP answers every datagram with the server's address.
+func serveUDP(req childReq) error {
+	pc, err := net.ListenPacket(req.Net, req.Addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	buf := make([]byte, 1500)
+	for {
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		pc.WriteTo([]byte(pc.LocalAddr().String()), from)
 	}
 }
 

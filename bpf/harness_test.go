@@ -108,6 +108,7 @@ func (e *env) prog(name string) *ebpf.Program {
 		MeshProgGetpeername4: e.objs.Getpeername4, MeshProgGetpeername6: e.objs.Getpeername6,
 		MeshProgGetsockoptOrigdst: e.objs.GetsockoptOrigdst, MeshProgSockOps: e.objs.SockOps,
 		MeshProgIngressPolicy: e.objs.IngressPolicy, MeshProgSkMsgRedirect: e.objs.SkMsgRedirect,
+		MeshProgEgressFlows: e.objs.EgressFlows,
 	}[name]
 	if p == nil {
 		e.t.Fatalf("no program %s", name)

@@ -153,6 +153,14 @@ struct {
 	__type(value, __u8);
 } accel_peers SEC(".maps");
 
+/* UDP flows opened by local sockets: {local, remote} as sent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SOCK_LRU_MAX);
+	__type(key, struct tuple);
+	__type(value, __u8);
+} udp_flows SEC(".maps");
+
 /* ---- helpers ---- */
 
 static __always_inline void addr_from4(struct addr *a, __u32 ip4)

@@ -134,10 +134,12 @@ const (
 	MeshMapServiceStats       = "service_stats"
 	MeshMapServices           = "services"
 	MeshMapSockHash           = "sock_hash"
+	MeshMapUdpFlows           = "udp_flows"
 	MeshMapVerdictStats       = "verdict_stats"
 	MeshMapWorkloads          = "workloads"
 	MeshProgConnect4          = "connect4"
 	MeshProgConnect6          = "connect6"
+	MeshProgEgressFlows       = "egress_flows"
 	MeshProgGetpeername4      = "getpeername4"
 	MeshProgGetpeername6      = "getpeername6"
 	MeshProgGetsockoptOrigdst = "getsockopt_origdst"
@@ -194,6 +196,7 @@ type MeshSpecs struct {
 type MeshProgramSpecs struct {
 	Connect4          *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6          *ebpf.ProgramSpec `ebpf:"connect6"`
+	EgressFlows       *ebpf.ProgramSpec `ebpf:"egress_flows"`
 	Getpeername4      *ebpf.ProgramSpec `ebpf:"getpeername4"`
 	Getpeername6      *ebpf.ProgramSpec `ebpf:"getpeername6"`
 	GetsockoptOrigdst *ebpf.ProgramSpec `ebpf:"getsockopt_origdst"`
@@ -224,6 +227,7 @@ type MeshMapSpecs struct {
 	ServiceStats    *ebpf.MapSpec `ebpf:"service_stats"`
 	Services        *ebpf.MapSpec `ebpf:"services"`
 	SockHash        *ebpf.MapSpec `ebpf:"sock_hash"`
+	UdpFlows        *ebpf.MapSpec `ebpf:"udp_flows"`
 	VerdictStats    *ebpf.MapSpec `ebpf:"verdict_stats"`
 	Workloads       *ebpf.MapSpec `ebpf:"workloads"`
 }
@@ -268,6 +272,7 @@ type MeshMaps struct {
 	ServiceStats    *ebpf.Map `ebpf:"service_stats"`
 	Services        *ebpf.Map `ebpf:"services"`
 	SockHash        *ebpf.Map `ebpf:"sock_hash"`
+	UdpFlows        *ebpf.Map `ebpf:"udp_flows"`
 	VerdictStats    *ebpf.Map `ebpf:"verdict_stats"`
 	Workloads       *ebpf.Map `ebpf:"workloads"`
 }
@@ -288,6 +293,7 @@ func (m *MeshMaps) Close() error {
 		m.ServiceStats,
 		m.Services,
 		m.SockHash,
+		m.UdpFlows,
 		m.VerdictStats,
 		m.Workloads,
 	)
@@ -305,6 +311,7 @@ type MeshVariables struct {
 type MeshPrograms struct {
 	Connect4          *ebpf.Program `ebpf:"connect4"`
 	Connect6          *ebpf.Program `ebpf:"connect6"`
+	EgressFlows       *ebpf.Program `ebpf:"egress_flows"`
 	Getpeername4      *ebpf.Program `ebpf:"getpeername4"`
 	Getpeername6      *ebpf.Program `ebpf:"getpeername6"`
 	GetsockoptOrigdst *ebpf.Program `ebpf:"getsockopt_origdst"`
@@ -321,6 +328,7 @@ func (p *MeshPrograms) Close() error {
 	return _MeshClose(
 		p.Connect4,
 		p.Connect6,
+		p.EgressFlows,
 		p.Getpeername4,
 		p.Getpeername6,
 		p.GetsockoptOrigdst,

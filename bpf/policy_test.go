@@ -118,3 +118,37 @@ func TestPolicyUDPSendmsg(t *testing.T) {
 		t.Errorf("sendmsg denied counter = %d, want 3", denied)
 	}
 }
+
+// TestPolicyUDPReplies: a default-deny workload gets the replies to the
+// UDP flows it opened (recorded at egress), connected or not, while a new
+// inbound flow to it is still dropped.
+func TestPolicyUDPReplies(t *testing.T) {
+	e := newEnv(t)
+	const client, server = 800, 801
+	e.putWorkload("127.0.0.81", client, 0, true)
+	e.putWorkload("127.0.0.82", server, 0, false)
+	e.putPolicy(client, 999, 0, 0, VerdictAllow) // client is default deny
+	port := freePort(t, "udp4", "127.0.0.82")
+	addr := fmt.Sprintf("127.0.0.82:%d", port)
+	nameServers(t, "udp4", addr)
+
+	for _, mode := range []string{"udp-sendto", "dial"} {
+		res := e.client(e.cgroup, childReq{Mode: mode, Net: "udp4", Addr: addr, Local: "127.0.0.81", N: 10, TimeoutMS: 500})
+		if res.Replies[addr] != 10 {
+			t.Errorf("%s: %d of 10 replies reached the default-deny client (errors %v)", mode, res.Replies[addr], res.Errors)
+		}
+	}
+	_, deniedBefore := e.verdicts(HookIngress)
+
+	inPort := freePort(t, "udp4", "127.0.0.81")
+	in := fmt.Sprintf("127.0.0.81:%d", inPort)
+	e.server(e.cgroup, childReq{Mode: "serve-udp-name", Net: "udp4", Addr: in})
+	res := childResult{Replies: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
+	dialOnce(childReq{Net: "udp4", Addr: in, Local: "127.0.0.82"}, 300e6, &res)
+	if len(res.Replies) != 0 || res.Errors["timeout"] != 1 {
+		t.Errorf("new inbound flow to a default-deny workload: replies %v errors %v, want a timeout", res.Replies, res.Errors)
+	}
+	if _, denied := e.verdicts(HookIngress); denied != deniedBefore+1 {
+		t.Errorf("ingress denied %d -> %d, want one more", deniedBefore, denied)
+	}
+}

@@ -150,5 +150,6 @@ var Attachments = []Attachment{
 	{Program: MeshProgGetsockoptOrigdst, Type: ebpf.AttachCGroupGetsockopt},
 	{Program: MeshProgSockOps, Type: ebpf.AttachCGroupSockOps},
 	{Program: MeshProgIngressPolicy, Type: ebpf.AttachCGroupInetIngress},
+	{Program: MeshProgEgressFlows, Type: ebpf.AttachCGroupInetEgress},
 	{Program: MeshProgSkMsgRedirect, Type: ebpf.AttachSkMsgVerdict, Map: MeshMapSockHash},
 }
