@@ -30,6 +30,7 @@ type clusterRef struct {
 	subset string
 	labels map[string]string // subset labels; nil for the whole service
 	policy trafficPolicy
+	dr     *destinationRule // where labels and policy came from; nil if none
 }
 
 // clusterSet collects the clusters wanted while building listeners and
@@ -46,9 +47,10 @@ func clusterName(host string, port uint32, subset string) string {
 }
 
 // want records that the scope's namespace uses a cluster and returns its
-// name. The first namespace (in sorted order) to want a cluster decides its
-// DestinationRule policy; DestinationRules that differ per client namespace
-// for the same host are not supported on a shared node proxy.
+// name. On a node, the first namespace (in sorted order) to want a cluster
+// decides its DestinationRule policy; DestinationRules that differ per
+// client namespace for the same host are not supported on a shared node
+// proxy.
 func (cs *clusterSet) want(s *scope, svc *service, sp servicePort, subsetName string) string {
 	name := clusterName(svc.Hostname, sp.Port, subsetName)
 	if _, ok := cs.byName[name]; ok {
@@ -56,6 +58,7 @@ func (cs *clusterSet) want(s *scope, svc *service, sp servicePort, subsetName st
 	}
 	ref := &clusterRef{Name: name, svc: svc, port: sp, subset: subsetName}
 	if dr := s.m.destinationRuleFor(svc.Hostname, svc.Namespace, s.ns); dr != nil {
+		ref.dr = dr
 		ref.policy = dr.Policy
 		if sub, ok := dr.subset(subsetName); ok {
 			ref.labels = sub.Labels

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"strings"
 	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
@@ -42,7 +43,12 @@ func (m *mesh) readDestinationRules() {
 				Policy: m.trafficPolicy(o, field+".trafficPolicy", s.GetTrafficPolicy()).merge(r.Policy),
 			})
 		}
-		m.drs = append(m.drs, r)
+		r.export = parseExportTo(dr.GetExportTo(), o.Namespace)
+		if strings.HasPrefix(r.Host, "*") {
+			m.drWildcard = append(m.drWildcard, r)
+		} else {
+			m.drByHost[r.Host] = append(m.drByHost[r.Host], r)
+		}
 	}
 }
 
@@ -53,13 +59,9 @@ func (m *mesh) readDestinationRules() {
 func (m *mesh) destinationRuleFor(host, hostNS, clientNS string) *destinationRule {
 	var best *destinationRule
 	bestRank := 1 << 30
-	for _, r := range m.drs {
-		if !hostMatches(r.Host, host) {
-			continue
-		}
-		dr := r.obj.Spec.(*networking.DestinationRule)
-		if r.obj.Namespace != clientNS && !parseExportTo(dr.GetExportTo(), r.obj.Namespace).visibleTo(clientNS) {
-			continue
+	consider := func(r *destinationRule, wildcard bool) {
+		if r.obj.Namespace != clientNS && !r.export.visibleTo(clientNS) {
+			return
 		}
 		rank := 2
 		switch r.obj.Namespace {
@@ -68,11 +70,19 @@ func (m *mesh) destinationRuleFor(host, hostNS, clientNS string) *destinationRul
 		case hostNS:
 			rank = 1
 		}
-		if r.Host != host {
+		if wildcard {
 			rank += 3
 		}
 		if rank < bestRank {
 			best, bestRank = r, rank
+		}
+	}
+	for _, r := range m.drByHost[host] {
+		consider(r, false)
+	}
+	for _, r := range m.drWildcard {
+		if hostMatches(r.Host, host) {
+			consider(r, true)
 		}
 	}
 	return best

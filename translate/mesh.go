@@ -28,8 +28,10 @@ type mesh struct {
 	byHost     map[string][]*service // hostname -> services in the order above
 	namespaces []string              // every namespace of the mesh, sorted
 	ports      map[string]NamespacePorts
-	vs         []*config.Object // VirtualServices bound to the mesh, sorted by ns/name
-	drs        []*destinationRule
+	vsByHost   map[string][]*vsEntry // exact host -> VirtualServices bound to the mesh, by ns/name
+	vsWildcard []*vsEntry            // VirtualServices with a wildcard host
+	drByHost   map[string][]*destinationRule
+	drWildcard []*destinationRule
 	sidecars   map[string]*egressScope // namespace -> egress scope (nil: no restriction)
 	endpoints  map[endpointKey][]endpoint
 }
@@ -46,6 +48,8 @@ func buildMesh(src source, d *diagnostics) *mesh {
 		byHost:    map[string][]*service{},
 		sidecars:  map[string]*egressScope{},
 		endpoints: map[endpointKey][]endpoint{},
+		vsByHost:  map[string][]*vsEntry{},
+		drByHost:  map[string][]*destinationRule{},
 	}
 	nsSet := map[string]bool{}
 	for _, o := range src.List(config.KindNamespace) {
@@ -78,6 +82,11 @@ func buildMesh(src source, d *diagnostics) *mesh {
 	m.readSidecars()
 	m.readDestinationRules()
 	m.readVirtualServices()
+	for _, svc := range m.services {
+		for _, sp := range svc.Ports {
+			m.endpointsFor(svc, sp)
+		}
+	}
 	return m
 }
 
@@ -132,8 +141,29 @@ func (m *mesh) readVirtualServices() {
 		if len(vs.GetGateways()) > 0 && !slices.Contains(vs.GetGateways(), "mesh") {
 			continue // gateway-only; gateways are not served yet
 		}
-		m.vs = append(m.vs, o)
+		e := &vsEntry{obj: o, spec: vs, export: parseExportTo(vs.GetExportTo(), o.Namespace)}
+		wildcard := false
+		for _, h := range vs.GetHosts() {
+			h = resolveHost(h, o.Namespace)
+			e.hosts = append(e.hosts, h)
+			if strings.HasPrefix(h, "*") {
+				wildcard = true
+			} else if l := m.vsByHost[h]; len(l) == 0 || l[len(l)-1] != e {
+				m.vsByHost[h] = append(l, e)
+			}
+		}
+		if wildcard {
+			m.vsWildcard = append(m.vsWildcard, e)
+		}
 	}
+}
+
+// vsEntry is a VirtualService with its hosts resolved to FQDNs.
+type vsEntry struct {
+	obj    *config.Object
+	spec   *networking.VirtualService
+	export exportSet
+	hosts  []string
 }
 
 // visibleServices returns the services a client namespace can reach,

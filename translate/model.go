@@ -80,6 +80,7 @@ type endpoint struct {
 // destinationRule is the part of a DestinationRule the builders use.
 type destinationRule struct {
 	obj     *config.Object
+	export  exportSet
 	Host    string
 	Policy  trafficPolicy
 	Subsets []subset

@@ -13,13 +13,14 @@ import (
 type scope struct {
 	m        *mesh
 	ns       string
+	diags    *diagnostics // problems found while building for this namespace
 	services []*service // sorted by hostname
 	byHost   map[string]*service
 	clusters *clusterSet
 }
 
-func (m *mesh) scope(ns string, cs *clusterSet) *scope {
-	s := &scope{m: m, ns: ns, services: m.visibleServices(ns), byHost: map[string]*service{}, clusters: cs}
+func (m *mesh) scope(ns string) *scope {
+	s := &scope{m: m, ns: ns, diags: &diagnostics{}, services: m.visibleServices(ns), byHost: map[string]*service{}, clusters: newClusterSet()}
 	for _, svc := range s.services {
 		s.byHost[svc.Hostname] = svc
 	}
@@ -27,35 +28,42 @@ func (m *mesh) scope(ns string, cs *clusterSet) *scope {
 }
 
 // virtualServiceFor returns the VirtualService that routes host for this
-// namespace and the index of the matching host: one in the client's
-// namespace first, then one in the host's namespace, then any other
-// exported here (by namespace and name).
+// namespace: one in the client's namespace first, then one in the host's
+// namespace, then any other exported here (by namespace and name); exact
+// hosts beat wildcards.
 func (s *scope) virtualServiceFor(svc *service) (*config.Object, *networking.VirtualService) {
-	var best *config.Object
+	var best *vsEntry
 	bestRank := 1 << 30
-	for _, o := range s.m.vs {
-		vs := o.Spec.(*networking.VirtualService)
-		if o.Namespace != s.ns && !parseExportTo(vs.GetExportTo(), o.Namespace).visibleTo(s.ns) {
-			continue
-		}
-		if !slices.ContainsFunc(vs.GetHosts(), func(h string) bool { return hostMatches(resolveHost(h, o.Namespace), svc.Hostname) }) {
-			continue
+	consider := func(e *vsEntry, wildcard bool) {
+		if e.obj.Namespace != s.ns && !e.export.visibleTo(s.ns) {
+			return
 		}
 		rank := 2
-		switch o.Namespace {
+		switch e.obj.Namespace {
 		case s.ns:
 			rank = 0
 		case svc.Namespace:
 			rank = 1
 		}
+		if wildcard {
+			rank += 3
+		}
 		if rank < bestRank {
-			best, bestRank = o, rank
+			best, bestRank = e, rank
+		}
+	}
+	for _, e := range s.m.vsByHost[svc.Hostname] {
+		consider(e, false)
+	}
+	for _, e := range s.m.vsWildcard {
+		if slices.ContainsFunc(e.hosts, func(h string) bool { return hostMatches(h, svc.Hostname) }) {
+			consider(e, true)
 		}
 	}
 	if best == nil {
 		return nil, nil
 	}
-	return best, best.Spec.(*networking.VirtualService)
+	return best.obj, best.spec
 }
 
 // defaultRoute sends everything to the service port's cluster.

@@ -3,6 +3,7 @@ package translate
 import (
 	"cmp"
 	"slices"
+	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -20,54 +21,128 @@ import (
 // A SharedEnvoy proxy on node N gets, for every namespace with pods on N,
 // an outbound and an inbound listener (ports from AllocateNamespacePorts),
 // the route configurations of the outbound listener, and the EDS clusters
-// and endpoints those routes and TCP chains use. A ProxylessGRPC client
-// gets API listeners for the services visible to its namespace.
+// and endpoints of every service port (and DestinationRule subset) those
+// namespaces can see. A ProxylessGRPC client gets API listeners for the
+// services visible to its namespace (see grpc.go).
+//
+// Translating many proxies of one snapshot is much cheaper through
+// Prepare(snap).Translate, which shares the per-namespace work.
 func Translate(snap *config.Snapshot, proxy Proxy) *NodeConfig {
 	if snap == nil {
 		return &NodeConfig{Proxy: proxy}
 	}
-	return translate(snap, proxy)
+	return Prepare(snap).Translate(proxy)
 }
 
-func translate(src source, proxy Proxy) *NodeConfig {
-	d := &diagnostics{}
-	m := buildMesh(src, d)
-	cs := newClusterSet()
+// Mesh is a snapshot prepared for translation: the model, and per-namespace
+// results computed on first use and shared by every proxy translated from
+// it. It is safe for concurrent use. NodeConfigs from one Mesh share
+// resource messages; treat them as read-only.
+type Mesh struct {
+	m        *mesh
+	mu       sync.Mutex
+	outbound map[string]*lazy[*nsOutput] // namespace -> shared Envoy output
+	grpc     map[string]*lazy[*nsOutput] // namespace -> proxyless output
+	clusters map[string]*lazy[builtCluster]
+}
+
+// Prepare builds the model of a snapshot.
+func Prepare(snap *config.Snapshot) *Mesh {
+	return prepare(snap)
+}
+
+func prepare(src source) *Mesh {
+	return &Mesh{
+		m:        buildMesh(src, &diagnostics{}),
+		outbound: map[string]*lazy[*nsOutput]{},
+		grpc:     map[string]*lazy[*nsOutput]{},
+		clusters: map[string]*lazy[builtCluster]{},
+	}
+}
+
+// nsOutput is what one client namespace contributes to a proxy.
+type nsOutput struct {
+	listeners []*listenerv3.Listener
+	routes    []*routev3.RouteConfiguration
+	clusters  []*clusterRef // sorted by name
+	diags     []config.Diagnostic
+}
+
+type builtCluster struct {
+	cluster *clusterv3.Cluster
+	cla     *endpointv3.ClusterLoadAssignment
+}
+
+// lazy computes a value once.
+type lazy[T any] struct {
+	once sync.Once
+	v    T
+}
+
+func get[T any](mu *sync.Mutex, m map[string]*lazy[T], key string, build func() T) T {
+	mu.Lock()
+	l := m[key]
+	if l == nil {
+		l = &lazy[T]{}
+		m[key] = l
+	}
+	mu.Unlock()
+	l.once.Do(func() { l.v = build() })
+	return l.v
+}
+
+// Translate builds the NodeConfig of one proxy; see the package function.
+func (p *Mesh) Translate(proxy Proxy) *NodeConfig {
 	nc := &NodeConfig{Proxy: proxy}
-	var groups []virtualHostGroup
+	diags := &diagnostics{list: p.m.diags.list}
+	var outs []*nsOutput
 	switch proxy.Kind {
 	case SharedEnvoy:
-		groups = sharedEnvoy(m, cs, proxy.Node, nc)
+		outs = p.sharedEnvoy(proxy.Node, nc)
 	case ProxylessGRPC:
-		sc := m.scope(proxy.Namespace, cs)
-		sc.wantAllClusters()
-		nc.Listeners, groups = sc.proxyless()
+		outs = []*nsOutput{get(&p.mu, p.grpc, proxy.Namespace, func() *nsOutput { return p.buildProxyless(proxy.Namespace) })}
 	}
-	for _, g := range groups {
-		nc.Routes = append(nc.Routes, routeConfiguration(g.Name, g.VirtualHosts))
+	// Clusters: the first namespace (sorted) that wants a name decides it.
+	refs := map[string]*clusterRef{}
+	for _, o := range outs {
+		nc.Listeners = append(nc.Listeners, o.listeners...)
+		nc.Routes = append(nc.Routes, o.routes...)
+		diags.list = append(diags.list, o.diags...)
+		for _, r := range o.clusters {
+			if _, ok := refs[r.Name]; !ok {
+				refs[r.Name] = r
+			}
+		}
 	}
-	refs := make([]*clusterRef, 0, len(cs.byName))
-	for _, r := range cs.byName {
-		refs = append(refs, r)
-	}
-	slices.SortFunc(refs, func(a, b *clusterRef) int { return cmp.Compare(a.Name, b.Name) })
-	for _, r := range refs {
-		nc.Clusters = append(nc.Clusters, edsCluster(r, proxy.Kind))
-		nc.Endpoints = append(nc.Endpoints, loadAssignment(r, m.endpointsFor(r.svc, r.port)))
+	for _, name := range sortedKeys(refs) {
+		b := p.cluster(refs[name], proxy.Kind)
+		nc.Clusters = append(nc.Clusters, b.cluster)
+		nc.Endpoints = append(nc.Endpoints, b.cla)
 	}
 	sortByName(nc.Listeners, (*listenerv3.Listener).GetName)
 	sortByName(nc.Routes, (*routev3.RouteConfiguration).GetName)
 	sortByName(nc.Clusters, (*clusterv3.Cluster).GetName)
 	sortByName(nc.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
-	nc.Diagnostics = d.sorted()
+	nc.Diagnostics = diags.sorted()
 	return nc
 }
 
-// sharedEnvoy adds the per-namespace listeners of node to nc and returns
-// the route configurations they use.
-func sharedEnvoy(m *mesh, cs *clusterSet, node string, nc *NodeConfig) []virtualHostGroup {
+// cluster builds (once per Mesh) the cluster and load assignment of a ref.
+func (p *Mesh) cluster(ref *clusterRef, kind ProxyKind) builtCluster {
+	key := ref.Name + "\x00" + string(rune('0'+kind))
+	if ref.dr != nil {
+		key += "\x00" + ref.dr.obj.Key.String()
+	}
+	return get(&p.mu, p.clusters, key, func() builtCluster {
+		return builtCluster{edsCluster(ref, kind), loadAssignment(ref, p.m.endpoints[endpointKey{ref.svc, ref.port.Port}])}
+	})
+}
+
+// sharedEnvoy adds the node-specific parts (inbound listeners and their
+// clusters) to nc and returns the shared outputs of the node's namespaces.
+func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) []*nsOutput {
 	local := map[string][]string{} // namespace -> pod IPs on this node
-	for _, o := range m.src.PodsOnNode(node) {
+	for _, o := range p.m.src.PodsOnNode(node) {
 		pod, ok := o.Spec.(*corev1.Pod)
 		if !ok || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
@@ -78,17 +153,13 @@ func sharedEnvoy(m *mesh, cs *clusterSet, node string, nc *NodeConfig) []virtual
 		}
 		local[o.Namespace] = ips
 	}
-	var groups []virtualHostGroup
+	var outs []*nsOutput
 	for _, ns := range sortedKeys(local) {
-		ports, ok := m.ports[ns]
+		ports, ok := p.m.ports[ns]
 		if !ok {
 			continue // more namespaces than slots
 		}
-		sc := m.scope(ns, cs)
-		sc.wantAllClusters()
-		l, gs := sc.outboundListener(ports.Outbound)
-		nc.Listeners = append(nc.Listeners, l)
-		groups = append(groups, gs...)
+		outs = append(outs, get(&p.mu, p.outbound, ns, func() *nsOutput { return p.buildOutbound(ns, ports.Outbound) }))
 		if ips := local[ns]; len(ips) > 0 {
 			slices.Sort(ips)
 			nc.Listeners = append(nc.Listeners, inboundListener(ns, ports.Inbound, slices.Compact(ips)))
@@ -98,7 +169,32 @@ func sharedEnvoy(m *mesh, cs *clusterSet, node string, nc *NodeConfig) []virtual
 	if len(local) > 0 {
 		nc.Clusters = append(nc.Clusters, originalDstCluster(PassthroughCluster))
 	}
-	return groups
+	return outs
+}
+
+func (p *Mesh) buildOutbound(ns string, port uint32) *nsOutput {
+	s := p.m.scope(ns)
+	s.wantAllClusters()
+	l, groups := s.outboundListener(port)
+	return s.output([]*listenerv3.Listener{l}, groups)
+}
+
+func (p *Mesh) buildProxyless(ns string) *nsOutput {
+	s := p.m.scope(ns)
+	s.wantAllClusters()
+	ls, groups := s.proxyless()
+	return s.output(ls, groups)
+}
+
+func (s *scope) output(ls []*listenerv3.Listener, groups []virtualHostGroup) *nsOutput {
+	out := &nsOutput{listeners: ls, diags: s.diags.list}
+	for _, g := range groups {
+		out.routes = append(out.routes, routeConfiguration(g.Name, g.VirtualHosts))
+	}
+	for _, name := range sortedKeys(s.clusters.byName) {
+		out.clusters = append(out.clusters, s.clusters.byName[name])
+	}
+	return out
 }
 
 func sortedKeys[V any](m map[string]V) []string {

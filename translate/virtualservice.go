@@ -16,7 +16,7 @@ import (
 // VirtualService keeps working.
 func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRoute, sp servicePort) (httpRoute, bool) {
 	field := fieldf("spec.http[%d]", i)
-	d := s.m.diags
+	d := s.diags
 	r := httpRoute{Name: hr.GetName()}
 	if r.Name == "" {
 		r.Name = fieldf("%s.%s.%d", o.Namespace, o.Name, i)
@@ -70,7 +70,7 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 // cannot match traffic of this namespace on this port; ok is false when it
 // is broken (the whole route is then skipped).
 func (s *scope) convertMatch(o *config.Object, field string, mr *networking.HTTPMatchRequest, sp servicePort) (rm routeMatch, applies, ok bool) {
-	d := s.m.diags
+	d := s.diags
 	if mr.GetPort() != 0 && mr.GetPort() != sp.Port {
 		return rm, false, true
 	}
@@ -128,12 +128,12 @@ func (s *scope) stringMatch(o *config.Object, field string, sm *networking.Strin
 		return stringMatch{Kind: matchPrefix, Value: m.Prefix}, true
 	case *networking.StringMatch_Regex:
 		if _, err := regexp.Compile(m.Regex); err != nil || m.Regex == "" {
-			s.m.diags.errorf(o, field+".regex", "bad regular expression %q; route skipped", m.Regex)
+			s.diags.errorf(o, field+".regex", "bad regular expression %q; route skipped", m.Regex)
 			return stringMatch{}, false
 		}
 		return stringMatch{Kind: matchRegex, Value: m.Regex}, true
 	default:
-		s.m.diags.errorf(o, field, "string match has no exact, prefix or regex; route skipped")
+		s.diags.errorf(o, field, "string match has no exact, prefix or regex; route skipped")
 		return stringMatch{}, false
 	}
 }
@@ -141,7 +141,7 @@ func (s *scope) stringMatch(o *config.Object, field string, sm *networking.Strin
 // destinations resolves the route's destinations to cluster names, checking
 // that hosts, ports and subsets exist for this namespace.
 func (s *scope) destinations(o *config.Object, field string, dests []*networking.HTTPRouteDestination, sp servicePort) ([]weightedCluster, bool) {
-	d := s.m.diags
+	d := s.diags
 	if len(dests) == 0 {
 		d.errorf(o, field+".route", "route has no destination; skipped")
 		return nil, false

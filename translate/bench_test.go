@@ -1,0 +1,129 @@
+package translate
+
+import (
+	"flag"
+	"runtime"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nodemesh/nodemesh/config"
+	"github.com/nodemesh/nodemesh/internal/meshgen"
+)
+
+var (
+	benchServices   = flag.Int("services", 1000, "BenchmarkTranslate: services in the synthetic mesh")
+	benchEndpoints  = flag.Int("endpoints", 10, "BenchmarkTranslate: endpoints per service")
+	benchNamespaces = flag.Int("namespaces", 50, "BenchmarkTranslate: namespaces")
+	benchNodes      = flag.Int("nodes", 500, "BenchmarkTranslate: nodes")
+	benchVSRatio    = flag.Float64("vs-ratio", 0.2, "BenchmarkTranslate: fraction of services with an 80/20 VirtualService")
+)
+
+func benchSnapshot(b *testing.B) (*config.Snapshot, meshgen.Params) {
+	b.Helper()
+	p := meshgen.Params{Services: *benchServices, EndpointsPerService: *benchEndpoints,
+		Namespaces: *benchNamespaces, Nodes: *benchNodes, VirtualServiceRatio: *benchVSRatio}
+	objs, err := meshgen.Generate(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := config.NewStore()
+	if err := st.Replace("meshgen", objs); err != nil {
+		b.Fatal(err)
+	}
+	return st.Snapshot(), p
+}
+
+// BenchmarkTranslate is the cold start of the whole mesh: one iteration
+// prepares the snapshot and translates every node (as xds does after a
+// change). ns/node and allocs/node divide by the node count; ms/all-nodes
+// is the time per iteration; bytes/node is the size of a node's resources
+// (deterministic proto marshalling, averaged over a sample of nodes).
+func BenchmarkTranslate(b *testing.B) {
+	snap, p := benchSnapshot(b)
+	b.ReportAllocs()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for b.Loop() {
+		m := Prepare(snap)
+		for n := range p.Nodes {
+			m.Translate(Proxy{Node: meshgen.NodeName(n)})
+		}
+	}
+	b.StopTimer()
+	runtime.ReadMemStats(&after)
+	nodes := float64(b.N * p.Nodes)
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/nodes, "ns/node")
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/all-nodes")
+	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/nodes, "allocs/node")
+	bytes, resources := sampleSize(b, snap, p.Nodes, func(n int) Proxy { return Proxy{Node: meshgen.NodeName(n)} })
+	b.ReportMetric(bytes, "bytes/node")
+	b.ReportMetric(resources, "resources/node")
+}
+
+// BenchmarkTranslateOneNode is Translate(snap, proxy) for a single node with
+// nothing shared: what a lone call costs.
+func BenchmarkTranslateOneNode(b *testing.B) {
+	snap, p := benchSnapshot(b)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		Translate(snap, Proxy{Node: meshgen.NodeName(i % p.Nodes)})
+		i++
+	}
+}
+
+// BenchmarkTranslateProxyless is the same for a proxyless gRPC client per
+// namespace.
+func BenchmarkTranslateProxyless(b *testing.B) {
+	snap, p := benchSnapshot(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		Translate(snap, Proxy{Kind: ProxylessGRPC, Namespace: meshgen.NamespaceName(i % p.Namespaces)})
+		i++
+	}
+	b.StopTimer()
+	bytes, resources := sampleSize(b, snap, p.Namespaces, func(n int) Proxy {
+		return Proxy{Kind: ProxylessGRPC, Namespace: meshgen.NamespaceName(n)}
+	})
+	b.ReportMetric(bytes, "bytes/client")
+	b.ReportMetric(resources, "resources/client")
+}
+
+// sampleSize averages the marshalled size and resource count over up to 10
+// proxies spread over [0, n), and checks their consistency.
+func sampleSize(b *testing.B, snap *config.Snapshot, n int, proxy func(int) Proxy) (bytes, resources float64) {
+	b.Helper()
+	samples := min(n, 10)
+	opts := proto.MarshalOptions{Deterministic: true}
+	for s := range samples {
+		nc := Translate(snap, proxy(s*n/samples))
+		if err := Check(nc); err != nil {
+			b.Fatalf("Check: %v", err)
+		}
+		var msgs []proto.Message
+		for _, r := range nc.Listeners {
+			msgs = append(msgs, r)
+		}
+		for _, r := range nc.Routes {
+			msgs = append(msgs, r)
+		}
+		for _, r := range nc.Clusters {
+			msgs = append(msgs, r)
+		}
+		for _, r := range nc.Endpoints {
+			msgs = append(msgs, r)
+		}
+		for _, m := range msgs {
+			data, err := opts.Marshal(m)
+			if err != nil {
+				b.Fatal(err)
+			}
+			bytes += float64(len(data))
+		}
+		resources += float64(len(msgs))
+	}
+	return bytes / float64(samples), resources / float64(samples)
+}
