@@ -14,7 +14,7 @@ type scope struct {
 	m        *mesh
 	ns       string
 	diags    *diagnostics // problems found while building for this namespace
-	services []*service // sorted by hostname
+	services []*service   // sorted by hostname
 	byHost   map[string]*service
 	clusters *clusterSet
 }
