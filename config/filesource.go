@@ -83,9 +83,13 @@ type FileSource struct {
 
 	pollMu   sync.Mutex // serializes polls
 	lastHash [sha256.Size]byte
-	hashOK   bool // lastHash was loaded (applied or refused for its content)
-	pending  [sha256.Size]byte
-	pendOK   bool // pending holds the content seen by the previous poll
+	hashOK   bool // lastHash was loaded (applied or refused)
+	// Replace was refused (another source owns a key) at store version
+	// blockedAt.
+	blocked   bool
+	blockedAt uint64
+	pending   [sha256.Size]byte
+	pendOK    bool // pending holds the content seen by the previous poll
 
 	mu     sync.Mutex // guards status
 	status FileStatus
@@ -148,10 +152,14 @@ func (f *FileSource) poll(settle bool) error {
 		contents[i] = data
 		writeStrings(h, file, string(data))
 	}
+	for _, d := range diags { // listing or reading errors are part of the state
+		writeStrings(h, d.String())
+	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
-	ioFailed := len(diags) > 0 // listing or reading failed: retry every poll
-	if f.hashOK && sum == f.lastHash && !ioFailed {
+	// A refused Replace is retried only once the store changed, since only
+	// another source's change (or ours) can resolve the conflict.
+	if f.hashOK && sum == f.lastHash && (!f.blocked || f.blockedAt == f.cfg.Store.Snapshot().Version()) {
 		f.pendOK = false
 		return f.Status().Err
 	}
@@ -170,15 +178,16 @@ func (f *FileSource) poll(settle bool) error {
 	objs, diags = dedupe(objs, append(diags, d...))
 	st := f.Status()
 	st.Files, st.LastLoad, st.Diagnostics, st.Err = len(files), time.Now(), diags, nil
+	f.lastHash, f.hashOK, f.blocked = sum, true, false
+	before := f.cfg.Store.Snapshot().Version()
 	if errs := errorsOnly(diags); len(errs) > 0 {
 		st.Err = &LoadError{Dir: f.cfg.Dir, Diagnostics: errs}
-		// Do not decode the same broken content again every poll.
-		f.lastHash, f.hashOK = sum, !ioFailed
 	} else if err := f.cfg.Store.Replace(f.cfg.Source, objs); err != nil {
 		st.Err = fmt.Errorf("load %s: %w", f.cfg.Dir, err)
-		f.hashOK = false // may succeed once the other source changes
+		// Any write since before means a retry: never miss the one that
+		// resolves the conflict.
+		f.blocked, f.blockedAt = true, before
 	} else {
-		f.lastHash, f.hashOK = sum, true
 		st.Objects, st.LastApplied = len(objs), st.LastLoad
 		st.Version = f.cfg.Store.Snapshot().Version()
 	}

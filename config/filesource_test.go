@@ -192,3 +192,50 @@ func TestFileSourceSettle(t *testing.T) {
 		t.Fatalf("an emptied file seen twice was not applied: %v, host %q", err, vsHost(store))
 	}
 }
+
+// TestFileSourceConflictAndQuietErrors: a key owned by another source blocks
+// the load until that source lets go; a lasting error is reported once, not
+// at every poll.
+func TestFileSourceConflictAndQuietErrors(t *testing.T) {
+	dir := t.TempDir()
+	mustWrite(t, filepath.Join(dir, "a.yaml"), fsNamespace+strings.Replace(fsVS, "%s", "web.files", 1))
+	store := NewStore()
+	if err := store.Replace("k8s", []*Object{testVS("shop", "web", "web.k8s")}); err != nil {
+		t.Fatal(err)
+	}
+	var loads atomic.Int32
+	fs, err := NewFileSource(FileSourceConfig{Dir: dir, Store: store, Interval: 5 * time.Millisecond,
+		OnStatus: func(FileStatus) { loads.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); fs.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	waitFor(t, "conflict reported", func() bool { return errors.Is(fs.Status().Err, ErrOwnedByOtherSource) })
+	time.Sleep(50 * time.Millisecond) // ten polls
+	if n := loads.Load(); n != 1 || vsHost(store) != "web.k8s" {
+		t.Errorf("blocked source: %d loads (want 1), host %q", n, vsHost(store))
+	}
+	if err := store.Replace("k8s", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "applied once unblocked", func() bool { return vsHost(store) == "web.files" && fs.Status().Err == nil })
+
+	n := loads.Load()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "missing directory reported", func() bool { return fs.Status().Err != nil })
+	time.Sleep(50 * time.Millisecond)
+	if got := loads.Load(); got != n+1 {
+		t.Errorf("a lasting error was reported %d times", got-n)
+	}
+	if vsHost(store) != "web.files" {
+		t.Error("the last good config was dropped")
+	}
+	mustWrite(t, filepath.Join(dir, "a.yaml"), fsNamespace+strings.Replace(fsVS, "%s", "web.back", 1))
+	waitFor(t, "directory back", func() bool { return vsHost(store) == "web.back" && fs.Status().Err == nil })
+}
