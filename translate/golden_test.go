@@ -32,6 +32,8 @@ func goldenCases(t *testing.T) map[string][]string {
 	cases := map[string][]string{
 		"no-virtual-service":      bookinfo(),
 		"egress-rule-google-apis": bookinfo(vsFile("egress-rule-google-apis.yaml")),
+		// Cluster IPs, Sidecar scoping, exportTo, ServiceEntry, TCP routes.
+		"behaviour-mesh": bookinfo("testdata/behaviour/mesh.yaml"),
 	}
 	for _, f := range vsFiles {
 		name := strings.TrimSuffix(filepath.Base(f), ".yaml")
