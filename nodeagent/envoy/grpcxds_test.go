@@ -63,7 +63,17 @@ func TestProxyServesGRPCXDSClient(t *testing.T) {
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+	// The client converges on the config in steps (listener, route,
+	// cluster, endpoints); an RPC in between may fail Unavailable, so retry
+	// until the deadline.
+	var resp *healthpb.HealthCheckResponse
+	for {
+		resp, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("RPC through xds:///echo: %v", err)
 	}
