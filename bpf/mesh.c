@@ -153,13 +153,14 @@ struct {
 	__type(value, __u8);
 } accel_peers SEC(".maps");
 
-/* UDP flows opened by local sockets: {local, remote} as sent. */
+/* UDP peers of local sockets {cookie, peer ip, peer port}: sent to, or
+ * allowed in. Replies to them skip L4 policy at sendmsg and ingress. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SOCK_LRU_MAX);
-	__type(key, struct tuple);
+	__type(key, struct rev_key);
 	__type(value, __u8);
-} udp_flows SEC(".maps");
+} udp_peers SEC(".maps");
 
 /* ---- helpers ---- */
 
@@ -246,14 +247,24 @@ static __always_inline struct endpoint_info *client_info(struct bpf_sock_addr *c
 	return bpf_map_lookup_elem(&workloads, &src);
 }
 
-static __always_inline int check_policy(struct endpoint_info *client, struct addr *dst,
-					__u16 dport, __u8 proto, int hook)
+static __always_inline int check_policy(struct bpf_sock_addr *ctx, struct endpoint_info *client,
+					struct addr *dst, __u16 dport, __u8 proto, int hook)
 {
 	struct endpoint_info *server = bpf_map_lookup_elem(&workloads, dst);
 	int denied;
 
 	if (!server)
 		return 1;
+	if (hook == HOOK_SENDMSG) {
+		/* A reply to a peer that reached this socket is no new flow. */
+		struct rev_key pk = {};
+
+		pk.cookie = bpf_get_socket_cookie(ctx);
+		pk.ip = *dst;
+		pk.port = dport;
+		if (bpf_map_lookup_elem(&udp_peers, &pk))
+			return 1;
+	}
 	denied = policy_verdict(server->identity, client ? client->identity : 0,
 				bpf_ntohs(dport), proto) == VERDICT_DENY;
 	count_verdict(hook, denied);
@@ -358,7 +369,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct addr *dst
 	k.proto = proto;
 	m = bpf_map_lookup_elem(&services, &k);
 	if (!m)
-		return check_policy(client, dst, *dport, proto, hook);
+		return check_policy(ctx, client, dst, *dport, proto, hook);
 	st = stats_for(&k);
 
 	if (m->l7_proxy_port && hook == HOOK_CONNECT && proto == IPPROTO_TCP) {
@@ -395,14 +406,14 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct addr *dst
 	if (!b || (ctx->family == AF_INET && !addr_is4(&b->ip))) {
 		if (st)
 			st->no_backend++;
-		return check_policy(client, dst, *dport, proto, hook);
+		return check_policy(ctx, client, dst, *dport, proto, hook);
 	}
 	*dst = b->ip;
 	*dport = b->port;
 	remember_rev(ctx, dst, *dport, &orig, orig_port);
 	if (st)
 		st->connects++;
-	return check_policy(client, dst, *dport, proto, hook);
+	return check_policy(ctx, client, dst, *dport, proto, hook);
 }
 
 static __always_inline int sock_proto(struct bpf_sock_addr *ctx, __u8 *proto)

@@ -134,7 +134,7 @@ const (
 	MeshMapServiceStats       = "service_stats"
 	MeshMapServices           = "services"
 	MeshMapSockHash           = "sock_hash"
-	MeshMapUdpFlows           = "udp_flows"
+	MeshMapUdpPeers           = "udp_peers"
 	MeshMapVerdictStats       = "verdict_stats"
 	MeshMapWorkloads          = "workloads"
 	MeshProgConnect4          = "connect4"
@@ -227,7 +227,7 @@ type MeshMapSpecs struct {
 	ServiceStats    *ebpf.MapSpec `ebpf:"service_stats"`
 	Services        *ebpf.MapSpec `ebpf:"services"`
 	SockHash        *ebpf.MapSpec `ebpf:"sock_hash"`
-	UdpFlows        *ebpf.MapSpec `ebpf:"udp_flows"`
+	UdpPeers        *ebpf.MapSpec `ebpf:"udp_peers"`
 	VerdictStats    *ebpf.MapSpec `ebpf:"verdict_stats"`
 	Workloads       *ebpf.MapSpec `ebpf:"workloads"`
 }
@@ -272,7 +272,7 @@ type MeshMaps struct {
 	ServiceStats    *ebpf.Map `ebpf:"service_stats"`
 	Services        *ebpf.Map `ebpf:"services"`
 	SockHash        *ebpf.Map `ebpf:"sock_hash"`
-	UdpFlows        *ebpf.Map `ebpf:"udp_flows"`
+	UdpPeers        *ebpf.Map `ebpf:"udp_peers"`
 	VerdictStats    *ebpf.Map `ebpf:"verdict_stats"`
 	Workloads       *ebpf.Map `ebpf:"workloads"`
 }
@@ -293,7 +293,7 @@ func (m *MeshMaps) Close() error {
 		m.ServiceStats,
 		m.Services,
 		m.SockHash,
-		m.UdpFlows,
+		m.UdpPeers,
 		m.VerdictStats,
 		m.Workloads,
 	)

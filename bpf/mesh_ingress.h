@@ -1,9 +1,10 @@
 /* cgroup_skb/ingress: L4 identity policy at the destination for clients the
  * connect hook did not see (other nodes, the host). Attached to the cgroup
  * of the pods: it checks a TCP SYN (so a denied connection never reaches
- * accept) and every UDP datagram that is not a reply to a flow the local
- * socket opened: cgroup_skb/egress records those in udp_flows (UDP has no
- * handshake to tell replies apart). Included by mesh.c. */
+ * accept) and UDP datagrams from peers the receiving socket does not talk
+ * to yet: udp_peers {socket cookie, peer} holds the peers it sent to
+ * (recorded by cgroup_skb/egress) and those already allowed in, since UDP
+ * has no handshake that tells replies apart. Included by mesh.c. */
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -23,25 +24,38 @@ static __always_inline int ingress_check(struct addr *src, struct addr *dst, __u
 	return !denied;
 }
 
-/* udp_ports loads the source and destination ports of a UDP header. */
-static __always_inline int udp_ports(struct __sk_buff *skb, __u32 off, __u16 *sport, __u16 *dport)
+/* udp_peer builds the udp_peers key of the socket the skb belongs to and
+ * the peer at off: the source (ingress) or destination (egress) port. */
+static __always_inline int udp_peer(struct __sk_buff *skb, struct rev_key *k, struct addr *peer, __u32 port_off)
 {
-	if (bpf_skb_load_bytes(skb, off, sport, sizeof(*sport)) < 0)
-		return 0;
-	return bpf_skb_load_bytes(skb, off + 2, dport, sizeof(*dport)) == 0;
+	k->cookie = bpf_get_socket_cookie(skb);
+	k->ip = *peer;
+	return k->cookie && bpf_skb_load_bytes(skb, port_off, &k->port, sizeof(k->port)) == 0;
 }
 
-/* is_udp_reply says whether a datagram from src:sport to dst:dport answers
- * one that the local socket sent (dst:dport -> src:sport). */
-static __always_inline int is_udp_reply(struct __sk_buff *skb, __u32 off, struct addr *src, struct addr *dst)
+static __always_inline void remember_udp_peer(struct rev_key *k)
 {
-	struct tuple t = {};
+	__u8 one = 1;
 
-	if (!udp_ports(skb, off, &t.dport, &t.sport))
+	if (!bpf_map_lookup_elem(&udp_peers, k))
+		bpf_map_update_elem(&udp_peers, k, &one, BPF_ANY);
+}
+
+/* udp_check: a datagram from a peer this socket already talks to (it sent
+ * to it, or an earlier datagram from it was allowed) passes; otherwise the
+ * policy decides, and an allowed peer is remembered. */
+static __always_inline int udp_check(struct __sk_buff *skb, __u32 off, struct addr *src, struct addr *dst, __u16 dport)
+{
+	struct rev_key k = {};
+	int known = udp_peer(skb, &k, src, off);
+
+	if (known && bpf_map_lookup_elem(&udp_peers, &k))
+		return 1;
+	if (!ingress_check(src, dst, dport, IPPROTO_UDP))
 		return 0;
-	t.src = *dst;
-	t.dst = *src;
-	return bpf_map_lookup_elem(&udp_flows, &t) != 0;
+	if (known)
+		remember_udp_peer(&k);
+	return 1;
 }
 
 /* l4_wanted loads the destination port and says whether this packet opens
@@ -76,8 +90,8 @@ int ingress_policy(struct __sk_buff *skb)
 			return 1;
 		addr_from4(&src, ip.saddr);
 		addr_from4(&dst, ip.daddr);
-		if (ip.protocol == IPPROTO_UDP && is_udp_reply(skb, ip.ihl * 4, &src, &dst))
-			return 1;
+		if (ip.protocol == IPPROTO_UDP)
+			return udp_check(skb, ip.ihl * 4, &src, &dst, dport);
 		return ingress_check(&src, &dst, dport, ip.protocol);
 	}
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
@@ -89,20 +103,20 @@ int ingress_policy(struct __sk_buff *skb)
 			return 1;
 		__builtin_memcpy(&src, &ip6.saddr, sizeof(src));
 		__builtin_memcpy(&dst, &ip6.daddr, sizeof(dst));
-		if (ip6.nexthdr == IPPROTO_UDP && is_udp_reply(skb, sizeof(ip6), &src, &dst))
-			return 1;
+		if (ip6.nexthdr == IPPROTO_UDP)
+			return udp_check(skb, sizeof(ip6), &src, &dst, dport);
 		return ingress_check(&src, &dst, dport, ip6.nexthdr);
 	}
 	return 1;
 }
 
-/* cgroup_skb/egress: remembers the UDP flows local sockets open, so that
+/* cgroup_skb/egress: remembers the peers local UDP sockets send to, so that
  * ingress_policy lets their replies in. Never drops. */
 SEC("cgroup_skb/egress")
 int egress_flows(struct __sk_buff *skb)
 {
-	struct tuple t = {};
-	__u8 one = 1;
+	struct rev_key k = {};
+	struct addr peer = {};
 	__u32 off;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
@@ -110,23 +124,19 @@ int egress_flows(struct __sk_buff *skb)
 
 		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0 || ip.protocol != IPPROTO_UDP)
 			return 1;
-		addr_from4(&t.src, ip.saddr);
-		addr_from4(&t.dst, ip.daddr);
+		addr_from4(&peer, ip.daddr);
 		off = ip.ihl * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0 || ip6.nexthdr != IPPROTO_UDP)
 			return 1;
-		__builtin_memcpy(&t.src, &ip6.saddr, sizeof(t.src));
-		__builtin_memcpy(&t.dst, &ip6.daddr, sizeof(t.dst));
+		__builtin_memcpy(&peer, &ip6.daddr, sizeof(peer));
 		off = sizeof(ip6);
 	} else {
 		return 1;
 	}
-	if (!udp_ports(skb, off, &t.sport, &t.dport))
-		return 1;
-	if (!bpf_map_lookup_elem(&udp_flows, &t))
-		bpf_map_update_elem(&udp_flows, &t, &one, BPF_ANY);
+	if (udp_peer(skb, &k, &peer, off + 2))
+		remember_udp_peer(&k);
 	return 1;
 }

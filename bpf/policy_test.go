@@ -152,3 +152,27 @@ func TestPolicyUDPReplies(t *testing.T) {
 		t.Errorf("ingress denied %d -> %d, want one more", deniedBefore, denied)
 	}
 }
+
+// TestPolicyUDPServerReplies: a server in the cgroup answers (sendto on an
+// unconnected socket) a client whose identity is default deny: the reply
+// goes to a peer that reached the socket, so sendmsg does not refuse it.
+func TestPolicyUDPServerReplies(t *testing.T) {
+	e := newEnv(t)
+	const server, client = 900, 901
+	e.putWorkload("127.0.0.91", server, 0, true)
+	e.putWorkload("127.0.0.92", client, 0, false)
+	e.putPolicy(client, 999, 0, 0, VerdictAllow) // client is default deny
+	port := freePort(t, "udp4", "127.0.0.91")
+	addr := fmt.Sprintf("127.0.0.91:%d", port)
+	e.server(e.cgroup, childReq{Mode: "serve-udp-name", Net: "udp4", Addr: addr})
+	res := childResult{Replies: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
+	for i := 0; i < 5; i++ {
+		dialOnce(childReq{Net: "udp4", Addr: addr, Local: "127.0.0.92"}, 500e6, &res)
+	}
+	if res.Replies[addr] != 5 {
+		t.Errorf("server replies: %v errors %v, want 5", res.Replies, res.Errors)
+	}
+	if _, denied := e.verdicts(HookSendmsg); denied != 0 {
+		t.Errorf("sendmsg denied %d replies", denied)
+	}
+}
