@@ -124,6 +124,11 @@ func TestBehaviour(t *testing.T) {
 			want: map[string]uint32{"outbound|9080||secret.default.svc.cluster.local": 1},
 		},
 		{
+			name: "egress ServiceEntry with DNS resolution and port rewrite", files: bookinfo(vsFile("egress-rule-google-apis.yaml")), proxy: nodeA,
+			req:  request{Namespace: "default", DestIP: "142.250.0.1", Port: 80, Host: "www.googleapis.com"},
+			want: map[string]uint32{"outbound|443||www.googleapis.com": 1},
+		},
+		{
 			name: "ServiceEntry with CIDR address", files: bookinfo(mesh), proxy: nodeA,
 			req:  request{Namespace: "open", DestIP: "192.168.50.99", Port: 8080, Host: "legacy.internal:8080"},
 			want: map[string]uint32{"outbound|8080||legacy.internal": 1},
@@ -183,7 +188,13 @@ func TestEndpoints(t *testing.T) {
 		db.GetCircuitBreakers().GetThresholds()[0].GetMaxConnections().GetValue() != 100 {
 		t.Errorf("DestinationRule policy not applied to subset cluster: %v", db)
 	}
-	if findCluster(nc, "outbound|443||www.googleapis.com") != nil {
-		t.Errorf("DNS ServiceEntry produced a cluster; it is unsupported and must be skipped with a diagnostic")
+	dns := findCluster(nc, "outbound|443||www.googleapis.com")
+	if dns.GetType().String() != "STRICT_DNS" || len(dns.GetLoadAssignment().GetEndpoints()) != 1 ||
+		dns.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetAddress() != "www.googleapis.com" {
+		t.Errorf("DNS ServiceEntry: want a STRICT_DNS cluster resolving www.googleapis.com, got %v", dns)
+	}
+	grpc := mustTranslate(t, snap, Proxy{Kind: ProxylessGRPC, Namespace: "default"})
+	if c := findCluster(grpc, "outbound|443||www.googleapis.com"); c.GetType().String() != "LOGICAL_DNS" {
+		t.Errorf("DNS ServiceEntry for gRPC: want LOGICAL_DNS, got %v", c)
 	}
 }

@@ -6,7 +6,9 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -76,6 +78,32 @@ func edsCluster(ref *clusterRef, kind ProxyKind) *clusterv3.Cluster {
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource()},
 		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
+	}
+	applyPolicy(c, ref.policy, kind)
+	if kind == SharedEnvoy {
+		applyHTTPOptions(c, ref.port.Protocol, ref.policy)
+	}
+	return c
+}
+
+// dnsCluster is the cluster of a ServiceEntry with DNS resolution: Envoy
+// resolves every address (STRICT_DNS); gRPC only knows LOGICAL_DNS with a
+// single address, so it gets the first one.
+func dnsCluster(ref *clusterRef, cla *endpointv3.ClusterLoadAssignment, kind ProxyKind) *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
+		Name:                 ref.Name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
+		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
+		DnsLookupFamily:      clusterv3.Cluster_V4_PREFERRED,
+		LoadAssignment:       cla,
+	}
+	if kind == ProxylessGRPC {
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_LOGICAL_DNS}
+		if eps := cla.GetEndpoints(); len(eps) > 0 && len(eps[0].GetLbEndpoints()) > 1 {
+			one := proto.Clone(cla).(*endpointv3.ClusterLoadAssignment)
+			one.Endpoints[0].LbEndpoints = one.Endpoints[0].LbEndpoints[:1]
+			c.LoadAssignment = one
+		}
 	}
 	applyPolicy(c, ref.policy, kind)
 	if kind == SharedEnvoy {

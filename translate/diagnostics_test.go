@@ -94,7 +94,7 @@ func TestDiagnosticsOtherObjects(t *testing.T) {
 			got = append(got, d.Object.String()+" "+d.Field)
 		}
 	}
-	want := []string{"ServiceEntry/default/google spec.resolution"}
+	want := []string{"ServiceEntry/default/anything spec.resolution"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s\nall: %v", diff, nc.Diagnostics)
 	}

@@ -40,6 +40,9 @@ type service struct {
 	// Static holds ServiceEntry endpoints (STATIC resolution).
 	Static       []staticEndpoint
 	ServiceEntry bool
+	// DNS: Static addresses are host names resolved by the proxy (a
+	// ServiceEntry with DNS resolution); its clusters are not EDS.
+	DNS bool
 }
 
 // servicePort is one port of a service.

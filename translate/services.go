@@ -77,8 +77,11 @@ func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 		d.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 		return nil
 	}
+	dns := false
 	switch se.GetResolution() {
 	case networking.ServiceEntry_STATIC:
+	case networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN:
+		dns = true
 	default:
 		d.warnf(o, "spec.resolution", "resolution %s is not supported yet; skipped", se.GetResolution())
 		return nil
@@ -109,8 +112,8 @@ func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 	}
 	var static []staticEndpoint
 	for i, e := range se.GetEndpoints() {
-		if _, err := netip.ParseAddr(e.GetAddress()); err != nil {
-			d.errorf(o, fieldf("spec.endpoints[%d].address", i), "%q is not an IP address (STATIC resolution); skipped", e.GetAddress())
+		if _, err := netip.ParseAddr(e.GetAddress()); err != nil && !(dns && isDNSName(e.GetAddress())) {
+			d.errorf(o, fieldf("spec.endpoints[%d].address", i), "%q is not an IP address (or a DNS name with DNS resolution); skipped", e.GetAddress())
 			continue
 		}
 		static = append(static, staticEndpoint{Address: e.GetAddress(), Ports: e.GetPorts(), Labels: e.GetLabels()})
@@ -122,8 +125,16 @@ func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 			d.warnf(o, fieldf("spec.hosts[%d]", i), "wildcard host %q is not supported yet; skipped", h)
 			continue
 		}
-		out = append(out, &service{obj: o, Hostname: resolveHost(h, o.Namespace), Namespace: o.Namespace,
-			VIPs: vips, Ports: ports, ExportTo: exp, Static: static, ServiceEntry: true})
+		svc := &service{obj: o, Hostname: resolveHost(h, o.Namespace), Namespace: o.Namespace,
+			VIPs: vips, Ports: ports, ExportTo: exp, Static: static, ServiceEntry: true, DNS: dns}
+		if dns && len(static) == 0 {
+			if !isDNSName(svc.Hostname) {
+				d.errorf(o, fieldf("spec.hosts[%d]", i), "%q is not a DNS name to resolve; skipped", h)
+				continue
+			}
+			svc.Static = []staticEndpoint{{Address: svc.Hostname}}
+		}
+		out = append(out, svc)
 	}
 	return out
 }
@@ -157,4 +168,17 @@ func splitList(s string) []string {
 		return nil
 	}
 	return strings.Split(s, ",")
+}
+
+// isDNSName reports whether s looks like a host name Envoy can resolve.
+func isDNSName(s string) bool {
+	if s == "" || len(s) > 253 || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }

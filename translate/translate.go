@@ -117,7 +117,9 @@ func (p *Mesh) Translate(proxy Proxy) *NodeConfig {
 	for _, name := range sortedKeys(refs) {
 		b := p.cluster(refs[name], proxy.Kind)
 		nc.Clusters = append(nc.Clusters, b.cluster)
-		nc.Endpoints = append(nc.Endpoints, b.cla)
+		if b.cla != nil {
+			nc.Endpoints = append(nc.Endpoints, b.cla)
+		}
 	}
 	sortByName(nc.Listeners, (*listenerv3.Listener).GetName)
 	sortByName(nc.Routes, (*routev3.RouteConfiguration).GetName)
@@ -134,7 +136,11 @@ func (p *Mesh) cluster(ref *clusterRef, kind ProxyKind) builtCluster {
 		key += "\x00" + ref.dr.obj.Key.String()
 	}
 	return get(&p.mu, p.clusters, key, func() builtCluster {
-		return builtCluster{edsCluster(ref, kind), loadAssignment(ref, p.m.endpoints[endpointKey{ref.svc, ref.port.Port}])}
+		cla := loadAssignment(ref, p.m.endpoints[endpointKey{ref.svc, ref.port.Port}])
+		if ref.svc.DNS {
+			return builtCluster{cluster: dnsCluster(ref, cla, kind)}
+		}
+		return builtCluster{cluster: edsCluster(ref, kind), cla: cla}
 	})
 }
 
