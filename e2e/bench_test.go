@@ -7,7 +7,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
-	"sort"
+	"runtime"
 	"strings"
 	"testing"
 	"text/tabwriter"
@@ -19,7 +19,7 @@ var (
 	benchQPS       = flag.Float64("bench-qps", 10000, "requested fortio rate; lowered when a calibration run cannot sustain it")
 	benchConns     = flag.Int("bench-conns", 16, "fortio connections (fixed, keep-alive)")
 	benchDuration  = flag.Duration("bench-duration", 10*time.Second, "length of each fortio run")
-	benchRounds    = flag.Int("bench-rounds", 2, "rounds over all paths; figures are averaged over rounds")
+	benchRounds    = flag.Int("bench-rounds", 1, "rounds over all paths; figures are averaged over rounds")
 )
 
 // benchPath is one way from the client pod to a server pod.
@@ -31,17 +31,22 @@ type benchPath struct {
 	mesh  bool                                                       // needs the node agents up
 }
 
+// benchRow accumulates one path's runs and, for every run, its ratio to
+// the direct run made just before it (paired, so that drifting load from
+// other work on the machine cancels out).
 type benchRow struct {
 	placement, path          string
 	qps, mean, p50, p90, p99 float64
 	runs                     int
+	rMean, rP50, rP99        float64 // sums of paired ratios
 }
 
 // TestBenchDataplane measures, in Graf's way, the latency that each data
 // path adds to a fixed-rate HTTP load over fixed connections: no mesh (pod
 // IP), eBPF socket LB (VIP), eBPF with same-node acceleration, haproxy as two
-// sidecars and haproxy as one node proxy, same-node and cross-node. Ratios
-// are taken against the direct path of the same run. Run with
+// sidecars and haproxy as one node proxy, same-node and cross-node. Every
+// path's run is paired with a direct run right before it (no program
+// attached) and the table gives the mean of those paired ratios. Run with
 // `make bench-dataplane` or `go test ./e2e -run TestBenchDataplane -v -bench-dataplane`.
 func TestBenchDataplane(t *testing.T) {
 	if !*benchDataplane {
@@ -62,47 +67,50 @@ func TestBenchDataplane(t *testing.T) {
 	}
 	qps := calibrate(t, client, fortio, dsts["cross-node"])
 	mesh, meshed := meshPaths(c, dsts)
-	paths := append([]benchPath{{name: "direct (pod IP)", setup: directPath}}, meshed...)
-	paths = append(paths, proxyPaths(c)...)
+	paths := append(proxyPaths(c), meshed...)
+	direct := benchPath{name: "direct (pod IP)", setup: directPath}
 
 	rows := map[string]*benchRow{}
 	var order []string
+	row := func(placement, path string) *benchRow {
+		key := placement + "/" + path
+		if rows[key] == nil {
+			rows[key] = &benchRow{placement: placement, path: path}
+			order = append(order, key)
+		}
+		return rows[key]
+	}
+	load := func(bp benchPath, dst *Pod) FortioResult {
+		url, teardown := bp.setup(t, dst)
+		defer teardown()
+		res, err := client.FortioLoad(ctx, fortio, url, qps, *benchConns, *benchDuration)
+		if err != nil {
+			t.Fatalf("%s: %v", bp.name, err)
+		}
+		return res
+	}
 	for round := 0; round < *benchRounds; round++ {
-		// No program is attached while the other paths run.
-		for _, withMesh := range []bool{false, true} {
-			if withMesh {
-				mesh.up(t)
-			}
-			for _, placement := range []string{"cross-node", "same-node"} {
-				for _, bp := range paths {
-					if bp.setup == nil || bp.mesh != withMesh || (bp.same && placement != "same-node") {
-						continue
-					}
-					key := placement + "/" + bp.name
-					r := rows[key]
-					if r == nil {
-						r = &benchRow{placement: placement, path: bp.name}
-						rows[key] = r
-						order = append(order, key)
-					}
-					url, teardown := bp.setup(t, dsts[placement])
-					res, err := client.FortioLoad(ctx, fortio, url, qps, *benchConns, *benchDuration)
-					teardown()
-					if err != nil {
-						t.Fatalf("%s: %v", key, err)
-					}
-					r.add(t, res)
+		for _, placement := range []string{"cross-node", "same-node"} {
+			dst := dsts[placement]
+			base := row(placement, direct.name)
+			for _, bp := range paths {
+				if bp.setup == nil || (bp.same && placement != "same-node") {
+					continue
 				}
-			}
-			if withMesh {
-				mesh.down(t)
+				b := load(direct, dst)
+				base.add(t, b, b)
+				if bp.mesh {
+					mesh.up(t)
+				}
+				res := load(bp, dst)
+				if bp.mesh {
+					mesh.down(t)
+				}
+				row(placement, bp.name).add(t, res, b)
 			}
 		}
 	}
-	sort.SliceStable(order, func(i, j int) bool {
-		return strings.HasPrefix(order[i], "cross") && !strings.HasPrefix(order[j], "cross")
-	})
-	printBench(t, qps, rows, order, paths)
+	printBench(t, qps, rows, order, append([]benchPath{direct}, paths...))
 }
 
 // calibrate lowers the rate until a short direct run sustains it.
@@ -123,8 +131,8 @@ func calibrate(t *testing.T, client *Pod, fortio string, dst *Pod) float64 {
 	return qps
 }
 
-func (r *benchRow) add(t *testing.T, res FortioResult) {
-	p := func(q float64) float64 {
+func (r *benchRow) add(t *testing.T, res, base FortioResult) {
+	p := func(res FortioResult, q float64) float64 {
 		v, err := res.Percentile(q)
 		if err != nil {
 			t.Fatal(err)
@@ -133,9 +141,12 @@ func (r *benchRow) add(t *testing.T, res FortioResult) {
 	}
 	r.qps += res.ActualQPS
 	r.mean += res.DurationHistogram.Avg
-	r.p50 += p(50)
-	r.p90 += p(90)
-	r.p99 += p(99)
+	r.p50 += p(res, 50)
+	r.p90 += p(res, 90)
+	r.p99 += p(res, 99)
+	r.rMean += res.DurationHistogram.Avg / base.DurationHistogram.Avg
+	r.rP50 += p(res, 50) / p(base, 50)
+	r.rP99 += p(res, 99) / p(base, 99)
 	r.runs++
 }
 
@@ -189,18 +200,22 @@ func proxyPaths(c *Cluster) []benchPath {
 
 func printBench(t *testing.T, qps float64, rows map[string]*benchRow, order []string, paths []benchPath) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nnodemesh dataplane latency: fortio %s load -qps %.0f -c %d -t %s, %d round(s) averaged, %s\n",
+	fmt.Fprintf(&b, "\nnodemesh dataplane latency: fortio %s load -qps %.0f -c %d -t %s, %d round(s), %s\n",
 		FortioVersion, qps, *benchConns, *benchDuration, *benchRounds, time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintln(&b, "ratios: mean over runs of (path / the direct run made just before it); direct rows average all those runs")
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Fprintf(&b, "machine: %d CPUs, load average %s (other work on the machine adds noise)\n",
+			runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
+	}
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "placement\tpath\tqps\tmean µs\tp50 µs\tp90 µs\tp99 µs\tmean/direct\tp50/direct\tp99/direct\t")
+	fmt.Fprintln(w, "placement\tpath\truns\tqps\tmean µs\tp50 µs\tp90 µs\tp99 µs\tmean/direct\tp50/direct\tp99/direct\t")
 	for _, key := range order {
 		r := rows[key]
-		base := rows[r.placement+"/direct (pod IP)"]
-		n, bn := float64(r.runs), float64(base.runs)
+		n := float64(r.runs)
 		us := func(v float64) string { return fmt.Sprintf("%.0f", v/n*1e6) }
-		ratio := func(v, bv float64) string { return fmt.Sprintf("%.2fx", (v/n)/(bv/bn)) }
-		fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.placement, r.path, r.qps/n,
-			us(r.mean), us(r.p50), us(r.p90), us(r.p99), ratio(r.mean, base.mean), ratio(r.p50, base.p50), ratio(r.p99, base.p99))
+		ratio := func(v float64) string { return fmt.Sprintf("%.2fx", v/n) }
+		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.placement, r.path, r.runs, r.qps/n,
+			us(r.mean), us(r.p50), us(r.p90), us(r.p99), ratio(r.rMean), ratio(r.rP50), ratio(r.rP99))
 	}
 	w.Flush()
 	for _, bp := range paths {
