@@ -223,7 +223,11 @@ func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], open func(cont
 				if !s.upstream {
 					return nil // Envoy closed its stream or went away
 				}
-				err = s.err
+				// A failed client Send says only io.EOF; the stream's
+				// status comes from Recv unless our own cancel ended it.
+				if status.Code(err) == codes.Canceled {
+					err = s.err
+				}
 			default:
 				if down.Context().Err() != nil {
 					return nil // Envoy went away
