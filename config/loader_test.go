@@ -62,6 +62,15 @@ func TestLoadIstioTestdata(t *testing.T) {
 				unsupported[strings.TrimSuffix(strings.TrimPrefix(d.Message, "unsupported kind "), ": ignored")]++
 			}
 		}
+		// Every top-level object of the file is accounted for: decoded,
+		// unsupported or refused.
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, got := strings.Count("\n"+string(raw), "\nkind: "), len(objs)+len(diags); got != want {
+			t.Errorf("%s: %d objects and diagnostics for %d top-level kinds", rel, got, want)
+		}
 		if diff := cmp.Diff(invalidIstioFiles[filepath.ToSlash(rel)], errs); diff != "" {
 			t.Errorf("%s: diagnostics (-want +got):\n%s", rel, diff)
 		}
