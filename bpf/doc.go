@@ -16,7 +16,8 @@
 //   - getpeername4/6, recvmsg4/6: show the VIP, not the backend;
 //   - sock_ops + getsockopt_origdst: SO_ORIGINAL_DST for redirected sockets;
 //   - sock_ops + sk_msg_redirect: opt-in same-node acceleration (SOCKHASH);
-//   - ingress_policy (cgroup_skb/ingress): L4 policy at the destination.
+//   - ingress_policy (cgroup_skb/ingress): L4 policy at the destination;
+//   - egress_flows (cgroup_skb/egress): remembers UDP peers for replies.
 //
 // All addresses in the maps are 16 bytes, IPv4 stored IPv4-mapped as
 // netip.Addr.As16 returns it, so IPv4 and IPv6 share every map.
@@ -30,7 +31,7 @@
 // verdict; policy_mode dst identity -> default deny; meta -> schema version.
 // Written by the programs: service_stats and verdict_stats (per CPU),
 // rev_nat {cookie, backend} -> VIP, orig_by_cookie and orig_by_tuple (LRU),
-// sock_hash and accel_peers.
+// udp_peers {cookie, peer} (LRU), sock_hash and accel_peers.
 //
 // Choices worth knowing:
 //   - The client of a connect is identified by its cgroup (cgroup_workloads),
@@ -50,7 +51,12 @@
 //     matching ALLOW passes; else the destination's mode decides (default
 //     deny once it has an ALLOW rule). Identity 1 (the host, its proxy) is
 //     never refused. ingress_policy checks TCP SYNs and UDP datagrams only:
-//     established flows are not cut when a policy changes.
+//     established flows are not cut when a policy changes. UDP has no
+//     handshake, so udp_peers remembers, per socket, the peers it sent to
+//     (egress_flows, cgroup_skb/egress) and those allowed in: datagrams
+//     between them skip the policy both at ingress and at sendmsg (a
+//     server's reply to a default-deny client); a policy change reaches
+//     such a conversation only once the LRU forgets it.
 //   - Acceleration: both ends must be local workloads of namespaces flagged
 //     NS_F_ACCELERATE; sk_msg redirects only when the peer is already in
 //     sock_hash (accel_peers shadows it, since sk_msg cannot release a
