@@ -76,8 +76,8 @@ func TestContentVersion(t *testing.T) {
 	a := nc.Clusters[0]
 	b := proto.Clone(a).(*clusterv3.Cluster)
 	b.Name = "outbound|9090||other"
-	x, _ := contentVersion([]cachetypes.Resource{a, b})
-	y, _ := contentVersion([]cachetypes.Resource{b, a})
+	x, _, _ := contentVersion([]cachetypes.Resource{a, b})
+	y, _, _ := contentVersion([]cachetypes.Resource{b, a})
 	if x != y {
 		t.Fatalf("order changed the version: %s vs %s", x, y)
 	}

@@ -75,9 +75,10 @@ func nodeResources(nc *translate.NodeConfig) map[string][]types.Resource {
 }
 
 // contentVersion hashes resources (sorted by name, deterministic proto
-// encoding) into a short version string. Equal content gives equal versions
-// whatever the order of the input.
-func contentVersion(rs []types.Resource) (string, error) {
+// encoding) into a short version string, and returns each resource's own
+// version (for Delta). Each resource is marshalled once. Equal content
+// gives equal versions whatever the order of the input.
+func contentVersion(rs []types.Resource) (string, map[string]string, error) {
 	type named struct {
 		name string
 		res  types.Resource
@@ -87,30 +88,37 @@ func contentVersion(rs []types.Resource) (string, error) {
 		sorted = append(sorted, named{cachev3.GetResourceName(r), r})
 	}
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	perResource := make(map[string]string, len(sorted))
 	h := sha256.New()
 	var lenBuf [8]byte
 	opts := proto.MarshalOptions{Deterministic: true}
+	var buf []byte
 	for _, n := range sorted {
-		b, err := opts.Marshal(n.res)
+		var err error
+		buf, err = opts.MarshalAppend(buf[:0], n.res)
 		if err != nil {
-			return "", fmt.Errorf("marshal %q: %w", n.name, err)
+			return "", nil, fmt.Errorf("marshal %q: %w", n.name, err)
 		}
-		for _, part := range [][]byte{[]byte(n.name), b} {
-			binary.BigEndian.PutUint64(lenBuf[:], uint64(len(part)))
-			h.Write(lenBuf[:])
-			h.Write(part)
-		}
+		sum := sha256.Sum256(buf)
+		perResource[n.name] = hex.EncodeToString(sum[:8])
+		binary.BigEndian.PutUint64(lenBuf[:], uint64(len(n.name)))
+		h.Write(lenBuf[:])
+		h.Write([]byte(n.name))
+		h.Write(sum[:])
 	}
-	return hex.EncodeToString(h.Sum(nil)[:8]), nil
+	return hex.EncodeToString(h.Sum(nil)[:8]), perResource, nil
 }
 
 // buildSnapshot turns a NodeConfig into a go-control-plane snapshot whose
 // per-type versions are content hashes.
 func buildSnapshot(nc *translate.NodeConfig) (*cachev3.Snapshot, Versions, error) {
-	snap := &cachev3.Snapshot{}
+	// The per-resource version map is built here, before the snapshot is
+	// shared between nodes and streams (go-control-plane would build it
+	// lazily, without a lock, marshalling everything a second time).
+	snap := &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(TypeURLs))}
 	versions := make(Versions, len(TypeURLs))
 	for typeURL, rs := range nodeResources(nc) {
-		v, err := contentVersion(rs)
+		v, perResource, err := contentVersion(rs)
 		if err != nil {
 			return nil, nil, fmt.Errorf("hash %s: %w", typeShort(typeURL), err)
 		}
@@ -119,13 +127,8 @@ func buildSnapshot(nc *translate.NodeConfig) (*cachev3.Snapshot, Versions, error
 			return nil, nil, fmt.Errorf("unknown type url %q", typeURL)
 		}
 		snap.Resources[idx] = cachev3.NewResources(v, rs)
+		snap.VersionMap[typeURL] = perResource
 		versions[typeURL] = v
-	}
-	// Build the per-resource version map now, before the snapshot is shared
-	// between nodes and streams: go-control-plane builds it lazily without a
-	// lock.
-	if err := snap.ConstructVersionMap(); err != nil {
-		return nil, nil, fmt.Errorf("build version map: %w", err)
 	}
 	return snap, versions, nil
 }
