@@ -30,7 +30,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcxds "google.golang.org/grpc/xds" // registers the xds:/// resolver and balancers
 
-	"github.com/nodemesh/nodemesh/translate"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -228,8 +227,7 @@ func TestGRPCXDS(t *testing.T) {
 	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{
 		ConfigDir: dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0",
 		PollInterval: 50 * time.Millisecond,
-		Translate:    translate.Translate, Check: translate.Check,
-		Logger: slog.New(slog.NewTextHandler(grpcxdsLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:       slog.New(slog.NewTextHandler(grpcxdsLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		t.Fatal(err)

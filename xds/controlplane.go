@@ -17,32 +17,60 @@ import (
 	"github.com/nodemesh/nodemesh/translate"
 )
 
-// TranslateFunc builds a proxy's configuration from a store snapshot
-// (translate.Translate).
-type TranslateFunc func(*config.Snapshot, translate.Proxy) *translate.NodeConfig
+// PrepareFunc readies a store snapshot for translation and returns the
+// function that builds one proxy's configuration from it; the work shared
+// by all proxies is done once per snapshot. The default is
+// translate.Prepare(snap).Translate.
+type PrepareFunc func(*config.Snapshot) func(translate.Proxy) *translate.NodeConfig
 
-// StoreSource adapts a config.Store and a translator to a Source.
-func StoreSource(store *config.Store, fn TranslateFunc) Source {
-	return storeSource{store: store, fn: fn, changed: store.Watch()}
+func preparedTranslate(snap *config.Snapshot) func(translate.Proxy) *translate.NodeConfig {
+	return translate.Prepare(snap).Translate
+}
+
+// StoreSource adapts a config.Store and a translator to a Source. Views
+// are cached per store version, so all proxies translated from one
+// version share one prepared model.
+func StoreSource(store *config.Store, prepare PrepareFunc) Source {
+	if prepare == nil {
+		prepare = preparedTranslate
+	}
+	return &storeSource{store: store, prepare: prepare, changed: store.Watch()}
 }
 
 type storeSource struct {
 	store   *config.Store
-	fn      TranslateFunc
+	prepare PrepareFunc
 	changed <-chan struct{}
+
+	mu   sync.Mutex
+	last *storeView
 }
 
-func (s storeSource) Current() View            { return storeView{s.store.Snapshot(), s.fn} }
-func (s storeSource) Changed() <-chan struct{} { return s.changed }
+func (s *storeSource) Current() View {
+	snap := s.store.Snapshot()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil || s.last.snap.Version() != snap.Version() {
+		s.last = &storeView{snap: snap, prepare: s.prepare}
+	}
+	return s.last
+}
 
+func (s *storeSource) Changed() <-chan struct{} { return s.changed }
+
+// storeView prepares its snapshot on first use.
 type storeView struct {
-	snap *config.Snapshot
-	fn   TranslateFunc
+	snap    *config.Snapshot
+	prepare PrepareFunc
+	once    sync.Once
+	fn      func(translate.Proxy) *translate.NodeConfig
 }
 
-func (v storeView) Generation() uint64 { return v.snap.Version() }
-func (v storeView) Translate(p translate.Proxy) *translate.NodeConfig {
-	return v.fn(v.snap, p)
+func (v *storeView) Generation() uint64 { return v.snap.Version() }
+
+func (v *storeView) Translate(p translate.Proxy) *translate.NodeConfig {
+	v.once.Do(func() { v.fn = v.prepare(v.snap) })
+	return v.fn(p)
 }
 
 // ControlPlaneConfig configures meshd: a directory of YAML served over ADS.
@@ -56,9 +84,10 @@ type ControlPlaneConfig struct {
 	DebugAddr string
 	// PollInterval is how often the directory is checked (default 200ms).
 	PollInterval time.Duration
-	// Translate is translate.Translate; Check is translate.Check. Required.
-	Translate TranslateFunc
-	Check     func(*translate.NodeConfig) error
+	// Prepare defaults to translate.Prepare(snap).Translate; Check to
+	// translate.Check. Tests set them to fakes.
+	Prepare PrepareFunc
+	Check   func(*translate.NodeConfig) error
 	// ShutdownTimeout bounds the graceful stop (default 5s).
 	ShutdownTimeout time.Duration
 	// Logger defaults to slog.Default().
@@ -70,9 +99,6 @@ func (c *ControlPlaneConfig) Validate() error {
 	var errs []error
 	if c.ConfigDir == "" {
 		errs = append(errs, errors.New("control plane: ConfigDir is required"))
-	}
-	if c.Translate == nil {
-		errs = append(errs, errors.New("control plane: Translate is required"))
 	}
 	if c.PollInterval < 0 || c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("control plane: negative PollInterval or ShutdownTimeout"))
@@ -117,6 +143,9 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Check == nil {
+		cfg.Check = translate.Check
+	}
 	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
 	store := config.NewStore()
 	files, err := config.NewFileSource(config.FileSourceConfig{
@@ -128,7 +157,7 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	cp.files = files
 	_ = files.Sync() // the first load, before any client can connect; errors are in Status
 	cp.xds, err = NewServer(Config{
-		Source:            StoreSource(store, cfg.Translate),
+		Source:            StoreSource(store, cfg.Prepare),
 		Check:             cfg.Check,
 		SourceDiagnostics: func() []config.Diagnostic { return files.Status().Diagnostics },
 		Logger:            cfg.Logger,

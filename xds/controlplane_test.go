@@ -20,7 +20,11 @@ import (
 
 // clusterPerService is a stand-in translator for wiring tests: one STATIC
 // cluster per Service in the snapshot.
-func clusterPerService(snap *config.Snapshot, p translate.Proxy) *translate.NodeConfig {
+func clusterPerService(snap *config.Snapshot) func(translate.Proxy) *translate.NodeConfig {
+	return func(p translate.Proxy) *translate.NodeConfig { return clustersOf(snap, p) }
+}
+
+func clustersOf(snap *config.Snapshot, p translate.Proxy) *translate.NodeConfig {
 	nc := &translate.NodeConfig{Proxy: p}
 	for _, o := range snap.List(config.KindService) {
 		nc.Clusters = append(nc.Clusters, &clusterv3.Cluster{
@@ -48,7 +52,7 @@ func TestControlPlaneServesDirectory(t *testing.T) {
 	}
 	cp, err := StartControlPlane(ControlPlaneConfig{
 		ConfigDir: dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0", PollInterval: 20 * time.Millisecond,
-		Translate: clusterPerService, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Prepare: clusterPerService, Check: CheckNodeConfig, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +119,48 @@ func TestControlPlaneServesDirectory(t *testing.T) {
 
 func TestControlPlaneConfigValidate(t *testing.T) {
 	_, err := StartControlPlane(ControlPlaneConfig{})
-	if err == nil || !strings.Contains(err.Error(), "ConfigDir is required") || !strings.Contains(err.Error(), "Translate is required") {
+	if err == nil || !strings.Contains(err.Error(), "ConfigDir is required") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestStoreSourcePreparesOncePerVersion(t *testing.T) {
+	store := config.NewStore()
+	objs, diags := config.Decode("svc.yaml", []byte(serviceYAML("a")))
+	if config.HasErrors(diags) {
+		t.Fatal(diags)
+	}
+	if err := store.Replace("test", objs); err != nil {
+		t.Fatal(err)
+	}
+	prepared := 0
+	src := StoreSource(store, func(snap *config.Snapshot) func(translate.Proxy) *translate.NodeConfig {
+		prepared++
+		return clusterPerService(snap)
+	})
+	v1 := src.Current()
+	for _, p := range []translate.Proxy{{Node: "n1"}, {Node: "n2"}, {Kind: translate.ProxylessGRPC, Namespace: "default"}} {
+		if nc := src.Current().Translate(p); len(nc.Clusters) != 1 {
+			t.Fatalf("%+v: %d clusters", p, len(nc.Clusters))
+		}
+	}
+	if prepared != 1 {
+		t.Fatalf("prepared %d times for one store version", prepared)
+	}
+	objs, _ = config.Decode("svc.yaml", []byte(serviceYAML("a", "b")))
+	if err := store.Replace("test", objs); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-src.Changed():
+	case <-time.After(wait):
+		t.Fatal("no change signal")
+	}
+	v2 := src.Current()
+	if v2.Generation() <= v1.Generation() {
+		t.Fatalf("generation %d after %d", v2.Generation(), v1.Generation())
+	}
+	if nc := v2.Translate(translate.Proxy{Node: "n1"}); len(nc.Clusters) != 2 || prepared != 2 {
+		t.Fatalf("after the change: %d clusters, prepared %d times", len(nc.Clusters), prepared)
 	}
 }

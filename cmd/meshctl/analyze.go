@@ -50,8 +50,9 @@ func analyze(paths ...string) []config.Diagnostic {
 		return append(diags, config.Diagnostic{Severity: config.SeverityError, Message: fmt.Sprintf("store: %v", err)})
 	}
 	snap := store.Snapshot()
+	mesh := translate.Prepare(snap)
 	for _, p := range proxiesOf(snap) {
-		nc := translate.Translate(snap, p)
+		nc := mesh.Translate(p)
 		diags = append(diags, nc.Diagnostics...)
 		if err := translate.Check(nc); err != nil {
 			diags = append(diags, config.Diagnostic{

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nodemesh/nodemesh/translate"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -35,8 +34,6 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg.Logger = log
-	cfg.Translate = translate.Translate
-	cfg.Check = translate.Check
 
 	cp, err := xds.StartControlPlane(cfg)
 	if err != nil {
