@@ -2,7 +2,9 @@ package nodeagent
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"hash/maphash"
 	"net/netip"
 	"slices"
 
@@ -21,7 +23,8 @@ import (
 type Reconciler struct {
 	m       Maps
 	resolve CgroupResolver
-	last    map[ServiceKey]Service // canonical (sorted backends); nil: full next
+	last    map[ServiceKey]svcDigest // of the last applied state; nil: full next
+	seed    maphash.Seed
 	ids     *backendIDs
 	// fullEvery forces a full reconcile after that many incremental ones
 	// (0: never), to repair maps changed behind the agent's back.
@@ -36,7 +39,7 @@ const DefaultFullEvery = 100
 // NewReconciler returns a Reconciler over m; resolve turns cgroup paths into
 // ids (CgroupID for the kernel).
 func NewReconciler(m Maps, resolve CgroupResolver) *Reconciler {
-	return &Reconciler{m: m, resolve: resolve, fullEvery: DefaultFullEvery}
+	return &Reconciler{m: m, resolve: resolve, fullEvery: DefaultFullEvery, seed: maphash.MakeSeed()}
 }
 
 // Apply makes the maps hold s: a full reconcile first and after a failure,
@@ -47,7 +50,7 @@ func (r *Reconciler) apply(ctx context.Context, s *State) (Stats, error) {
 	if err := s.Validate(); err != nil {
 		return Stats{}, fmt.Errorf("invalid state: %w", err)
 	}
-	next := indexServices(s.Services)
+	next := r.digests(s.Services)
 	full := r.last == nil || (r.fullEvery > 0 && r.incremental >= r.fullEvery)
 	var st Stats
 	var err error
@@ -70,24 +73,49 @@ func (r *Reconciler) apply(ctx context.Context, s *State) (Stats, error) {
 // Invalidate makes the next apply a full reconcile.
 func (r *Reconciler) Invalidate() { r.last, r.ids = nil, nil }
 
-func indexServices(svcs []Service) map[ServiceKey]Service {
-	idx := make(map[ServiceKey]Service, len(svcs))
+// svcDigest stands for a service's content: the number of backends and a
+// 64-bit hash of the L7 port and the sorted backends. Keeping digests
+// instead of the services keeps no reference to the caller's slices and
+// little memory; two different contents share a digest with probability
+// 2^-64, and even then the next full reconcile repairs it.
+type svcDigest struct {
+	n   int
+	sum uint64
+}
+
+func (r *Reconciler) digests(svcs []Service) map[ServiceKey]svcDigest {
+	idx := make(map[ServiceKey]svcDigest, len(svcs))
+	var buf []Backend
+	var h maphash.Hash
+	h.SetSeed(r.seed)
 	for _, s := range svcs {
-		c := s
-		c.Backends = slices.Clone(s.Backends)
-		slices.SortFunc(c.Backends, func(a, b Backend) int {
-			return netip.AddrPortFrom(a.IP, a.Port).Compare(netip.AddrPortFrom(b.IP, b.Port))
-		})
-		idx[s.Key()] = c
+		bs := s.Backends
+		if !slices.IsSortedFunc(bs, compareBackend) {
+			buf = append(buf[:0], bs...)
+			slices.SortFunc(buf, compareBackend)
+			bs = buf
+		}
+		h.Reset()
+		var b [8]byte
+		binary.LittleEndian.PutUint16(b[:], s.L7ProxyPort)
+		h.Write(b[:2])
+		for _, be := range bs {
+			a := be.IP.As16()
+			h.Write(a[:])
+			binary.LittleEndian.PutUint16(b[:], be.Port)
+			binary.LittleEndian.PutUint32(b[2:], be.Weight)
+			h.Write(b[:6])
+		}
+		idx[s.Key()] = svcDigest{n: len(bs), sum: h.Sum64()}
 	}
 	return idx
 }
 
-func sameService(a, b Service) bool {
-	return a.L7ProxyPort == b.L7ProxyPort && slices.Equal(a.Backends, b.Backends)
+func compareBackend(a, b Backend) int {
+	return netip.AddrPortFrom(a.IP, a.Port).Compare(netip.AddrPortFrom(b.IP, b.Port))
 }
 
-func (r *Reconciler) applyIncremental(ctx context.Context, s *State, next map[ServiceKey]Service) (Stats, error) {
+func (r *Reconciler) applyIncremental(ctx context.Context, s *State, next map[ServiceKey]svcDigest) (Stats, error) {
 	var st Stats
 	cur, err := readSmall(r.m)
 	if err != nil {
@@ -101,8 +129,8 @@ func (r *Reconciler) applyIncremental(ctx context.Context, s *State, next map[Se
 
 	// The services that differ, in both directions.
 	var touched []ServiceKey
-	for k, svc := range next {
-		if old, ok := r.last[k]; !ok || !sameService(old, svc) {
+	for k, d := range next {
+		if old, ok := r.last[k]; !ok || old != d {
 			touched = append(touched, k)
 		}
 	}
@@ -116,9 +144,18 @@ func (r *Reconciler) applyIncremental(ctx context.Context, s *State, next map[Se
 		return st, err
 	}
 	r.ids.fresh = map[uint32]bool{}
+	byKey := make(map[ServiceKey]int, len(touched))
 	for _, k := range touched {
-		if svc, ok := next[k]; ok {
-			if err := want.addService(svc, r.ids); err != nil {
+		byKey[k] = -1
+	}
+	for i, svc := range s.Services {
+		if _, ok := byKey[svc.Key()]; ok {
+			byKey[svc.Key()] = i
+		}
+	}
+	for _, k := range touched {
+		if i := byKey[k]; i >= 0 {
+			if err := want.addService(s.Services[i], r.ids); err != nil {
 				return st, err
 			}
 		}
@@ -183,7 +220,7 @@ func (r *Reconciler) readServices(keys []ServiceKey) (map[bpf.MeshSvcKey]bpf.Mes
 			continue
 		}
 		svcs[mk] = master
-		n := max(master.Count, uint32(len(r.last[k].Backends)))
+		n := max(master.Count, uint32(r.last[k].n))
 		for slot := uint32(1); slot <= n && slot <= bpf.MaxSlots; slot++ {
 			sk := mk
 			sk.Slot = uint16(slot)

@@ -288,6 +288,9 @@ func addPolicy(rules map[policyKey]nodeagent.Verdict, name string, p *dataplanev
 			rules[k] = verdict
 		}
 	}
+	if n := policySize(p); n > MaxPolicyRules {
+		return errf("expands to %d kernel rules (selected x sources x ports), more than %d", n, MaxPolicyRules)
+	}
 	if len(p.GetRules()) == 0 && verdict == nodeagent.Allow {
 		for _, dst := range p.GetSelected() {
 			add(policyKey{dst: dst, src: nodeagent.IdentityHost})
@@ -323,6 +326,22 @@ func addPolicy(rules map[policyKey]nodeagent.Verdict, name string, p *dataplanev
 		}
 	}
 	return nil
+}
+
+// MaxPolicyRules bounds the kernel rules one policy may expand to, so that
+// a broken resource cannot make the agent build an unbounded rule set.
+const MaxPolicyRules = 1 << 20
+
+// policySize is the number of kernel rules p expands to.
+func policySize(p *dataplanev1.Policy) int {
+	n := 0
+	for _, r := range p.GetRules() {
+		n += max(len(r.GetSources()), 1) * max(len(r.GetPorts()), 1)
+		if n > MaxPolicyRules {
+			return n * len(p.GetSelected())
+		}
+	}
+	return n * len(p.GetSelected())
 }
 
 func sortedRules(rules map[policyKey]nodeagent.Verdict) []nodeagent.PolicyRule {
