@@ -134,6 +134,7 @@ func (c *checker) listener(l *listenerv3.Listener) {
 	if len(chains) == 0 {
 		c.errorf("%s: no filter chains", what)
 	}
+	c.uniqueMatches(what, l.GetFilterChains())
 	for _, fc := range chains {
 		for _, f := range fc.GetFilters() {
 			c.networkFilter(what+" chain "+fc.GetName()+" filter "+f.GetName(), f.GetTypedConfig())
@@ -192,6 +193,34 @@ func (c *checker) routeConfig(rc *routev3.RouteConfiguration) {
 			for _, w := range a.GetWeightedClusters().GetClusters() {
 				c.cluster(what, w.GetName())
 			}
+		}
+	}
+}
+
+// uniqueMatches reports filter chains whose matches overlap exactly on a
+// destination port and address, which Envoy rejects.
+func (c *checker) uniqueMatches(what string, chains []*listenerv3.FilterChain) {
+	seen := map[string]string{}
+	for _, fc := range chains {
+		m := fc.GetFilterChainMatch()
+		if len(m.GetServerNames())+len(m.GetApplicationProtocols())+len(m.GetSourcePrefixRanges())+len(m.GetDirectSourcePrefixRanges()) > 0 ||
+			m.GetTransportProtocol() != "" || len(m.GetSourcePorts()) > 0 {
+			continue // finer matches are not produced here; do not guess
+		}
+		ranges := m.GetPrefixRanges()
+		keys := []string{""}
+		if len(ranges) > 0 {
+			keys = keys[:0]
+			for _, r := range ranges {
+				keys = append(keys, fmt.Sprintf("%s/%d", r.GetAddressPrefix(), r.GetPrefixLen().GetValue()))
+			}
+		}
+		for _, k := range keys {
+			k = fmt.Sprintf("%d|%s", m.GetDestinationPort().GetValue(), k)
+			if other, dup := seen[k]; dup {
+				c.errorf("%s: filter chains %s and %s both match %s", what, other, fc.GetName(), k)
+			}
+			seen[k] = fc.GetName()
 		}
 	}
 }

@@ -28,14 +28,14 @@ type outboundChains struct {
 	httpVIPs     map[uint32][]string // port -> VIPs of HTTP services
 	httpHeadless map[uint32]bool     // port has an HTTP service without VIP
 	tcp          []*listenerv3.FilterChain
-	taken        map[string]bool // "prefix|port" already matched
+	taken        map[string]string // "prefix|port" -> host that matches it
 }
 
 // outboundListener builds the namespace's outbound listener and returns the
 // route configurations its HTTP chains refer to.
 func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHostGroup) {
 	stat := outboundListenerName(s.ns)
-	oc := &outboundChains{httpVIPs: map[uint32][]string{}, httpHeadless: map[uint32]bool{}, taken: map[string]bool{}}
+	oc := &outboundChains{httpVIPs: map[uint32][]string{}, httpHeadless: map[uint32]bool{}, taken: map[string]string{}}
 	groups := map[uint32]*virtualHostGroup{}
 	for _, svc := range s.services {
 		for _, sp := range svc.Ports {
@@ -49,10 +49,10 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHo
 				if len(svc.VIPs) == 0 {
 					oc.httpHeadless[sp.Port] = true
 				}
-				oc.httpVIPs[sp.Port] = append(oc.httpVIPs[sp.Port], oc.claim(svc.VIPs, sp.Port)...)
+				oc.httpVIPs[sp.Port] = append(oc.httpVIPs[sp.Port], s.claim(oc, svc, sp.Port)...)
 				continue
 			}
-			if vips := oc.claim(svc.VIPs, sp.Port); len(vips) > 0 {
+			if vips := s.claim(oc, svc, sp.Port); len(vips) > 0 {
 				fc := filterChain("tcp_"+portString(sp.Port)+"_"+svc.Hostname, sp.Port, vips,
 					tcpProxyFilter(stat, s.tcpClusters(svc, sp)))
 				oc.tcp = append(oc.tcp, fc)
@@ -95,16 +95,20 @@ type virtualHostGroup struct {
 	VirtualHosts []virtualHost
 }
 
-// claim returns the VIPs not yet matched on port and marks them taken, so
-// no two filter chains have the same match (Envoy rejects that).
-func (oc *outboundChains) claim(vips []string, port uint32) []string {
+// claim returns the service's VIPs not yet matched on port and marks them
+// taken, so no two filter chains have the same match (Envoy rejects that).
+// The first service in hostname order keeps a shared VIP:port.
+func (s *scope) claim(oc *outboundChains, svc *service, port uint32) []string {
 	var out []string
-	for _, v := range vips {
+	for _, v := range svc.VIPs {
 		k := v + "|" + portString(port)
-		if !oc.taken[k] {
-			oc.taken[k] = true
-			out = append(out, v)
+		if oc.taken[k] != "" {
+			s.diags.warnf(svc.obj, "", "address %s port %d of %s is also used by %s, which takes precedence; not matched for this service",
+				v, port, svc.Hostname, oc.taken[k])
+			continue
 		}
+		oc.taken[k] = svc.Hostname
+		out = append(out, v)
 	}
 	return out
 }
