@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
+	"github.com/nodemesh/nodemesh/bpf"
 	"github.com/nodemesh/nodemesh/nodeagent"
 )
 
@@ -78,8 +80,9 @@ func (c *Converter) Convert(res *Resources) (nodeagent.State, error) {
 func (c *Converter) convert(res *Resources, sorted bool) (nodeagent.State, error) {
 	var st nodeagent.State
 	var errs []error
+	listeners := map[string]string{} // namespace -> resource name
 	for _, name := range keysOf(res.Listeners, sorted) {
-		errs = append(errs, addListener(&st, c.cfg, name, res.Listeners[name]))
+		errs = append(errs, addListener(&st, c.cfg, listeners, name, res.Listeners[name]))
 	}
 	ips := map[netip.Addr]string{}
 	for _, name := range keysOf(res.Workloads, sorted) {
@@ -140,13 +143,19 @@ func (c *Converter) addService(st *nodeagent.State, keys map[nodeagent.ServiceKe
 	return nil
 }
 
-func addListener(st *nodeagent.State, cfg StateConfig, name string, l *dataplanev1.NamespaceListener) error {
+func addListener(st *nodeagent.State, cfg StateConfig, seen map[string]string, name string, l *dataplanev1.NamespaceListener) error {
 	errf := func(format string, args ...any) error {
 		return fmt.Errorf("namespace listener %s: "+format, append([]any{name}, args...)...)
 	}
+	if other, ok := seen[l.GetNamespace()]; ok {
+		return errf("namespace %q also has namespace listener %s", l.GetNamespace(), other)
+	}
+	seen[l.GetNamespace()] = name
 	switch {
 	case l.GetNamespace() == "":
 		return errf("namespace: empty")
+	case len(l.GetNamespace()) >= bpf.MaxNamespaceName:
+		return errf("namespace: longer than %d bytes", bpf.MaxNamespaceName-1)
 	case !cfg.ProxyIP.IsValid():
 		return errf("no node proxy address configured for L7 redirects")
 	}
@@ -174,6 +183,9 @@ func addWorkload(st *nodeagent.State, cfg StateConfig, ips map[netip.Addr]string
 	}
 	if len(w.GetIps()) == 0 {
 		return errf("ips: empty")
+	}
+	if len(w.GetNamespace()) >= bpf.MaxNamespaceName {
+		return errf("namespace: longer than %d bytes", bpf.MaxNamespaceName-1)
 	}
 	local := w.GetNode() == cfg.Node
 	cgroup := ""
@@ -214,7 +226,12 @@ func convertService(name string, s *dataplanev1.Service, l7 uint16) ([]nodeagent
 	if len(s.GetVips()) == 0 {
 		return nil, errf("vips: empty")
 	}
+	if n := len(s.GetBackends()); n > bpf.MaxSlots {
+		return nil, errf("backends: %d is more than %d", n, bpf.MaxSlots)
+	}
 	backends := make([]nodeagent.Backend, 0, len(s.GetBackends()))
+	seenBackend := make(map[netip.AddrPort]bool, len(s.GetBackends()))
+	var total [2]uint64 // weight sums per family (IPv4, IPv6)
 	for i, b := range s.GetBackends() {
 		ip, err := netip.ParseAddr(b.GetIp())
 		if err != nil {
@@ -228,7 +245,20 @@ func convertService(name string, s *dataplanev1.Service, l7 uint16) ([]nodeagent
 		if weight == 0 {
 			weight = 1 // the API's "0 means 1"; the kernel's 0 means never
 		}
-		backends = append(backends, nodeagent.Backend{IP: ip.Unmap(), Port: bport, Weight: weight})
+		ip = ip.Unmap()
+		ap := netip.AddrPortFrom(ip, bport)
+		if seenBackend[ap] {
+			continue // the same endpoint listed twice (two EndpointSlices): once is enough
+		}
+		seenBackend[ap] = true
+		fam := 0
+		if !ip.Is4() {
+			fam = 1
+		}
+		if total[fam] += uint64(weight); total[fam] > math.MaxUint32 {
+			return nil, errf("backends[%d].weight: the total weight overflows 32 bits", i)
+		}
+		backends = append(backends, nodeagent.Backend{IP: ip, Port: bport, Weight: weight})
 	}
 	out := make([]nodeagent.Service, 0, len(s.GetVips()))
 	seen := map[netip.Addr]int{}

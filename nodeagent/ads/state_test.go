@@ -133,6 +133,28 @@ func TestToStateErrorsNameTheResource(t *testing.T) {
 			`policy shop/lockdown: action: ACTION_UNSPECIFIED is not ALLOW or DENY`},
 		{"policy port", func(r *Resources, _ *StateConfig) { r.Policies["shop/db-allow-web"].Rules[0].Ports[1] = 65536 },
 			`policy shop/db-allow-web: rules[0].ports[1]: 65536 is not a port`},
+		{"policy too large", func(r *Resources, _ *StateConfig) {
+			p := r.Policies["shop/db-allow-web"]
+			p.Selected = make([]uint32, 2000)
+			for i := range p.Selected {
+				p.Selected[i] = uint32(1000 + i)
+			}
+			p.Rules[0].Sources = make([]uint32, 1000)
+		}, `policy shop/db-allow-web: expands to 4000000 kernel rules (selected x sources x ports), more than 1048576`},
+		{"two listeners for a namespace", func(r *Resources, _ *StateConfig) {
+			r.Listeners["zz-blog-again"] = &dataplanev1.NamespaceListener{Namespace: "blog", OutboundPort: 15021}
+		}, `namespace listener zz-blog-again: namespace "blog" also has namespace listener blog`},
+		{"too many backends", func(r *Resources, _ *StateConfig) {
+			s := r.Services["shop/db:5432/TCP"]
+			for i := range 70000 {
+				s.Backends = append(s.Backends, &dataplanev1.Backend{Ip: "10.77.2.10", Port: uint32(1 + i%60000)})
+			}
+		}, `service shop/db:5432/TCP: backends: 70001 is more than 65535`},
+		{"weight overflow", func(r *Resources, _ *StateConfig) {
+			s := r.Services["shop/db:5432/TCP"]
+			s.Backends[0].Weight = 1 << 31
+			s.Backends = append(s.Backends, &dataplanev1.Backend{Ip: "10.77.2.11", Port: 5432, Weight: 1 << 31})
+		}, `service shop/db:5432/TCP: backends[1].weight: the total weight overflows 32 bits`},
 		{"listener port", func(r *Resources, _ *StateConfig) { r.Listeners["blog"].OutboundPort = 0 },
 			`namespace listener blog: outbound_port: 0 is not a port`},
 		{"no proxy ip", func(_ *Resources, cfg *StateConfig) { cfg.ProxyIP = netip.Addr{} },
@@ -146,6 +168,29 @@ func TestToStateErrorsNameTheResource(t *testing.T) {
 				t.Errorf("ToState error = %v\nwant it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestToStateMergesDuplicateBackends(t *testing.T) {
+	r := meshResources()
+	r.Services["shop/db:5432/TCP"].Backends = []*dataplanev1.Backend{
+		{Ip: "10.77.2.10", Port: 5432, Weight: 2}, {Ip: "::ffff:10.77.2.10", Port: 5432, Weight: 5}, {Ip: "10.77.2.11", Port: 5432},
+	}
+	st, err := ToState(r, stateConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.Services {
+		if s.Port != 5432 {
+			continue
+		}
+		want := []nodeagent.Backend{{IP: netip.MustParseAddr("10.77.2.10"), Port: 5432, Weight: 2}, {IP: netip.MustParseAddr("10.77.2.11"), Port: 5432, Weight: 1}}
+		if diff := cmp.Diff(want, s.Backends, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+			t.Errorf("backends (-want +got):\n%s", diff)
+		}
+	}
+	if err := st.Validate(); err != nil {
+		t.Errorf("kernel half rejects the merged state: %v", err)
 	}
 }
 
