@@ -116,7 +116,27 @@ func TestBehaviour(t *testing.T) {
 		},
 		{
 			name: "exportTo dot hides a service from other namespaces", files: bookinfo(mesh), proxy: nodeA,
-			req: request{Namespace: "open", DestIP: "10.96.0.50", Port: 9080, Host: "secret.default.svc.cluster.local"}, wantErr: "no virtual host",
+			req:  request{Namespace: "open", DestIP: "10.96.0.50", Port: 9080, Host: "secret.default.svc.cluster.local"},
+			want: map[string]uint32{PassthroughCluster: 1}, route: "allow_any", // not through the mesh's routes
+		},
+		{
+			name: "REGISTRY_ONLY namespace reaches what its Sidecar lists", files: bookinfo(mesh), proxy: nodeA,
+			req:  request{Namespace: "locked", DestIP: "10.1.0.13", Port: 9080, Host: "reviews.default:9080"},
+			want: map[string]uint32{"outbound|9080||reviews.default.svc.cluster.local": 1},
+		},
+		{
+			name: "REGISTRY_ONLY namespace: unknown HTTP host is not passed through", files: bookinfo(mesh), proxy: nodeA,
+			req: request{Namespace: "locked", DestIP: "1.2.3.4", Port: 9080, Host: "example.org"}, wantErr: "no virtual host",
+		},
+		{
+			name: "REGISTRY_ONLY namespace: unknown destination is dropped", files: bookinfo(mesh), proxy: nodeA,
+			req:  request{Namespace: "locked", DestIP: "1.2.3.4", Port: 443},
+			want: map[string]uint32{BlackHoleCluster: 1},
+		},
+		{
+			name: "ALLOW_ANY namespace: unknown HTTP host passes through", files: bookinfo(mesh), proxy: nodeA,
+			req:  request{Namespace: "open", DestIP: "1.2.3.4", Port: 9080, Host: "example.org"},
+			want: map[string]uint32{PassthroughCluster: 1}, route: "allow_any",
 		},
 		{
 			name: "exportTo dot keeps the service in its namespace", files: bookinfo(mesh), proxy: nodeA,

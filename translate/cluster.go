@@ -18,6 +18,9 @@ const (
 	// PassthroughCluster forwards outbound traffic to unknown destinations
 	// to where the client meant to go (Istio's ALLOW_ANY).
 	PassthroughCluster = "PassthroughCluster"
+	// BlackHoleCluster has no endpoints: traffic to unknown destinations
+	// of a REGISTRY_ONLY namespace ends there.
+	BlackHoleCluster = "BlackHoleCluster"
 	// defaultConnectTimeout is Istio's default.
 	defaultConnectTimeout  = 10 * time.Second
 	httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -172,6 +175,15 @@ func originalDstCluster(name string) *clusterv3.Cluster {
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
+	}
+}
+
+// blackHoleCluster is a static cluster without endpoints.
+func blackHoleCluster() *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 BlackHoleCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
 	}
 }

@@ -70,8 +70,8 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHo
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter()},
 		DefaultFilterChain: &listenerv3.FilterChain{
-			Name:    PassthroughCluster,
-			Filters: []*listenerv3.Filter{tcpProxyFilter(stat, []weightedCluster{{Cluster: PassthroughCluster, Weight: 1}})},
+			Name:    s.unknownDestination(),
+			Filters: []*listenerv3.Filter{tcpProxyFilter(stat, []weightedCluster{{Cluster: s.unknownDestination(), Weight: 1}})},
 		},
 	}
 	var out []virtualHostGroup
@@ -83,7 +83,9 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHo
 		if oc.httpHeadless[p] {
 			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p)+"_any", p, nil, hcm))
 		}
-		out = append(out, *groups[p])
+		g := *groups[p]
+		g.AllowAny = !s.m.sidecarFor(s.ns).registryOnly
+		out = append(out, g)
 	}
 	l.FilterChains = append(l.FilterChains, oc.tcp...)
 	return l, out
@@ -93,6 +95,19 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHo
 type virtualHostGroup struct {
 	Name         string
 	VirtualHosts []virtualHost
+	// AllowAny adds a last virtual host "allow_any" matching every other
+	// host and forwarding to the original destination (Istio's ALLOW_ANY).
+	AllowAny bool
+}
+
+// unknownDestination is where traffic to destinations the namespace does
+// not know goes: PassthroughCluster, or BlackHoleCluster when its Sidecar
+// says outboundTrafficPolicy REGISTRY_ONLY.
+func (s *scope) unknownDestination() string {
+	if s.m.sidecarFor(s.ns).registryOnly {
+		return BlackHoleCluster
+	}
+	return PassthroughCluster
 }
 
 // claim returns the service's VIPs not yet matched on port and marks them

@@ -32,7 +32,7 @@ type mesh struct {
 	vsWildcard []*vsEntry            // VirtualServices with a wildcard host
 	drByHost   map[string][]*destinationRule
 	drWildcard []*destinationRule
-	sidecars   map[string]*egressScope // namespace -> egress scope (nil: no restriction)
+	sidecars   map[string]sidecar // namespace -> its namespace-wide Sidecar
 	endpoints  map[endpointKey][]endpoint
 }
 
@@ -46,7 +46,7 @@ func buildMesh(src source, d *diagnostics) *mesh {
 		src:       src,
 		diags:     d,
 		byHost:    map[string][]*service{},
-		sidecars:  map[string]*egressScope{},
+		sidecars:  map[string]sidecar{},
 		endpoints: map[endpointKey][]endpoint{},
 		vsByHost:  map[string][]*vsEntry{},
 		drByHost:  map[string][]*destinationRule{},
@@ -117,13 +117,23 @@ func (m *mesh) readSidecars() {
 			m.diags.errorf(o, "metadata.name", "namespace %s already has a Sidecar without workload selector; ignored", o.Namespace)
 			continue
 		}
-		m.sidecars[o.Namespace] = parseSidecar(o, sc, m.diags)
+		otp := sc.GetOutboundTrafficPolicy()
+		m.sidecars[o.Namespace] = sidecar{
+			egress:       parseSidecar(o, sc, m.diags),
+			registryOnly: otp != nil && otp.GetMode() == networking.OutboundTrafficPolicy_REGISTRY_ONLY,
+		}
 	}
 }
 
-// egressFor returns the Sidecar scope of a client namespace: its own
-// Sidecar, else the root namespace's, else none.
-func (m *mesh) egressFor(ns string) *egressScope {
+// sidecar is what a namespace-wide Istio Sidecar says.
+type sidecar struct {
+	egress       *egressScope // nil: no restriction
+	registryOnly bool         // outboundTrafficPolicy REGISTRY_ONLY: unknown destinations are dropped
+}
+
+// sidecarFor returns the Sidecar of a client namespace: its own, else the
+// root namespace's, else the zero value (see everything, allow any).
+func (m *mesh) sidecarFor(ns string) sidecar {
 	if s, ok := m.sidecars[ns]; ok {
 		return s
 	}
@@ -169,7 +179,7 @@ type vsEntry struct {
 // visibleServices returns the services a client namespace can reach,
 // sorted by hostname, one per hostname.
 func (m *mesh) visibleServices(ns string) []*service {
-	scope := m.egressFor(ns)
+	scope := m.sidecarFor(ns).egress
 	var out []*service
 	for _, s := range m.services {
 		if !s.ExportTo.visibleTo(ns) && s.Namespace != ns || !scope.admits(s) {

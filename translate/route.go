@@ -13,7 +13,14 @@ import (
 // routeConfiguration builds one RouteConfiguration. Domains already used by
 // an earlier virtual host are dropped (Envoy rejects duplicates), so the
 // first service in hostname order keeps a shared VIP.
-func routeConfiguration(name string, vhosts []virtualHost) *routev3.RouteConfiguration {
+func routeConfiguration(g virtualHostGroup) *routev3.RouteConfiguration {
+	name, vhosts := g.Name, g.VirtualHosts
+	if g.AllowAny {
+		vhosts = append(vhosts[:len(vhosts):len(vhosts)], virtualHost{
+			Name: "allow_any", Domains: []string{"*"},
+			Routes: []httpRoute{{Name: "allow_any", Clusters: []weightedCluster{{Cluster: PassthroughCluster, Weight: 1}}}},
+		})
+	}
 	rc := &routev3.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false)}
 	used := map[string]bool{}
 	for _, vh := range vhosts {

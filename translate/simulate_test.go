@@ -116,13 +116,20 @@ func (res result) http(nc *NodeConfig, cfg *anypb.Any, req request) (result, err
 	if rc == nil {
 		return res, fmt.Errorf("route configuration %q missing", res.RouteConfig)
 	}
-	var vh *routev3.VirtualHost
+	// Envoy: an exact domain beats the "*" catch-all.
+	var vh, any *routev3.VirtualHost
 	for _, v := range rc.GetVirtualHosts() {
 		for _, d := range v.GetDomains() {
-			if strings.EqualFold(d, req.Host) || d == "*" {
+			switch {
+			case strings.EqualFold(d, req.Host) && vh == nil:
 				vh = v
+			case d == "*" && any == nil:
+				any = v
 			}
 		}
+	}
+	if vh == nil {
+		vh = any
 	}
 	if vh == nil {
 		return res, fmt.Errorf("404: no virtual host for %q in %s", req.Host, res.RouteConfig)

@@ -173,7 +173,7 @@ func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) []*nsOutput {
 		}
 	}
 	if len(local) > 0 {
-		nc.Clusters = append(nc.Clusters, originalDstCluster(PassthroughCluster))
+		nc.Clusters = append(nc.Clusters, originalDstCluster(PassthroughCluster), blackHoleCluster())
 	}
 	return outs
 }
@@ -195,7 +195,7 @@ func (p *Mesh) buildProxyless(ns string) *nsOutput {
 func (s *scope) output(ls []*listenerv3.Listener, groups []virtualHostGroup) *nsOutput {
 	out := &nsOutput{listeners: ls, diags: s.diags.list}
 	for _, g := range groups {
-		out.routes = append(out.routes, routeConfiguration(g.Name, g.VirtualHosts))
+		out.routes = append(out.routes, routeConfiguration(g))
 	}
 	for _, name := range sortedKeys(s.clusters.byName) {
 		out.clusters = append(out.clusters, s.clusters.byName[name])

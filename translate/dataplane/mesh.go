@@ -1,0 +1,192 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nodemesh/nodemesh/config"
+	"github.com/nodemesh/nodemesh/translate"
+)
+
+// source is what the translator reads from a snapshot; *config.Snapshot
+// implements it.
+type source interface {
+	List(kind config.Kind) []*config.Object
+	Get(k config.Key) (*config.Object, bool)
+	PodsOnNode(node string) []*config.Object
+	PodsMatching(ns string, selector map[string]string) []*config.Object
+	EndpointSlicesFor(ns, service string) []*config.Object
+}
+
+// Mesh is a snapshot prepared for translation: workloads, identities,
+// namespace ids, services and policies of the whole mesh, computed once and
+// shared by every node translated from it. It is read-only after Prepare
+// and safe for concurrent use.
+type Mesh struct {
+	src        source
+	opts       Options
+	diags      diagnostics
+	workloads  []*workload           // every pod with an IP, sorted by namespace/name
+	byIP       map[netip.Addr]*workload
+	byIdentity map[uint32][]*workload // identity -> its workloads, sorted
+	identities map[string]uint32      // "<ns>/<sa>" -> identity
+	nsIDs      map[string]uint32
+	ports      map[string]translate.NamespacePorts
+	services   []*service
+	policies   []*policy
+	// kernel is the policy work per identity (policy.go).
+	kernel map[uint32]*identityPolicy
+}
+
+// workload is a pod with at least one IP.
+type workload struct {
+	obj      *config.Object
+	ns, name string
+	sa       string
+	node     string
+	ips      []netip.Addr
+	identity uint32
+	msg      *workloadMsg
+}
+
+// Prepare builds the model of a snapshot.
+func Prepare(snap *config.Snapshot, opts Options) *Mesh {
+	return prepare(snap, opts)
+}
+
+func prepare(src source, opts Options) *Mesh {
+	m := &Mesh{
+		src:        src,
+		opts:       opts,
+		byIP:       map[netip.Addr]*workload{},
+		byIdentity: map[uint32][]*workload{},
+		kernel:     map[uint32]*identityPolicy{},
+	}
+	if _, err := spiffeid.TrustDomainFromString(opts.trustDomain()); err != nil {
+		m.diags.errorf(nil, "trustDomain", "bad trust domain %q: %v; using %s", opts.TrustDomain, err, DefaultTrustDomain)
+		m.opts.TrustDomain = DefaultTrustDomain
+	}
+	m.allocateIDs()
+	m.readWorkloads()
+	m.readServices()
+	m.readPolicies()
+	m.resolvePolicies()
+	m.markL7()
+	return m
+}
+
+// allocateIDs numbers identities (every namespace/service account of a pod
+// or ServiceAccount object) and namespaces (those of Namespace objects,
+// Pods and Services: the set translate allocates listener ports over, so
+// both agree).
+func (m *Mesh) allocateIDs() {
+	var ids, nss []string
+	for _, o := range m.src.List(config.KindNamespace) {
+		nss = append(nss, o.Name)
+	}
+	for _, o := range m.src.List(config.KindService) {
+		nss = append(nss, o.Namespace)
+	}
+	for _, o := range m.src.List(config.KindServiceAccount) {
+		ids = append(ids, identityName(o.Namespace, o.Name))
+	}
+	for _, o := range m.src.List(config.KindPod) {
+		nss = append(nss, o.Namespace)
+		if pod, ok := o.Spec.(*corev1.Pod); ok {
+			ids = append(ids, identityName(o.Namespace, serviceAccount(pod)))
+		}
+	}
+	m.identities = allocate(ids, IdentityBase, IdentitySlots)
+	m.nsIDs = allocate(nss, NamespaceIDBase, NamespaceIDSlots)
+	m.ports = translate.AllocateNamespacePorts(nss)
+}
+
+func serviceAccount(pod *corev1.Pod) string {
+	if pod.Spec.ServiceAccountName != "" {
+		return pod.Spec.ServiceAccountName
+	}
+	return "default"
+}
+
+// readWorkloads keeps every pod that is not finished and has an IP.
+func (m *Mesh) readWorkloads() {
+	for _, o := range m.src.List(config.KindPod) {
+		pod, ok := o.Spec.(*corev1.Pod)
+		if !ok {
+			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			continue
+		}
+		if finished(pod) {
+			continue
+		}
+		ips := podIPs(o, pod, &m.diags)
+		if len(ips) == 0 {
+			continue
+		}
+		w := &workload{obj: o, ns: o.Namespace, name: o.Name, sa: serviceAccount(pod), node: pod.Spec.NodeName, ips: ips}
+		w.identity = m.identities[identityName(w.ns, w.sa)]
+		var kept []netip.Addr
+		for _, ip := range ips {
+			if other, dup := m.byIP[ip]; dup {
+				m.diags.errorf(o, "status.podIPs", "IP %s is also the IP of pod %s/%s; ignored here", ip, other.ns, other.name)
+				continue
+			}
+			m.byIP[ip] = w
+			kept = append(kept, ip)
+		}
+		if len(kept) == 0 {
+			continue
+		}
+		w.ips = kept
+		m.workloads = append(m.workloads, w)
+		m.byIdentity[w.identity] = append(m.byIdentity[w.identity], w)
+	}
+}
+
+func finished(pod *corev1.Pod) bool {
+	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+}
+
+// podIPs reads status.podIPs (or status.podIP), sorted, without duplicates.
+func podIPs(o *config.Object, pod *corev1.Pod, d *diagnostics) []netip.Addr {
+	raw := []string{pod.Status.PodIP}
+	for _, p := range pod.Status.PodIPs {
+		raw = append(raw, p.IP)
+	}
+	var out []netip.Addr
+	for _, s := range raw {
+		if s == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			d.errorf(o, "status.podIPs", "%q is not an IP address; ignored", s)
+			continue
+		}
+		out = append(out, ip.Unmap())
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// spiffeID builds spiffe://<td>/ns/<ns>/sa/<sa>, or "" when a segment is
+// not a valid SPIFFE path segment (diagnosed once per workload).
+func (m *Mesh) spiffeID(w *workload) string {
+	td, err := spiffeid.TrustDomainFromString(m.opts.trustDomain())
+	if err != nil {
+		return ""
+	}
+	id, err := spiffeid.FromSegments(td, "ns", w.ns, "sa", w.sa)
+	if err != nil {
+		m.diags.errorf(w.obj, "spec.serviceAccountName", "no SPIFFE ID for %s/%s: %v", w.ns, w.sa, err)
+		return ""
+	}
+	return id.String()
+}
+
+// describe names a workload in messages.
+func (w *workload) String() string { return fmt.Sprintf("%s/%s", w.ns, w.name) }
