@@ -9,9 +9,9 @@ import (
 	"github.com/nodemesh/nodemesh/nodeagent"
 )
 
-// Listeners and workloads: where the node proxy listens per namespace, and
-// the identities of pod IPs.
-
+// addListener adds the Redirect of one namespace (where the node proxy
+// listens for it) and its opt-in Acceleration; seen maps each namespace to
+// its listener resource, to catch two listeners for one namespace.
 func addListener(st *nodeagent.State, cfg StateConfig, seen map[string]string, name string, l *dataplanev1.NamespaceListener) error {
 	errf := func(format string, args ...any) error {
 		return fmt.Errorf("namespace listener %s: "+format, append([]any{name}, args...)...)
@@ -42,6 +42,8 @@ func addListener(st *nodeagent.State, cfg StateConfig, seen map[string]string, n
 	return nil
 }
 
+// addWorkload adds one kernel workload per IP of a pod; ips maps each IP to
+// its resource, to catch two pods claiming one IP.
 func addWorkload(st *nodeagent.State, cfg StateConfig, ips map[netip.Addr]string, name string, w *dataplanev1.Workload) error {
 	errf := func(format string, args ...any) error {
 		return fmt.Errorf("workload %s: "+format, append([]any{name}, args...)...)
