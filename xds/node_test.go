@@ -54,12 +54,12 @@ func TestProxyForNode(t *testing.T) {
 func TestContentVersion(t *testing.T) {
 	nc := newFakeSource("127.0.0.1", "127.0.0.2").Current().Translate(translate.Proxy{})
 	other := newFakeSource("127.0.0.1", "127.0.0.3").Current().Translate(translate.Proxy{})
-	_, v1, err := buildSnapshot(nc)
+	_, v1, err := buildSnapshot(nc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, v1again, _ := buildSnapshot(newFakeSource("127.0.0.1", "127.0.0.2").Current().Translate(translate.Proxy{}))
-	_, v2, _ := buildSnapshot(other)
+	_, v1again, _ := buildSnapshot(newFakeSource("127.0.0.1", "127.0.0.2").Current().Translate(translate.Proxy{}), &hashMemo{})
+	_, v2, _ := buildSnapshot(other, nil)
 	if !v1.Equal(v1again) {
 		t.Fatalf("same content, different versions: %v vs %v", v1, v1again)
 	}
@@ -76,8 +76,8 @@ func TestContentVersion(t *testing.T) {
 	a := nc.Clusters[0]
 	b := proto.Clone(a).(*clusterv3.Cluster)
 	b.Name = "outbound|9090||other"
-	x, _, _ := contentVersion([]cachetypes.Resource{a, b})
-	y, _, _ := contentVersion([]cachetypes.Resource{b, a})
+	x, _, _ := contentVersion([]cachetypes.Resource{a, b}, nil)
+	y, _, _ := contentVersion([]cachetypes.Resource{b, a}, nil)
 	if x != y {
 		t.Fatalf("order changed the version: %s vs %s", x, y)
 	}

@@ -32,11 +32,28 @@ func (s *Server) build(view View, proxy translate.Proxy) built {
 	if err := s.cfg.Check(nc); err != nil {
 		return built{nc: nc, err: fmt.Errorf("check: %w", err)}
 	}
-	snap, versions, err := buildSnapshot(nc)
+	snap, versions, err := buildSnapshot(nc, s.memoFor(view.Generation()))
 	if err != nil {
 		return built{nc: nc, err: err}
 	}
 	return built{nc: nc, snap: snap, versions: versions}
+}
+
+// memoFor returns the hash memo of a generation: the current one is
+// shared (and replaced when a newer generation comes); an older one gets
+// a private memo.
+func (s *Server) memoFor(generation uint64) *hashMemo {
+	s.memoMu.Lock()
+	defer s.memoMu.Unlock()
+	switch {
+	case s.memo != nil && s.memo.generation == generation:
+		return s.memo
+	case s.memo == nil || generation > s.memo.generation:
+		s.memo = &hashMemo{generation: generation}
+		return s.memo
+	default:
+		return &hashMemo{generation: generation}
+	}
 }
 
 // apply sets a node's snapshot from b unless b is older than what the node

@@ -36,6 +36,9 @@ type Server struct {
 	ctx    context.Context // ends every stream when cancelled
 	cancel context.CancelFunc
 
+	memoMu sync.Mutex
+	memo   *hashMemo // resource hashes of the newest generation
+
 	mu      sync.Mutex
 	nodes   map[string]*nodeState
 	streams map[streamKey]string // stream -> node id

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -78,7 +79,7 @@ func nodeResources(nc *translate.NodeConfig) map[string][]types.Resource {
 // encoding) into a short version string, and returns each resource's own
 // version (for Delta). Each resource is marshalled once. Equal content
 // gives equal versions whatever the order of the input.
-func contentVersion(rs []types.Resource) (string, map[string]string, error) {
+func contentVersion(rs []types.Resource, memo *hashMemo) (string, map[string]string, error) {
 	type named struct {
 		name string
 		res  types.Resource
@@ -94,12 +95,16 @@ func contentVersion(rs []types.Resource) (string, map[string]string, error) {
 	opts := proto.MarshalOptions{Deterministic: true}
 	var buf []byte
 	for _, n := range sorted {
-		var err error
-		buf, err = opts.MarshalAppend(buf[:0], n.res)
-		if err != nil {
-			return "", nil, fmt.Errorf("marshal %q: %w", n.name, err)
+		sum, ok := memo.get(n.res)
+		if !ok {
+			var err error
+			buf, err = opts.MarshalAppend(buf[:0], n.res)
+			if err != nil {
+				return "", nil, fmt.Errorf("marshal %q: %w", n.name, err)
+			}
+			sum = sha256.Sum256(buf)
+			memo.put(n.res, sum)
 		}
-		sum := sha256.Sum256(buf)
 		perResource[n.name] = hex.EncodeToString(sum[:8])
 		binary.BigEndian.PutUint64(lenBuf[:], uint64(len(n.name)))
 		h.Write(lenBuf[:])
@@ -111,14 +116,14 @@ func contentVersion(rs []types.Resource) (string, map[string]string, error) {
 
 // buildSnapshot turns a NodeConfig into a go-control-plane snapshot whose
 // per-type versions are content hashes.
-func buildSnapshot(nc *translate.NodeConfig) (*cachev3.Snapshot, Versions, error) {
+func buildSnapshot(nc *translate.NodeConfig, memo *hashMemo) (*cachev3.Snapshot, Versions, error) {
 	// The per-resource version map is built here, before the snapshot is
 	// shared between nodes and streams (go-control-plane would build it
 	// lazily, without a lock, marshalling everything a second time).
 	snap := &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(TypeURLs))}
 	versions := make(Versions, len(TypeURLs))
 	for typeURL, rs := range nodeResources(nc) {
-		v, perResource, err := contentVersion(rs)
+		v, perResource, err := contentVersion(rs, memo)
 		if err != nil {
 			return nil, nil, fmt.Errorf("hash %s: %w", typeShort(typeURL), err)
 		}
@@ -131,4 +136,31 @@ func buildSnapshot(nc *translate.NodeConfig) (*cachev3.Snapshot, Versions, error
 		versions[typeURL] = v
 	}
 	return snap, versions, nil
+}
+
+// hashMemo remembers resource hashes by message identity for one
+// configuration generation: NodeConfigs translated from one prepared
+// snapshot share their messages, so each is marshalled and hashed once,
+// not once per node. Messages are read-only, so a pointer always has the
+// content it was hashed with. A nil memo remembers nothing.
+type hashMemo struct {
+	generation uint64
+	sums       sync.Map // types.Resource -> [sha256.Size]byte
+}
+
+func (m *hashMemo) get(r types.Resource) ([sha256.Size]byte, bool) {
+	if m == nil {
+		return [sha256.Size]byte{}, false
+	}
+	v, ok := m.sums.Load(r)
+	if !ok {
+		return [sha256.Size]byte{}, false
+	}
+	return v.([sha256.Size]byte), true
+}
+
+func (m *hashMemo) put(r types.Resource, sum [sha256.Size]byte) {
+	if m != nil {
+		m.sums.Store(r, sum)
+	}
 }
