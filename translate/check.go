@@ -185,6 +185,9 @@ func (c *checker) routeConfig(rc *routev3.RouteConfiguration) {
 	for _, vh := range rc.GetVirtualHosts() {
 		for i, r := range vh.GetRoutes() {
 			what := fmt.Sprintf("route configuration %s virtual host %s route #%d", rc.GetName(), vh.GetName(), i)
+			for name, cfg := range r.GetTypedPerFilterConfig() {
+				c.validateAny(what+" filter config "+name, cfg)
+			}
 			a := r.GetRoute()
 			if a == nil {
 				continue

@@ -7,6 +7,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -187,8 +188,9 @@ func originalDstFilter() *listenerv3.ListenerFilter {
 	}
 }
 
-// httpConnectionManager routes with RDS over ADS; the router filter is last,
-// as Envoy and gRPC require.
+// httpConnectionManager routes with RDS over ADS through the fault filter
+// (configured per route) and the router, which is last, as Envoy and gRPC
+// require.
 func httpConnectionManager(stat, routeName string) *hcmv3.HttpConnectionManager {
 	return &hcmv3.HttpConnectionManager{
 		StatPrefix: stat,
@@ -198,6 +200,9 @@ func httpConnectionManager(stat, routeName string) *hcmv3.HttpConnectionManager 
 			RouteConfigName: routeName,
 		}},
 		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       faultFilterName,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})},
+		}, {
 			Name:       wellknown.Router,
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
 		}},

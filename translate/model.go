@@ -197,6 +197,10 @@ type httpRoute struct {
 	Timeout          *time.Duration
 	PrefixRewrite    string
 	AuthorityRewrite string
+	Retry            *retryPolicy
+	Fault            *faultPolicy
+	Request          headerOps
+	Response         headerOps
 }
 
 // virtualHost is one service port as seen by a client namespace.

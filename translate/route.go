@@ -79,11 +79,13 @@ func envoyRoutes(r httpRoute) []*routev3.Route {
 	}
 	out := make([]*routev3.Route, 0, len(matches))
 	for _, m := range matches {
-		out = append(out, &routev3.Route{
+		er := &routev3.Route{
 			Name:   r.Name,
 			Match:  envoyRouteMatch(m),
 			Action: &routev3.Route_Route{Route: action},
-		})
+		}
+		applyRoutePolicies(er, r)
+		out = append(out, er)
 	}
 	return out
 }

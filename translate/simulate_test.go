@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -38,6 +39,8 @@ type result struct {
 	VirtualHost string
 	Route       string
 	Clusters    map[string]uint32 // cluster -> weight (one entry with weight 1 for a plain cluster)
+	Fault       *faultv3.HTTPFault
+	Retries     uint32
 }
 
 func (r result) only() string {
@@ -141,6 +144,13 @@ func (res result) http(nc *NodeConfig, cfg *anypb.Any, req request) (result, err
 		}
 		res.Route = r.GetName()
 		res.Clusters = map[string]uint32{}
+		if cfg := r.GetTypedPerFilterConfig()[faultFilterName]; cfg != nil {
+			res.Fault = &faultv3.HTTPFault{}
+			if err := cfg.UnmarshalTo(res.Fault); err != nil {
+				return res, err
+			}
+		}
+		res.Retries = r.GetRoute().GetRetryPolicy().GetNumRetries().GetValue()
 		a := r.GetRoute()
 		if c := a.GetCluster(); c != "" {
 			res.Clusters[c] = 1

@@ -25,9 +25,8 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 	case hr.GetRedirect() != nil, hr.GetDirectResponse() != nil, hr.GetDelegate() != nil:
 		d.warnf(o, field, "redirect, direct response and delegate routes are not supported yet; route skipped")
 		return r, false
-	case hr.GetFault() != nil, hr.GetMirror() != nil, len(hr.GetMirrors()) > 0, hr.GetRetries() != nil,
-		hr.GetCorsPolicy() != nil, hr.GetHeaders() != nil:
-		d.infof(o, field, "fault injection, mirroring, retries, CORS and header manipulation are not supported yet; ignored")
+	case hr.GetMirror() != nil, len(hr.GetMirrors()) > 0, hr.GetCorsPolicy() != nil:
+		d.infof(o, field, "mirroring and CORS are not supported yet; ignored")
 	}
 	if len(hr.GetMatch()) > 0 {
 		for j, mr := range hr.GetMatch() {
@@ -61,6 +60,15 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 		r.AuthorityRewrite = rw.GetAuthority()
 		if rw.GetUriRegexRewrite() != nil {
 			d.infof(o, field+".rewrite.uriRegexRewrite", "regex rewrites are not supported yet; ignored")
+		}
+	}
+	s.routePolicies(o, field, hr, &r)
+	// Whatever passes here must not make the proxy reject the whole
+	// route configuration.
+	for _, er := range envoyRoutes(r) {
+		if err := er.Validate(); err != nil {
+			d.errorf(o, field, "route would be rejected by the proxy (%v); skipped", err)
+			return r, false
 		}
 	}
 	return r, true

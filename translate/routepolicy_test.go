@@ -1,0 +1,99 @@
+package translate
+
+import (
+	"testing"
+	"time"
+)
+
+// Fault injection from the bookinfo samples reaches Envoy and gRPC routes.
+func TestFaultInjection(t *testing.T) {
+	tests := []struct {
+		file      string
+		user      string
+		abort     uint32
+		delay     time.Duration
+		wantFault bool
+	}{
+		{"virtual-service-ratings-test-abort.yaml", "jason", 500, 0, true},
+		{"virtual-service-ratings-test-abort.yaml", "mike", 0, 0, false},
+		{"virtual-service-ratings-test-delay.yaml", "jason", 0, 7 * time.Second, true},
+	}
+	for _, tc := range tests {
+		snap := load(t, bookinfo(vsFile(tc.file))...)
+		for _, p := range []Proxy{{Node: "node-a"}, {Kind: ProxylessGRPC, Namespace: "default"}} {
+			nc := mustTranslate(t, snap, p)
+			got, err := simulate(nc, request{Namespace: "default", Port: 9080, Host: "ratings", Headers: map[string]string{"end-user": tc.user}})
+			if err != nil {
+				t.Fatalf("%s %v: %v", tc.file, p.Kind, err)
+			}
+			if got.only() != "outbound|9080|v1|ratings.default.svc.cluster.local" {
+				t.Errorf("%s %v: cluster %v", tc.file, p.Kind, got.Clusters)
+			}
+			if (got.Fault != nil) != tc.wantFault {
+				t.Fatalf("%s %v user %s: fault %v, want fault=%v", tc.file, p.Kind, tc.user, got.Fault, tc.wantFault)
+			}
+			if !tc.wantFault {
+				continue
+			}
+			if got.Fault.GetAbort().GetHttpStatus() != tc.abort || got.Fault.GetDelay().GetFixedDelay().AsDuration() != tc.delay {
+				t.Errorf("%s: fault %v, want abort %d delay %v", tc.file, got.Fault, tc.abort, tc.delay)
+			}
+			pct := got.Fault.GetAbort().GetPercentage()
+			if tc.delay > 0 {
+				pct = got.Fault.GetDelay().GetPercentage()
+			}
+			if pct.GetNumerator() != 1000000 || pct.GetDenominator().String() != "MILLION" {
+				t.Errorf("%s: percentage %v, want 100%%", tc.file, pct)
+			}
+		}
+	}
+}
+
+// Retries and header operations are carried; an invalid header name is a
+// diagnostic and only that route is skipped.
+func TestRetriesAndHeaders(t *testing.T) {
+	snap := decode(t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: bad}}}]
+    headers:
+      request: {set: {"bad header\n": x}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - retries: {attempts: 3, perTryTimeout: 2s}
+    headers:
+      request: {set: {X-Mesh: nodemesh}, remove: [x-debug]}
+      response: {add: {X-Served-By: reviews}}
+    route: [{destination: {host: reviews, subset: v2}}]
+`, bookinfo()...)
+	nc := mustTranslate(t, snap, Proxy{Node: "node-a"})
+	got, err := simulate(nc, request{Namespace: "default", Port: 9080, Host: "reviews", Headers: map[string]string{"end-user": "bad"}})
+	if err != nil || got.only() != reviewsV2 || got.Retries != 3 {
+		t.Fatalf("simulate = %+v, %v; want %s with 3 retries (the bad route skipped)", got, err, reviewsV2)
+	}
+	var diagField string
+	for _, d := range nc.Diagnostics {
+		if d.Object.Name == "reviews" {
+			diagField = d.Field
+		}
+	}
+	if diagField != "spec.http[0]" {
+		t.Errorf("diagnostics %v: want one on spec.http[0]", nc.Diagnostics)
+	}
+	for _, rc := range nc.Routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			if vh.GetName() != "reviews.default.svc.cluster.local:9080" {
+				continue
+			}
+			r := vh.GetRoutes()[0]
+			if len(r.GetRequestHeadersToAdd()) != 1 || r.GetRequestHeadersToAdd()[0].GetHeader().GetKey() != "x-mesh" ||
+				len(r.GetRequestHeadersToRemove()) != 1 || r.GetResponseHeadersToAdd()[0].GetAppendAction().String() != "APPEND_IF_EXISTS_OR_ADD" ||
+				r.GetRoute().GetRetryPolicy().GetPerTryTimeout().AsDuration() != 2*time.Second {
+				t.Errorf("route policies not applied: %v", r)
+			}
+		}
+	}
+}
