@@ -27,7 +27,7 @@ func startAgents(t *testing.T, c *Cluster) []*agent {
 			Node:       n.Name,
 			CgroupPath: n.Cgroup,
 			PinDir:     c.PinDir(n),
-			Logger:     testLogger(t).With("node", n.Name),
+			Logger:     testLogger(),
 		}}
 		dp, err := nodeagent.Open(a.cfg)
 		if err != nil {
@@ -59,11 +59,8 @@ func (a *agent) restart(t *testing.T) {
 	a.dp = dp
 }
 
-// testLogger logs warnings and errors to the test's stderr when -v is set.
-func testLogger(t *testing.T) *slog.Logger {
-	level := slog.LevelWarn
-	if testing.Verbose() {
-		level = slog.LevelInfo
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+// testLogger shows the agents' warnings and errors on stderr (their info
+// lines would drown the benchmark table).
+func testLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }

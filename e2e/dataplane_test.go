@@ -185,7 +185,7 @@ func TestDataplaneRedirect(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.OrigDsts[vip] < n || st.Peers[client.IP.String()] < n {
+			if st.OrigDsts[vip] != n || st.Peers[client.IP.String()] != n {
 				t.Errorf("proxy saw %+v", st)
 			}
 		})
@@ -198,6 +198,8 @@ func TestDataplaneRedirect(t *testing.T) {
 		if res.OK != 20 || res.Backends[n2.Pods[0].Name] != 20 || res.Peers[vip] != 20 {
 			t.Fatalf("got %+v, want 20 answers from %s", res, n2.Pods[0].Name)
 		}
+		// Exactly these 20: none of the redirected connections above
+		// reached the backend.
 		if st, _ := echoes[n2.Pods[0].Name].Stats(); st.TCPAccepts != 20 {
 			t.Errorf("backend saw %+v", st)
 		}

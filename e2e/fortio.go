@@ -78,6 +78,7 @@ type FortioResult struct {
 	DurationHistogram struct {
 		Count       int64
 		Avg         float64 // seconds
+		Max         float64 // seconds
 		Percentiles []struct {
 			Percentile float64
 			Value      float64 // seconds

@@ -36,24 +36,20 @@ func (p Place) command(ctx context.Context, env []string, argv ...string) (*exec
 		return nil, nil, fmt.Errorf("open cgroup %s: %w", p.Cgroup, err)
 	}
 	args := append([]string{"--net=" + NetnsPath(p.Netns), "--"}, argv...)
-	var cmd *exec.Cmd
-	if ctx != nil {
-		cmd = exec.CommandContext(ctx, "nsenter", args...)
-	} else {
-		cmd = exec.Command("nsenter", args...)
-	}
+	cmd := exec.CommandContext(ctx, "nsenter", args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		UseCgroupFD: true,
 		CgroupFD:    fd,
-		Pdeathsig:   syscall.SIGKILL,
+		Pdeathsig:   syscall.SIGKILL, // a crashed test leaves no helper behind
 	}
 	return cmd, func() { syscall.Close(fd) }, nil
 }
 
 // start starts argv in p with extra environment variables.
 func (p Place) start(env []string, argv ...string) (*Proc, error) {
-	cmd, closeFD, err := p.command(nil, env, argv...)
+	// Long-lived: stopped by Stop or the cluster's teardown, not a context.
+	cmd, closeFD, err := p.command(context.Background(), env, argv...)
 	if err != nil {
 		return nil, err
 	}
