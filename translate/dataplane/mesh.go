@@ -1,13 +1,17 @@
 package dataplane
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 
+	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
 )
@@ -34,6 +38,7 @@ type Mesh struct {
 	byIP       map[netip.Addr]*workload
 	byIdentity map[uint32][]*workload // identity -> its workloads, sorted
 	identities map[string]uint32      // "<ns>/<sa>" -> identity
+	idNames    []idName               // every identity, sorted by name
 	nsIDs      map[string]uint32
 	ports      map[string]translate.NamespacePorts
 	services   []*service
@@ -50,7 +55,7 @@ type workload struct {
 	node     string
 	ips      []netip.Addr
 	identity uint32
-	msg      *workloadMsg
+	msg      *dataplanev1.Workload
 }
 
 // Prepare builds the model of a snapshot.
@@ -101,6 +106,10 @@ func (m *Mesh) allocateIDs() {
 		}
 	}
 	m.identities = allocate(ids, IdentityBase, IdentitySlots)
+	for _, n := range sortedKeys(m.identities) {
+		ns, sa, _ := strings.Cut(n, "/")
+		m.idNames = append(m.idNames, idName{ns: ns, sa: sa, id: m.identities[n]})
+	}
 	m.nsIDs = allocate(nss, NamespaceIDBase, NamespaceIDSlots)
 	m.ports = translate.AllocateNamespacePorts(nss)
 }
@@ -142,6 +151,8 @@ func (m *Mesh) readWorkloads() {
 			continue
 		}
 		w.ips = kept
+		w.msg = &dataplanev1.Workload{Namespace: w.ns, Name: w.name, Ips: addrStrings(kept), Identity: w.identity,
+			SpiffeId: m.spiffeID(w), ServiceAccount: w.sa, Node: w.node, NamespaceId: m.nsIDs[w.ns]}
 		m.workloads = append(m.workloads, w)
 		m.byIdentity[w.identity] = append(m.byIdentity[w.identity], w)
 	}
@@ -190,3 +201,40 @@ func (m *Mesh) spiffeID(w *workload) string {
 
 // describe names a workload in messages.
 func (w *workload) String() string { return fmt.Sprintf("%s/%s", w.ns, w.name) }
+
+// idName is an allocated identity with its parts.
+type idName struct {
+	ns, sa string
+	id     uint32
+}
+
+// identity returns the set holding the identity of ns/sa (empty when the
+// mesh has no such identity).
+func (m *Mesh) identity(ns, sa string) idSet {
+	out := idSet{ids: map[uint32]bool{}}
+	if id, ok := m.identities[identityName(ns, sa)]; ok {
+		out.ids[id] = true
+	}
+	return out
+}
+
+// identitiesWhere returns the identities of the mesh for which match holds.
+func (m *Mesh) identitiesWhere(match func(ns, sa string) bool) idSet {
+	out := idSet{ids: map[uint32]bool{}}
+	for _, n := range m.idNames {
+		if match(n.ns, n.sa) {
+			out.ids[n.id] = true
+		}
+	}
+	return out
+}
+
+func addrStrings(ips []netip.Addr) []string {
+	out := make([]string, len(ips))
+	for i, ip := range ips {
+		out[i] = ip.String()
+	}
+	return out
+}
+
+func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K { return slices.Sorted(maps.Keys(m)) }
