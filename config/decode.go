@@ -57,9 +57,12 @@ func (d *decoder) value(origin Origin, field string, js []byte) {
 	key, _ = objectKey(info.kind, key.Namespace, key.Name) // the default namespace, for diagnostics
 	var obj *Object
 	var diags []Diagnostic
-	if info.newCore != nil {
+	switch {
+	case info.newCore != nil:
 		obj, diags = decodeCore(info, js)
-	} else {
+	case info.newSMI != nil:
+		obj, diags = decodeSMI(info, top)
+	default:
 		obj, diags = decodeIstio(info, top)
 	}
 	for i := range diags {

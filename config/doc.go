@@ -18,6 +18,9 @@
 //   - store.go, snapshot.go: the go-memdb store (Replace, Apply, Watch) and
 //     its snapshots with indexed lookups (pods by node and by selector,
 //     EndpointSlices by service); hash.go skips writes of unchanged objects.
+//   - smi.go, decode_smi.go: the SMI kinds (TrafficSplit, TrafficTarget,
+//     HTTPRouteGroup, TCPRoute, UDPRoute) as small Go structs, decoded
+//     strictly and validated.
 //   - filesource.go: a directory polled and applied as one source, keeping
 //     the last good config when the files have errors.
 package config

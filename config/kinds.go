@@ -26,14 +26,15 @@ const (
 type kindInfo struct {
 	kind     Kind
 	versions []string
-	// Exactly one of newCore and newIstio is set.
+	// Exactly one of newCore, newIstio and newSMI is set.
 	newCore  func() metav1.Object // whole object, strict JSON
 	newIstio func() proto.Message // spec only, protojson
+	newSMI   func() smiSpec       // spec only, strict JSON (decode_smi.go)
 }
 
 type groupKind struct{ group, kind string }
 
-var kindTable = map[groupKind]kindInfo{
+var kindTable = mergeKinds(smiKinds, map[groupKind]kindInfo{
 	{groupCore, "Namespace"}:      {kind: KindNamespace, versions: []string{"v1"}, newCore: func() metav1.Object { return new(corev1.Namespace) }},
 	{groupCore, "Service"}:        {kind: KindService, versions: []string{"v1"}, newCore: func() metav1.Object { return new(corev1.Service) }},
 	{groupCore, "Pod"}:            {kind: KindPod, versions: []string{"v1"}, newCore: func() metav1.Object { return new(corev1.Pod) }},
@@ -58,6 +59,15 @@ var kindTable = map[groupKind]kindInfo{
 		newIstio: func() proto.Message { return new(securityv1beta1.AuthorizationPolicy) }},
 	{groupSecurity, "RequestAuthentication"}: {kind: KindRequestAuthentication, versions: securityVersions,
 		newIstio: func() proto.Message { return new(securityv1beta1.RequestAuthentication) }},
+})
+
+// mergeKinds adds the kinds of more to base (the SMI kinds live in
+// decode_smi.go).
+func mergeKinds(more, base map[groupKind]kindInfo) map[groupKind]kindInfo {
+	for gk, info := range more {
+		base[gk] = info
+	}
+	return base
 }
 
 var (
@@ -69,9 +79,12 @@ var (
 var specTypes = func() map[Kind]reflect.Type {
 	m := make(map[Kind]reflect.Type, len(kindTable))
 	for _, info := range kindTable {
-		if info.newCore != nil {
+		switch {
+		case info.newCore != nil:
 			m[info.kind] = reflect.TypeOf(info.newCore())
-		} else {
+		case info.newSMI != nil:
+			m[info.kind] = reflect.TypeOf(info.newSMI())
+		default:
 			m[info.kind] = reflect.TypeOf(info.newIstio())
 		}
 	}

@@ -275,6 +275,8 @@ func TestSpecTypes(t *testing.T) {
 		KindSidecar:            &networkingv1alpha3.Sidecar{},
 		KindPeerAuthentication: &securityv1beta1.PeerAuthentication{}, KindAuthorizationPolicy: &securityv1beta1.AuthorizationPolicy{},
 		KindRequestAuthentication: &securityv1beta1.RequestAuthentication{},
+		KindTrafficSplit:          &TrafficSplit{}, KindTrafficTarget: &TrafficTarget{},
+		KindHTTPRouteGroup: &HTTPRouteGroup{}, KindTCPRoute: &TCPRoute{}, KindUDPRoute: &UDPRoute{},
 	}
 	if len(specTypes) != len(want) {
 		t.Errorf("%d kinds, want %d", len(specTypes), len(want))
