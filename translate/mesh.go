@@ -51,15 +51,7 @@ func buildMesh(src source, d *diagnostics) *mesh {
 		vsByHost:  map[string][]*vsEntry{},
 		drByHost:  map[string][]*destinationRule{},
 	}
-	nsSet := map[string]bool{}
-	for _, o := range src.List(config.KindNamespace) {
-		nsSet[o.Name] = true
-	}
-	for _, o := range src.List(config.KindPod) {
-		nsSet[o.Namespace] = true
-	}
 	for _, o := range src.List(config.KindService) {
-		nsSet[o.Namespace] = true
 		if svc := kubeService(o, d); svc != nil {
 			m.services = append(m.services, svc)
 		}
@@ -74,10 +66,7 @@ func buildMesh(src source, d *diagnostics) *mesh {
 	for _, s := range m.services {
 		m.byHost[s.Hostname] = append(m.byHost[s.Hostname], s)
 	}
-	for ns := range nsSet {
-		m.namespaces = append(m.namespaces, ns)
-	}
-	slices.Sort(m.namespaces)
+	m.namespaces = meshNamespaces(src)
 	m.ports = AllocateNamespacePorts(m.namespaces)
 	m.readSidecars()
 	m.readDestinationRules()
@@ -88,6 +77,22 @@ func buildMesh(src source, d *diagnostics) *mesh {
 		}
 	}
 	return m
+}
+
+// meshNamespaces is the set listener ports are allocated over: names of
+// Namespace objects and namespaces of Pods and Services, sorted.
+func meshNamespaces(src source) []string {
+	var nss []string
+	for _, o := range src.List(config.KindNamespace) {
+		nss = append(nss, o.Name)
+	}
+	for _, kind := range []config.Kind{config.KindPod, config.KindService} {
+		for _, o := range src.List(kind) {
+			nss = append(nss, o.Namespace)
+		}
+	}
+	slices.Sort(nss)
+	return slices.Compact(nss)
 }
 
 func compareBool(a, b bool) int {

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"hash/fnv"
+	"maps"
 	"slices"
 )
 
@@ -61,4 +62,11 @@ func preferredSlot(ns string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(ns))
 	return h.Sum32() % NamespaceSlots
+}
+
+// NamespacePorts returns the listener ports of every namespace of the
+// prepared snapshot (see AllocateNamespacePorts), for the data plane that
+// redirects traffic to them.
+func (p *Mesh) NamespacePorts() map[string]NamespacePorts {
+	return maps.Clone(p.m.ports)
 }
