@@ -34,7 +34,7 @@ type Mesh struct {
 	src        source
 	opts       Options
 	diags      diagnostics
-	workloads  []*workload           // every pod with an IP, sorted by namespace/name
+	workloads  []*workload // every pod with an IP, sorted by namespace/name
 	byIP       map[netip.Addr]*workload
 	byIdentity map[uint32][]*workload // identity -> its workloads, sorted
 	identities map[string]uint32      // "<ns>/<sa>" -> identity
