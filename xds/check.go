@@ -8,7 +8,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
 	"github.com/nodemesh/nodemesh/translate"
 )
@@ -21,10 +20,10 @@ import (
 func CheckNodeConfig(nc *translate.NodeConfig) error {
 	var errs []error
 	have := map[string]map[string]bool{}
-	for typeURL, rs := range nodeResources(nc) {
+	for typeURL, rs := range envoyResources(nc) {
 		names := map[string]bool{}
-		for _, r := range rs {
-			name := cachev3.GetResourceName(r)
+		for _, nr := range rs {
+			name, r := nr.name, nr.res
 			if names[name] {
 				errs = append(errs, fmt.Errorf("%s %q: duplicate name", typeShort(typeURL), name))
 			}

@@ -31,6 +31,14 @@ type View interface {
 	Translate(proxy translate.Proxy) *translate.NodeConfig
 }
 
+// DataplaneView is implemented by a View that also builds the dataplane
+// resources (api/dataplane/v1) a node agent programs into its kernel. They
+// are served to SharedEnvoy nodes: a node's Envoy and its agent use the
+// same node id, and each subscribes to its own types.
+type DataplaneView interface {
+	Dataplane(node string) ([]TypedResources, []config.Diagnostic)
+}
+
 // Config configures a Server. The zero value of every field but Source is
 // useful.
 type Config struct {

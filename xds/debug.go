@@ -3,6 +3,7 @@ package xds
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"text/tabwriter"
@@ -55,18 +56,40 @@ func (s *Server) serveSyncz(w http.ResponseWriter, r *http.Request) {
 }
 
 // WriteSyncTable writes one row per node: kind, namespace, and per type
-// its state with the sent and ACKed versions; NACK details follow.
-func WriteSyncTable(w interface{ Write([]byte) (int, error) }, st []NodeStatus) {
+// its state with the sent and ACKed versions; NACK details follow. Only
+// types some node has are shown.
+func WriteSyncTable(w io.Writer, st []NodeStatus) {
+	present := map[string]bool{}
+	for _, n := range st {
+		for _, t := range n.Types {
+			present[t.TypeURL] = true
+		}
+	}
+	var cols []string
+	for _, t := range TypeURLs {
+		if present[t] {
+			cols = append(cols, t)
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprint(tw, "NODE\tKIND\tNAMESPACE\tGEN")
-	for _, t := range TypeURLs {
+	for _, t := range cols {
 		fmt.Fprintf(tw, "\t%s", typeShort(t))
 	}
 	fmt.Fprint(tw, "\tERROR\n")
 	var nacks []string
 	for _, n := range st {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d", n.ID, n.Kind, dash(n.Namespace), n.Generation)
+		byType := map[string]TypeStatus{}
 		for _, t := range n.Types {
+			byType[t.TypeURL] = t
+		}
+		for _, col := range cols {
+			t, ok := byType[col]
+			if !ok {
+				fmt.Fprint(tw, "\t-")
+				continue
+			}
 			fmt.Fprintf(tw, "\t%s (sent %s, acked %s)", t.State, dash(t.Sent), dash(t.Acked))
 			if t.NACK != nil {
 				nacks = append(nacks, fmt.Sprintf("%s %s: %v", n.ID, t.Type, t.NACK))
@@ -94,7 +117,7 @@ func (s *Server) serveConfigDump(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "config_dump needs ?node=ID; connected nodes are listed at /debug/syncz", http.StatusBadRequest)
 		return
 	}
-	nc, versions, ok := s.NodeConfig(id)
+	nc, extra, versions, ok := s.served(id)
 	if !ok {
 		http.Error(w, fmt.Sprintf("node %q is not connected or has no config yet", id), http.StatusNotFound)
 		return
@@ -104,7 +127,23 @@ func (s *Server) serveConfigDump(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	writeJSON(w, map[string]any{"node": id, "versions": versions, "config": dump})
+	out := map[string]any{"node": id, "versions": versions, "config": dump}
+	if len(extra) > 0 {
+		dp := map[string][]json.RawMessage{}
+		for _, e := range extra {
+			dp[typeShort(e.TypeURL)] = []json.RawMessage{}
+			for _, item := range e.Items {
+				b, err := protojson.Marshal(item)
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+				dp[typeShort(e.TypeURL)] = append(dp[typeShort(e.TypeURL)], b)
+			}
+		}
+		out["dataplane"] = dp
+	}
+	writeJSON(w, out)
 }
 
 // DumpNodeConfig renders a NodeConfig as protojson objects, by type.

@@ -6,7 +6,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -54,21 +54,22 @@ func TestProxyForNode(t *testing.T) {
 func TestContentVersion(t *testing.T) {
 	nc := newFakeSource("127.0.0.1", "127.0.0.2").Current().Translate(translate.Proxy{})
 	other := newFakeSource("127.0.0.1", "127.0.0.3").Current().Translate(translate.Proxy{})
-	_, v1, err := buildSnapshot(nc, nil)
+	s1, err := buildSnapshot(nc, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, v1again, _ := buildSnapshot(newFakeSource("127.0.0.1", "127.0.0.2").Current().Translate(translate.Proxy{}), &hashMemo{})
-	_, v2, _ := buildSnapshot(other, nil)
+	s1again, _ := buildSnapshot(newFakeSource("127.0.0.1", "127.0.0.2").Current().Translate(translate.Proxy{}), nil, &hashMemo{})
+	s2, _ := buildSnapshot(other, nil, nil)
+	v1, v1again, v2 := s1.versions, s1again.versions, s2.versions
 	if !v1.Equal(v1again) {
 		t.Fatalf("same content, different versions: %v vs %v", v1, v1again)
 	}
 	if v1.Equal(v2) {
 		t.Fatal("different endpoints, same versions")
 	}
-	for _, typ := range TypeURLs {
+	for _, typ := range EnvoyTypeURLs {
 		same := v1[typ] == v2[typ]
-		if wantSame := typ != TypeURLs[1]; same != wantSame { // only EDS differs
+		if wantSame := typ != resourcev3.EndpointType; same != wantSame { // only EDS differs
 			t.Errorf("%s: versions %s vs %s", typeShort(typ), v1[typ], v2[typ])
 		}
 	}
@@ -76,8 +77,8 @@ func TestContentVersion(t *testing.T) {
 	a := nc.Clusters[0]
 	b := proto.Clone(a).(*clusterv3.Cluster)
 	b.Name = "outbound|9090||other"
-	x, _, _ := contentVersion([]cachetypes.Resource{a, b}, nil)
-	y, _, _ := contentVersion([]cachetypes.Resource{b, a}, nil)
+	x, _, _ := contentVersion([]namedResource{{a.Name, a}, {b.Name, b}}, nil)
+	y, _, _ := contentVersion([]namedResource{{b.Name, b}, {a.Name, a}}, nil)
 	if x != y {
 		t.Fatalf("order changed the version: %s vs %s", x, y)
 	}

@@ -6,8 +6,7 @@ import (
 	"sync"
 	"time"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-
+	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
 )
 
@@ -15,7 +14,9 @@ import (
 // every node with that proxy shares it.
 type built struct {
 	nc       *translate.NodeConfig
-	snap     *cachev3.Snapshot
+	extra    []TypedResources // dataplane resources, for SharedEnvoy nodes
+	diags    []config.Diagnostic
+	snap     *resourceSnapshot
 	versions Versions
 	err      error // translate, check or snapshot error: do not serve
 }
@@ -29,14 +30,23 @@ func (s *Server) build(view View, proxy translate.Proxy) built {
 	if nc == nil {
 		return built{err: fmt.Errorf("translate returned no config")}
 	}
+	b := built{nc: nc, diags: nc.Diagnostics}
+	if dv, ok := view.(DataplaneView); ok && proxy.Kind == translate.SharedEnvoy {
+		var diags []config.Diagnostic
+		b.extra, diags = dv.Dataplane(proxy.Node)
+		b.diags = append(append([]config.Diagnostic(nil), b.diags...), diags...)
+	}
 	if err := s.cfg.Check(nc); err != nil {
-		return built{nc: nc, err: fmt.Errorf("check: %w", err)}
+		b.err = fmt.Errorf("check: %w", err)
+		return b
 	}
-	snap, versions, err := buildSnapshot(nc, s.memoFor(view.Generation()))
+	snap, err := buildSnapshot(nc, b.extra, s.memoFor(view.Generation()))
 	if err != nil {
-		return built{nc: nc, err: err}
+		b.err = err
+		return b
 	}
-	return built{nc: nc, snap: snap, versions: versions}
+	b.snap, b.versions = snap, snap.versions
+	return b
 }
 
 // memoFor returns the hash memo of a generation: the current one is
@@ -65,7 +75,7 @@ func (s *Server) apply(ns *nodeState, generation uint64, b built) {
 		return
 	}
 	if b.nc != nil {
-		ns.diagnostics = b.nc.Diagnostics
+		ns.diagnostics = b.diags
 	}
 	if b.err != nil {
 		ns.err, ns.errAt = b.err, s.cfg.Now()
@@ -84,7 +94,7 @@ func (s *Server) apply(ns *nodeState, generation uint64, b built) {
 		s.log.Error("xds set snapshot", "node", ns.id, "err", err)
 		return
 	}
-	ns.versions, ns.served = b.versions, b.nc
+	ns.versions, ns.served, ns.servedExtra = b.versions, b.nc, b.extra
 	s.metrics.rebuilds.Add(1)
 	s.log.Debug("xds snapshot set", "node", ns.id, "generation", generation, "version", b.versions)
 }

@@ -56,6 +56,7 @@ type nodeState struct {
 	generation  uint64
 	versions    Versions
 	served      *translate.NodeConfig
+	servedExtra []TypedResources
 	err         error // last build or check error; the previous snapshot is kept
 	errAt       time.Time
 	diagnostics []config.Diagnostic

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -13,16 +14,21 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/translate"
 )
 
-// TypeURLs are the resource types nodemesh serves, in push order.
-var TypeURLs = []string{
+// EnvoyTypeURLs are the Envoy resource types nodemesh serves.
+var EnvoyTypeURLs = []string{
 	resourcev3.ClusterType,
 	resourcev3.EndpointType,
 	resourcev3.ListenerType,
 	resourcev3.RouteType,
 }
+
+// TypeURLs are all the types nodemesh serves: Envoy's, then the node
+// agent's dataplane types (api/dataplane/v1).
+var TypeURLs = append(append([]string(nil), EnvoyTypeURLs...), dataplanev1.Types...)
 
 // typeShort names a type URL in status tables and metrics labels.
 func typeShort(typeURL string) string {
@@ -38,7 +44,8 @@ func typeShort(typeURL string) string {
 	case resourcev3.SecretType:
 		return "SDS"
 	default:
-		return typeURL
+		// nodemesh.dataplane.v1.Workload -> Workload
+		return typeURL[strings.LastIndex(typeURL, ".")+1:]
 	}
 }
 
@@ -58,13 +65,28 @@ func (v Versions) Equal(o Versions) bool {
 	return true
 }
 
-// nodeResources lists a NodeConfig's resources by type URL.
-func nodeResources(nc *translate.NodeConfig) map[string][]types.Resource {
-	out := make(map[string][]types.Resource, len(TypeURLs))
+// namedResource is a resource and the name it is served under.
+type namedResource struct {
+	name string
+	res  types.Resource
+}
+
+// TypedResources are resources of one type URL, served along a node's
+// Envoy configuration (the node agent's dataplane types).
+type TypedResources struct {
+	TypeURL string
+	Names   []string         // Names[i] is the name of Items[i]
+	Items   []types.Resource // proto messages
+}
+
+// envoyResources lists a NodeConfig's resources by type URL.
+func envoyResources(nc *translate.NodeConfig) map[string][]namedResource {
+	out := make(map[string][]namedResource, len(EnvoyTypeURLs))
 	add := func(typeURL string, n int, at func(int) types.Resource) {
-		rs := make([]types.Resource, 0, n)
+		rs := make([]namedResource, 0, n)
 		for i := range n {
-			rs = append(rs, at(i))
+			r := at(i)
+			rs = append(rs, namedResource{cachev3.GetResourceName(r), r})
 		}
 		out[typeURL] = rs
 	}
@@ -79,15 +101,8 @@ func nodeResources(nc *translate.NodeConfig) map[string][]types.Resource {
 // encoding) into a short version string, and returns each resource's own
 // version (for Delta). Each resource is marshalled once. Equal content
 // gives equal versions whatever the order of the input.
-func contentVersion(rs []types.Resource, memo *hashMemo) (string, map[string]string, error) {
-	type named struct {
-		name string
-		res  types.Resource
-	}
-	sorted := make([]named, 0, len(rs))
-	for _, r := range rs {
-		sorted = append(sorted, named{cachev3.GetResourceName(r), r})
-	}
+func contentVersion(rs []namedResource, memo *hashMemo) (string, map[string]string, error) {
+	sorted := append([]namedResource(nil), rs...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
 	perResource := make(map[string]string, len(sorted))
 	h := sha256.New()
@@ -114,28 +129,69 @@ func contentVersion(rs []types.Resource, memo *hashMemo) (string, map[string]str
 	return hex.EncodeToString(h.Sum(nil)[:8]), perResource, nil
 }
 
-// buildSnapshot turns a NodeConfig into a go-control-plane snapshot whose
-// per-type versions are content hashes.
-func buildSnapshot(nc *translate.NodeConfig, memo *hashMemo) (*cachev3.Snapshot, Versions, error) {
-	// The per-resource version map is built here, before the snapshot is
-	// shared between nodes and streams (go-control-plane would build it
-	// lazily, without a lock, marshalling everything a second time).
-	snap := &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(TypeURLs))}
-	versions := make(Versions, len(TypeURLs))
-	for typeURL, rs := range nodeResources(nc) {
+// resourceSnapshot is a go-control-plane ResourceSnapshot for any type
+// URL (cachev3.Snapshot knows Envoy's types only), with content versions
+// per type and per resource computed up front: it is immutable and shared
+// by every node and stream it is served to.
+type resourceSnapshot struct {
+	versions   Versions
+	withTTL    map[string]map[string]types.ResourceWithTTL
+	plain      map[string]map[string]types.Resource
+	versionMap map[string]map[string]string
+}
+
+var _ cachev3.ResourceSnapshot = (*resourceSnapshot)(nil)
+
+func (s *resourceSnapshot) GetVersion(typeURL string) string { return s.versions[typeURL] }
+func (s *resourceSnapshot) GetResourcesAndTTL(typeURL string) map[string]types.ResourceWithTTL {
+	return s.withTTL[typeURL]
+}
+func (s *resourceSnapshot) GetResources(typeURL string) map[string]types.Resource {
+	return s.plain[typeURL]
+}
+func (s *resourceSnapshot) ConstructVersionMap() error { return nil } // built by buildSnapshot
+func (s *resourceSnapshot) GetVersionMap(typeURL string) map[string]string {
+	return s.versionMap[typeURL]
+}
+
+// buildSnapshot turns a NodeConfig (and any extra typed resources) into a
+// snapshot whose versions are content hashes.
+func buildSnapshot(nc *translate.NodeConfig, extra []TypedResources, memo *hashMemo) (*resourceSnapshot, error) {
+	byType := envoyResources(nc)
+	for _, e := range extra {
+		if len(e.Names) != len(e.Items) {
+			return nil, fmt.Errorf("%s: %d names for %d resources", typeShort(e.TypeURL), len(e.Names), len(e.Items))
+		}
+		rs := make([]namedResource, len(e.Items))
+		for i := range e.Items {
+			rs[i] = namedResource{e.Names[i], e.Items[i]}
+		}
+		byType[e.TypeURL] = append(byType[e.TypeURL], rs...)
+	}
+	snap := &resourceSnapshot{
+		versions:   make(Versions, len(byType)),
+		withTTL:    make(map[string]map[string]types.ResourceWithTTL, len(byType)),
+		plain:      make(map[string]map[string]types.Resource, len(byType)),
+		versionMap: make(map[string]map[string]string, len(byType)),
+	}
+	for typeURL, rs := range byType {
 		v, perResource, err := contentVersion(rs, memo)
 		if err != nil {
-			return nil, nil, fmt.Errorf("hash %s: %w", typeShort(typeURL), err)
+			return nil, fmt.Errorf("hash %s: %w", typeShort(typeURL), err)
 		}
-		idx := cachev3.GetResponseType(typeURL)
-		if idx == types.UnknownType {
-			return nil, nil, fmt.Errorf("unknown type url %q", typeURL)
+		withTTL := make(map[string]types.ResourceWithTTL, len(rs))
+		plain := make(map[string]types.Resource, len(rs))
+		for _, r := range rs {
+			if _, dup := plain[r.name]; dup {
+				return nil, fmt.Errorf("%s: duplicate name %q", typeShort(typeURL), r.name)
+			}
+			withTTL[r.name] = types.ResourceWithTTL{Resource: r.res}
+			plain[r.name] = r.res
 		}
-		snap.Resources[idx] = cachev3.NewResources(v, rs)
-		snap.VersionMap[typeURL] = perResource
-		versions[typeURL] = v
+		snap.versions[typeURL], snap.versionMap[typeURL] = v, perResource
+		snap.withTTL[typeURL], snap.plain[typeURL] = withTTL, plain
 	}
-	return snap, versions, nil
+	return snap, nil
 }
 
 // hashMemo remembers resource hashes by message identity for one

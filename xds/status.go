@@ -60,6 +60,9 @@ func (s *Server) Status() []NodeStatus {
 		ns.mu.Unlock()
 		syncs := s.acks.status(ns.id)
 		for _, t := range TypeURLs {
+			if _, ok := syncs[t]; !ok && desired[t] == "" {
+				continue // neither served to nor asked for by this node
+			}
 			ts := syncs[t]
 			ts.TypeURL = t
 			row := TypeStatus{TypeSync: ts, Type: typeShort(t), Desired: desired[t], State: ts.State()}
@@ -76,15 +79,20 @@ func (s *Server) Status() []NodeStatus {
 // NodeConfig returns the configuration a node is being served (the last
 // good one), or false if the node is unknown or has none yet.
 func (s *Server) NodeConfig(id string) (*translate.NodeConfig, Versions, bool) {
+	nc, _, v, ok := s.served(id)
+	return nc, v, ok
+}
+
+func (s *Server) served(id string) (*translate.NodeConfig, []TypedResources, Versions, bool) {
 	s.mu.Lock()
 	ns := s.nodes[id]
 	s.mu.Unlock()
 	if ns == nil {
-		return nil, nil, false
+		return nil, nil, nil, false
 	}
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
-	return ns.served, ns.versions, ns.served != nil
+	return ns.served, ns.servedExtra, ns.versions, ns.served != nil
 }
 
 // Diagnostics lists the source's diagnostics, then every node's
