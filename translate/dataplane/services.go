@@ -48,6 +48,7 @@ type servicePort struct {
 // VIP: clients connect to pod IPs, which need no service entry) are left
 // out; translate reports ExternalName services.
 func (m *Mesh) readServices() {
+	served := map[vipPort]*service{}
 	for _, o := range m.src.List(config.KindService) {
 		ks, ok := o.Spec.(*corev1.Service)
 		if !ok {
@@ -65,8 +66,34 @@ func (m *Mesh) readServices() {
 			continue
 		}
 		m.readPorts(s, ks)
+		m.dropShared(s, served)
 		m.services = append(m.services, s)
 	}
+}
+
+type vipPort struct {
+	vip   string
+	port  uint32
+	proto dataplanev1.Protocol
+}
+
+// dropShared removes the ports of s whose VIP, port and protocol an earlier
+// service (by namespace and name) already serves: the kernel balances each
+// to one service, and the agent would refuse the whole set.
+func (m *Mesh) dropShared(s *service, served map[vipPort]*service) {
+	s.ports = slices.DeleteFunc(s.ports, func(sp *servicePort) bool {
+		for _, vip := range s.vips {
+			if other := served[vipPort{vip, sp.port, sp.proto}]; other != nil {
+				m.diags.errorf(s.obj, "spec.clusterIPs", "%s port %d/%s is already served by service %s/%s; port skipped",
+					vip, sp.port, protocolName(sp.proto), other.ns, other.name)
+				return true
+			}
+		}
+		for _, vip := range s.vips {
+			served[vipPort{vip, sp.port, sp.proto}] = s
+		}
+		return false
+	})
 }
 
 func clusterIPs(o *config.Object, ks *corev1.Service, d *diagnostics) []string {
