@@ -10,11 +10,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 
+	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
+	"github.com/nodemesh/nodemesh/translate/dataplane"
 )
 
 // PrepareFunc readies a store snapshot for translation and returns the
@@ -27,19 +31,49 @@ func preparedTranslate(snap *config.Snapshot) func(translate.Proxy) *translate.N
 	return translate.Prepare(snap).Translate
 }
 
-// StoreSource adapts a config.Store and a translator to a Source. Views
-// are cached per store version, so all proxies translated from one
-// version share one prepared model.
-func StoreSource(store *config.Store, prepare PrepareFunc) Source {
+// DataplanePrepareFunc readies a store snapshot for dataplane translation
+// and returns the function that builds one node's dataplane resources.
+type DataplanePrepareFunc func(*config.Snapshot) func(node string) ([]TypedResources, []config.Diagnostic)
+
+// PreparedDataplane is the DataplanePrepareFunc of translate/dataplane.
+func PreparedDataplane(opts dataplane.Options) DataplanePrepareFunc {
+	return func(snap *config.Snapshot) func(string) ([]TypedResources, []config.Diagnostic) {
+		m := dataplane.Prepare(snap, opts)
+		return func(node string) ([]TypedResources, []config.Diagnostic) {
+			r := m.Translate(node)
+			return []TypedResources{
+				typed(dataplanev1.NamespaceListenerType, r.Listeners),
+				typed(dataplanev1.WorkloadType, r.Workloads),
+				typed(dataplanev1.ServiceType, r.Services),
+				typed(dataplanev1.PolicyType, r.Policies),
+			}, r.Diagnostics
+		}
+	}
+}
+
+func typed[M proto.Message](typeURL string, items []M) TypedResources {
+	t := TypedResources{TypeURL: typeURL, Names: make([]string, len(items)), Items: make([]types.Resource, len(items))}
+	for i, m := range items {
+		t.Names[i], t.Items[i] = dataplane.ResourceName(m), m
+	}
+	return t
+}
+
+// StoreSource adapts a config.Store and the translators to a Source.
+// prepare defaults to translate.Prepare; dp may be nil (no dataplane
+// resources). Views are cached per store version, so all proxies
+// translated from one version share one prepared model.
+func StoreSource(store *config.Store, prepare PrepareFunc, dp DataplanePrepareFunc) Source {
 	if prepare == nil {
 		prepare = preparedTranslate
 	}
-	return &storeSource{store: store, prepare: prepare, changed: store.Watch()}
+	return &storeSource{store: store, prepare: prepare, dp: dp, changed: store.Watch()}
 }
 
 type storeSource struct {
 	store   *config.Store
 	prepare PrepareFunc
+	dp      DataplanePrepareFunc
 	changed <-chan struct{}
 
 	mu   sync.Mutex
@@ -51,7 +85,7 @@ func (s *storeSource) Current() View {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.last == nil || s.last.snap.Version() != snap.Version() {
-		s.last = &storeView{snap: snap, prepare: s.prepare}
+		s.last = &storeView{snap: snap, prepare: s.prepare, dp: s.dp}
 	}
 	return s.last
 }
@@ -62,8 +96,11 @@ func (s *storeSource) Changed() <-chan struct{} { return s.changed }
 type storeView struct {
 	snap    *config.Snapshot
 	prepare PrepareFunc
+	dp      DataplanePrepareFunc
 	once    sync.Once
 	fn      func(translate.Proxy) *translate.NodeConfig
+	dpOnce  sync.Once
+	dpFn    func(string) ([]TypedResources, []config.Diagnostic)
 }
 
 func (v *storeView) Generation() uint64 { return v.snap.Version() }
@@ -71,6 +108,15 @@ func (v *storeView) Generation() uint64 { return v.snap.Version() }
 func (v *storeView) Translate(p translate.Proxy) *translate.NodeConfig {
 	v.once.Do(func() { v.fn = v.prepare(v.snap) })
 	return v.fn(p)
+}
+
+// Dataplane implements DataplaneView.
+func (v *storeView) Dataplane(node string) ([]TypedResources, []config.Diagnostic) {
+	if v.dp == nil {
+		return nil, nil
+	}
+	v.dpOnce.Do(func() { v.dpFn = v.dp(v.snap) })
+	return v.dpFn(node)
 }
 
 // ControlPlaneConfig configures meshd: a directory of YAML served over ADS.
@@ -85,9 +131,13 @@ type ControlPlaneConfig struct {
 	// PollInterval is how often the directory is checked (default 200ms).
 	PollInterval time.Duration
 	// Prepare defaults to translate.Prepare(snap).Translate; Check to
-	// translate.Check. Tests set them to fakes.
-	Prepare PrepareFunc
-	Check   func(*translate.NodeConfig) error
+	// translate.Check; Dataplane to translate/dataplane with TrustDomain.
+	// Tests set them to fakes.
+	Prepare   PrepareFunc
+	Check     func(*translate.NodeConfig) error
+	Dataplane DataplanePrepareFunc
+	// TrustDomain of workload SPIFFE IDs (default cluster.local).
+	TrustDomain string
 	// ShutdownTimeout bounds the graceful stop (default 5s).
 	ShutdownTimeout time.Duration
 	// Logger defaults to slog.Default().
@@ -146,6 +196,9 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	if cfg.Check == nil {
 		cfg.Check = translate.Check
 	}
+	if cfg.Dataplane == nil {
+		cfg.Dataplane = PreparedDataplane(dataplane.Options{TrustDomain: cfg.TrustDomain})
+	}
 	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
 	store := config.NewStore()
 	files, err := config.NewFileSource(config.FileSourceConfig{
@@ -157,7 +210,7 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	cp.files = files
 	_ = files.Sync() // the first load, before any client can connect; errors are in Status
 	cp.xds, err = NewServer(Config{
-		Source:            StoreSource(store, cfg.Prepare),
+		Source:            StoreSource(store, cfg.Prepare, cfg.Dataplane),
 		Check:             cfg.Check,
 		SourceDiagnostics: func() []config.Diagnostic { return files.Status().Diagnostics },
 		Logger:            cfg.Logger,

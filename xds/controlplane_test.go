@@ -137,7 +137,7 @@ func TestStoreSourcePreparesOncePerVersion(t *testing.T) {
 	src := StoreSource(store, func(snap *config.Snapshot) func(translate.Proxy) *translate.NodeConfig {
 		prepared++
 		return clusterPerService(snap)
-	})
+	}, nil)
 	v1 := src.Current()
 	for _, p := range []translate.Proxy{{Node: "n1"}, {Node: "n2"}, {Kind: translate.ProxylessGRPC, Namespace: "default"}} {
 		if nc := src.Current().Translate(p); len(nc.Clusters) != 1 {

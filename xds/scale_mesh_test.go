@@ -148,7 +148,7 @@ func TestScaleMesh(t *testing.T) {
 	if err := store.Replace("scale", objs); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewServer(Config{Source: StoreSource(store, nil), Check: translate.Check,
+	s, err := NewServer(Config{Source: StoreSource(store, nil, nil), Check: translate.Check,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ func main() {
 	flag.StringVar(&cfg.DebugAddr, "debug-addr", "127.0.0.1:15014", "debug HTTP listen address (/debug/syncz, /debug/config_dump, /metrics)")
 	flag.DurationVar(&cfg.PollInterval, "poll-interval", 200*time.Millisecond, "how often the config directory is checked for changes")
 	flag.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "graceful shutdown deadline")
+	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	flag.Parse()
 	if cfg.ConfigDir == "" || flag.NArg() > 0 {
