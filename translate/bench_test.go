@@ -127,3 +127,39 @@ func sampleSize(b *testing.B, snap *config.Snapshot, n int, proxy func(int) Prox
 	}
 	return bytes / float64(samples), resources / float64(samples)
 }
+
+// BenchmarkCheck is Check of one node's config (what xds runs before
+// serving it).
+func BenchmarkCheck(b *testing.B) {
+	snap, p := benchSnapshot(b)
+	m := Prepare(snap)
+	ncs := make([]*NodeConfig, min(p.Nodes, 10))
+	for i := range ncs {
+		ncs[i] = m.Translate(Proxy{Node: meshgen.NodeName(i * p.Nodes / len(ncs))})
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := Check(ncs[i%len(ncs)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// BenchmarkTranslateAndCheck is the cold start as xds runs it: prepare,
+// then translate and Mesh.Check every node (shared resources are validated
+// once).
+func BenchmarkTranslateAndCheck(b *testing.B) {
+	snap, p := benchSnapshot(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		m := Prepare(snap)
+		for n := range p.Nodes {
+			if err := m.Check(m.Translate(Proxy{Node: meshgen.NodeName(n)})); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/all-nodes")
+}

@@ -44,6 +44,7 @@ type Mesh struct {
 	outbound map[string]*lazy[*nsOutput] // namespace -> shared Envoy output
 	grpc     map[string]*lazy[*nsOutput] // namespace -> proxyless output
 	clusters map[string]*lazy[builtCluster]
+	checks   checkCache // for Mesh.Check
 }
 
 // Prepare builds the model of a snapshot.
