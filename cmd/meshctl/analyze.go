@@ -12,6 +12,7 @@ import (
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
+	"github.com/nodemesh/nodemesh/translate/dataplane"
 )
 
 // runAnalyze loads DIRs, translates for every node that has pods and for a
@@ -51,9 +52,13 @@ func analyze(paths ...string) []config.Diagnostic {
 	}
 	snap := store.Snapshot()
 	mesh := translate.Prepare(snap)
+	dp := dataplane.Prepare(snap, dataplane.Options{})
 	for _, p := range proxiesOf(snap) {
 		nc := mesh.Translate(p)
 		diags = append(diags, nc.Diagnostics...)
+		if p.Kind == translate.SharedEnvoy {
+			diags = append(diags, dp.Translate(p.Node).Diagnostics...)
+		}
 		if err := translate.Check(nc); err != nil {
 			diags = append(diags, config.Diagnostic{
 				Severity: config.SeverityError,

@@ -217,6 +217,12 @@ func TestTranslateNode(t *testing.T) {
 	if !strings.Contains(out, "10.1.0.5") {
 		t.Fatalf("the pod's endpoint is missing:\n%s", out)
 	}
+	// The node agent's part: the pod's workload with its SPIFFE ID.
+	dp, _ := doc["dataplane"].(map[string]any)
+	wls, _ := dp["Workload"].([]any)
+	if len(wls) != 1 || !strings.Contains(out, "spiffe://cluster.local/ns/default/sa/bookinfo-reviews") {
+		t.Fatalf("dataplane workloads = %v", dp["Workload"])
+	}
 }
 
 func TestTranslateRefusesBadConfig(t *testing.T) {

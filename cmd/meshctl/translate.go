@@ -5,11 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
+	"github.com/nodemesh/nodemesh/translate/dataplane"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -56,8 +59,15 @@ func runTranslate(args []string, stdout, stderr io.Writer) int {
 	if *grpcNS != "" {
 		proxy = translate.Proxy{Kind: translate.ProxylessGRPC, Node: *node, Namespace: *grpcNS}
 	}
-	nc := translate.Translate(store.Snapshot(), proxy)
-	out, err := nodeConfigYAML(nc)
+	snap := store.Snapshot()
+	nc := translate.Translate(snap, proxy)
+	var extra []xds.TypedResources
+	if proxy.Kind == translate.SharedEnvoy {
+		var diags []config.Diagnostic
+		extra, diags = xds.PreparedDataplane(dataplane.Options{})(snap)(proxy.Node)
+		nc.Diagnostics = append(nc.Diagnostics, diags...)
+	}
+	out, err := nodeConfigYAML(nc, extra)
 	if err != nil {
 		fmt.Fprintf(stderr, "meshctl: %v\n", err)
 		return 1
@@ -73,8 +83,9 @@ func runTranslate(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// nodeConfigYAML renders nc as YAML through protojson.
-func nodeConfigYAML(nc *translate.NodeConfig) ([]byte, error) {
+// nodeConfigYAML renders nc (and a node agent's dataplane resources) as
+// YAML through protojson.
+func nodeConfigYAML(nc *translate.NodeConfig, extra []xds.TypedResources) ([]byte, error) {
 	dump, err := xds.DumpNodeConfig(nc)
 	if err != nil {
 		return nil, err
@@ -86,6 +97,21 @@ func nodeConfigYAML(nc *translate.NodeConfig) ([]byte, error) {
 	}
 	for k, v := range dump {
 		doc[k] = v
+	}
+	if len(extra) > 0 {
+		dp := map[string][]json.RawMessage{}
+		for _, e := range extra {
+			key := e.TypeURL[strings.LastIndex(e.TypeURL, ".")+1:]
+			dp[key] = []json.RawMessage{}
+			for _, m := range e.Items {
+				b, err := protojson.Marshal(m)
+				if err != nil {
+					return nil, fmt.Errorf("render %s: %w", key, err)
+				}
+				dp[key] = append(dp[key], b)
+			}
+		}
+		doc["dataplane"] = dp
 	}
 	j, err := json.Marshal(doc)
 	if err != nil {
