@@ -45,6 +45,9 @@ func TestCheckFindsBrokenConfig(t *testing.T) {
 		{"resource that fails Validate", Proxy{Node: "node-a"}, func(nc *NodeConfig) {
 			nc.Clusters[0].ConnectTimeout.Seconds = -1
 		}, "ConnectTimeout"},
+		{"virtual host that fails Validate", Proxy{Node: "node-a"}, func(nc *NodeConfig) {
+			nc.Routes[0].VirtualHosts[0].Domains = nil
+		}, "Domains"},
 		{"router not last", Proxy{Kind: ProxylessGRPC, Namespace: "default"}, func(nc *NodeConfig) {
 			hcm := httpConnectionManager("x", nc.Routes[0].GetName())
 			hcm.HttpFilters = append(hcm.HttpFilters, proto.Clone(hcm.HttpFilters[0]).(*hcmv3.HttpFilter))
@@ -74,7 +77,7 @@ func TestCheckFindsBrokenConfig(t *testing.T) {
 			m := Prepare(snap)
 			nc = m.Translate(tc.proxy)
 			// These change a resource's content rather than the set of resources.
-			mutates := map[string]bool{"resource that fails Validate": true, "router not last": true, "overlapping filter chains": true}
+			mutates := map[string]bool{"resource that fails Validate": true, "router not last": true, "virtual host that fails Validate": true, "overlapping filter chains": true}
 			if !mutates[tc.name] {
 				if err := m.Check(nc); err != nil {
 					t.Fatalf("valid config fails Mesh.Check: %v", err)
