@@ -136,6 +136,9 @@ func routeAction(r httpRoute) *routev3.RouteAction {
 		}
 		a.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: wc}
 	}
+	// As Istio: no route timeout unless the VirtualService sets one
+	// (Envoy's default of 15s would cut long-lived streams).
+	a.Timeout = durationpb.New(0)
 	if r.Timeout != nil {
 		a.Timeout = durationpb.New(*r.Timeout)
 	}
