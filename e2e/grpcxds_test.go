@@ -2,11 +2,13 @@ package e2e
 
 // Proof that a real xDS client nobody here wrote (gRPC-Go's, proxyless)
 // consumes nodemesh's output: meshd (the same StartControlPlane as
-// cmd/meshd) serves a config directory; gRPC backends listen on distinct
-// loopback addresses as if they were pods; a gRPC client dials
-// xds:///<fqdn>:<port> through meshd and its calls follow the
-// DestinationRule subsets and the VirtualService weights and header match,
-// including a live edit of the VirtualService file.
+// cmd/meshd) serves a config directory holding Istio's grpc-echo sample
+// (Service echo in echo-grpc, grpc port 7070 -> targetPort 17070) plus
+// hand-written Pods, a DestinationRule and a VirtualService; gRPC backends
+// listen on distinct loopback addresses as if they were the pods; a gRPC
+// client dials xds:///echo.echo-grpc.svc.cluster.local:7070 through meshd
+// and its calls follow the subsets, the weights and the header match,
+// including live edits of the files.
 
 import (
 	"context"
@@ -34,8 +36,11 @@ import (
 )
 
 const (
-	grpcxdsNamespace = "grpcxds"
-	grpcxdsNodeID    = "grpcxds-client-1"
+	grpcxdsSample     = "../../shared/testdata/istio/samples/grpc-echo/grpc-echo.yaml"
+	grpcxdsNamespace  = "echo-grpc" // the sample's
+	grpcxdsPort       = 7070        // the sample's grpc port
+	grpcxdsTargetPort = 17070       // and its targetPort, where the pods listen
+	grpcxdsNodeID     = "grpcxds-client-1"
 )
 
 // grpcxdsBackend is one "pod": a gRPC TestService on its own loopback IP
@@ -54,67 +59,31 @@ func (e grpcxdsEcho) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testg
 	return &testgrpc.SimpleResponse{Hostname: e.name}, nil
 }
 
-// startGRPCXDSBackends listens on the same free port on every backend's IP.
-func startGRPCXDSBackends(t *testing.T, backends []*grpcxdsBackend) int {
+// startGRPCXDSBackends listens on the sample's targetPort on every
+// backend's IP.
+func startGRPCXDSBackends(t *testing.T, backends []*grpcxdsBackend) {
 	t.Helper()
-	for attempt := 0; attempt < 10; attempt++ {
-		first, err := net.Listen("tcp", backends[0].ip+":0")
+	for _, b := range backends {
+		lis, err := net.Listen("tcp", net.JoinHostPort(b.ip, strconv.Itoa(grpcxdsTargetPort)))
 		if err != nil {
-			t.Fatalf("listen on %s (all of 127/8 is loopback on Linux): %v", backends[0].ip, err)
+			t.Fatalf("listen on %s:%d (all of 127/8 is loopback on Linux): %v", b.ip, grpcxdsTargetPort, err)
 		}
-		port := first.Addr().(*net.TCPAddr).Port
-		lis := []net.Listener{first}
-		for _, b := range backends[1:] {
-			l, err := net.Listen("tcp", net.JoinHostPort(b.ip, strconv.Itoa(port)))
-			if err != nil {
-				break
-			}
-			lis = append(lis, l)
-		}
-		if len(lis) < len(backends) {
-			for _, l := range lis {
-				l.Close()
-			}
-			continue
-		}
-		for i, b := range backends {
-			b.srv = grpc.NewServer()
-			testgrpc.RegisterTestServiceServer(b.srv, grpcxdsEcho{name: b.name})
-			go b.srv.Serve(lis[i])
-			t.Cleanup(b.srv.Stop)
-		}
-		return port
+		b.srv = grpc.NewServer()
+		testgrpc.RegisterTestServiceServer(b.srv, grpcxdsEcho{name: b.name})
+		go b.srv.Serve(lis)
+		t.Cleanup(b.srv.Stop)
 	}
-	t.Fatal("no port free on every backend address")
-	return 0
 }
 
-func grpcxdsMeshYAML(port int, backends []*grpcxdsBackend) string {
+// grpcxdsMeshYAML holds what the sample lacks: the pods (with IPs and a
+// node, as the API server would report them) and the subsets.
+func grpcxdsMeshYAML(backends []*grpcxdsBackend) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `apiVersion: v1
-kind: Namespace
-metadata:
-  name: %[1]s
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: %[1]s
-spec:
-  selector:
-    app: echo
-  ports:
-  - name: grpc
-    port: %[2]d
-    targetPort: %[2]d
-    appProtocol: grpc
----
-apiVersion: networking.istio.io/v1
+	fmt.Fprintf(&b, `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
   name: echo
-  namespace: %[1]s
+  namespace: %s
 spec:
   host: echo
   subsets:
@@ -122,7 +91,7 @@ spec:
     labels: {version: v1}
   - name: v2
     labels: {version: v2}
-`, grpcxdsNamespace, port)
+`, grpcxdsNamespace)
 	for _, be := range backends {
 		fmt.Fprintf(&b, `---
 apiVersion: v1
@@ -205,7 +174,11 @@ func TestGRPCXDS(t *testing.T) {
 		{name: "echo-v2", ip: "127.0.0.13", version: "v2"},
 		{name: "echo-v2-late", ip: "127.0.0.14", version: "v2"}, // a pod that appears later
 	}
-	port := startGRPCXDSBackends(t, backends)
+	sample, err := os.ReadFile(grpcxdsSample)
+	if err != nil {
+		t.Fatalf("Istio's grpc-echo sample (shared/testdata beside the repo): %v", err)
+	}
+	startGRPCXDSBackends(t, backends)
 	late := backends[3]
 	backends = backends[:3]
 	dir := t.TempDir()
@@ -221,7 +194,8 @@ func TestGRPCXDS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("mesh.yaml", grpcxdsMeshYAML(port, backends))
+	write("grpc-echo.yaml", string(sample))
+	write("mesh.yaml", grpcxdsMeshYAML(backends))
 	write("virtualservice.yaml", grpcxdsVirtualService(80, 20))
 
 	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{
@@ -246,7 +220,7 @@ func TestGRPCXDS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := fmt.Sprintf("xds:///echo.%s.svc.cluster.local:%d", grpcxdsNamespace, port)
+	target := fmt.Sprintf("xds:///echo.%s.svc.cluster.local:%d", grpcxdsNamespace, grpcxdsPort)
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(resolver))
 	if err != nil {
 		t.Fatal(err)
@@ -355,7 +329,7 @@ func TestGRPCXDS(t *testing.T) {
 	})
 
 	t.Run("new pod joins its subset", func(t *testing.T) {
-		write("mesh.yaml", grpcxdsMeshYAML(port, append(backends, late)))
+		write("mesh.yaml", grpcxdsMeshYAML(append(backends, late)))
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			counts, err := grpcxdsCall(ctx, client, 20, nil)
