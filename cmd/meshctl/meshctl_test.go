@@ -10,7 +10,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-const bookinfo = "/work/shared/testdata/istio/samples/bookinfo"
+// bookinfo is Istio's sample, in shared/ beside the repository.
+const bookinfo = "../../../shared/testdata/istio/samples/bookinfo"
 
 // bookinfoFiles are the bookinfo services plus one consistent set of
 // traffic rules (the sample folder holds alternatives that clash).
