@@ -44,6 +44,9 @@ func (m *mesh) readDestinationRules() {
 			})
 		}
 		r.export = parseExportTo(dr.GetExportTo(), o.Namespace)
+		if !strings.HasPrefix(r.Host, "*") && len(m.byHost[r.Host]) == 0 {
+			m.diags.warnf(o, "spec.host", "host %s is not a known service or ServiceEntry host; the rule applies to nothing", r.Host)
+		}
 		if strings.HasPrefix(r.Host, "*") {
 			m.drWildcard = append(m.drWildcard, r)
 		} else {

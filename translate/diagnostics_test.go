@@ -99,3 +99,33 @@ func TestDiagnosticsOtherObjects(t *testing.T) {
 		t.Errorf("warnings (-want +got):\n%s\nall: %v", diff, nc.Diagnostics)
 	}
 }
+
+// Rules for hosts that exist nowhere are reported (as istioctl analyze does).
+func TestDiagnosticsUnknownHosts(t *testing.T) {
+	snap := decode(t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: typo, namespace: default}
+spec:
+  hosts: [reveiws]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: typo, namespace: default}
+spec: {host: ratings.prod.svc.cluster.local}
+`, bookinfo()...)
+	nc := mustTranslate(t, snap, Proxy{Node: "node-a"})
+	want := map[string]bool{"VirtualService/default/typo spec.hosts[0]": false, "DestinationRule/default/typo spec.host": false}
+	for _, d := range nc.Diagnostics {
+		k := d.Object.String() + " " + d.Field
+		if _, ok := want[k]; ok && d.Severity == config.SeverityWarning {
+			want[k] = true
+		}
+	}
+	for k, found := range want {
+		if !found {
+			t.Errorf("no warning for %s; diagnostics: %v", k, nc.Diagnostics)
+		}
+	}
+}

@@ -158,9 +158,12 @@ func (m *mesh) readVirtualServices() {
 		}
 		e := &vsEntry{obj: o, spec: vs, export: parseExportTo(vs.GetExportTo(), o.Namespace)}
 		wildcard := false
-		for _, h := range vs.GetHosts() {
+		for i, h := range vs.GetHosts() {
 			h = resolveHost(h, o.Namespace)
 			e.hosts = append(e.hosts, h)
+			if !strings.HasPrefix(h, "*") && len(m.byHost[h]) == 0 {
+				m.diags.warnf(o, fieldf("spec.hosts[%d]", i), "host %s is not a known service or ServiceEntry host; no traffic is routed by it", h)
+			}
 			if strings.HasPrefix(h, "*") {
 				wildcard = true
 			} else if l := m.vsByHost[h]; len(l) == 0 || l[len(l)-1] != e {
