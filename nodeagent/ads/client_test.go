@@ -2,9 +2,11 @@ package ads
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -172,6 +174,12 @@ func TestClientAppliesInitialSetOnce(t *testing.T) {
 		t.Errorf("applied set (-want +got):\n%s", diff)
 	}
 
+	// The client counts an ACK once sent; wait for the server to read them.
+	waitFor(t, "server saw 4 ACKs", func() bool {
+		_, reqs, _ := cp.seen()
+		acks, _ := acksAndNacks(reqs)
+		return len(acks) >= 4
+	})
 	resps, reqs, _ := cp.seen()
 	if len(resps) != 4 {
 		t.Errorf("server sent %d responses, want 4 (one per type)", len(resps))
@@ -200,6 +208,22 @@ func TestClientAppliesInitialSetOnce(t *testing.T) {
 	}
 	if n := st.Types[dataplanev1.WorkloadType].Resources; n != 2 {
 		t.Errorf("status holds %d workloads, want 2", n)
+	}
+
+	// The same over HTTP.
+	rec := httptest.NewRecorder()
+	c.StatusHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ads", nil))
+	var viaHTTP Status
+	if err := json.Unmarshal(rec.Body.Bytes(), &viaHTTP); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, rec.Body)
+	}
+	if !viaHTTP.Synced || viaHTTP.Types[dataplanev1.ServiceType].Acks != 1 || viaHTTP.Types[dataplanev1.ServiceType].Nonce == "" {
+		t.Errorf("status over HTTP = %+v, want synced with one service ACK and its nonce", viaHTTP)
+	}
+	rec = httptest.NewRecorder()
+	c.StatusHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ads?ready", nil))
+	if rec.Code != 200 {
+		t.Errorf("?ready = %d %s, want 200", rec.Code, rec.Body)
 	}
 }
 
@@ -262,6 +286,11 @@ func TestClientNACKKeepsPreviousState(t *testing.T) {
 	bad.Vips = []string{"not-an-ip"}
 	cp.set(dataplanev1.ServiceType, "shop/api:9090/TCP", bad)
 	waitFor(t, "nack", func() bool { return c.Status().Types[dataplanev1.ServiceType].Nacks == 1 })
+	waitFor(t, "server saw the NACK", func() bool {
+		_, reqs, _ := cp.seen()
+		_, nacks := acksAndNacks(reqs)
+		return len(nacks) >= 1
+	})
 
 	resps, reqs, _ := cp.seen()
 	_, nacks := acksAndNacks(reqs)
@@ -384,6 +413,11 @@ func TestClientFirstApplyFailureKeepsFullSet(t *testing.T) {
 	})
 	if err := c.Ready(); !errors.Is(err, ErrNotSynced) {
 		t.Errorf("Ready() = %v, want ErrNotSynced", err)
+	}
+	rec := httptest.NewRecorder()
+	c.StatusHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/ads?ready", nil))
+	if rec.Code != 503 {
+		t.Errorf("?ready before the first apply = %d, want 503", rec.Code)
 	}
 	// The next response must be applied over the whole set, not over nothing.
 	app.setFail(nil)

@@ -134,6 +134,11 @@ func TestClientProgramsKernel(t *testing.T) {
 	bad := &dataplanev1.Service{Namespace: "shop", Name: "api", Vips: []string{"10.96.0.999"}, Port: 9090}
 	cp.set(dataplanev1.ServiceType, "shop/api:9090/TCP", bad)
 	waitFor(t, "nack", func() bool { return c.Status().Types[dataplanev1.ServiceType].Nacks == 1 })
+	waitFor(t, "server saw the NACK", func() bool {
+		_, reqs, _ := cp.seen()
+		_, nacks := acksAndNacks(reqs)
+		return len(nacks) >= 1
+	})
 	_, reqs, _ := cp.seen()
 	_, nacks := acksAndNacks(reqs)
 	if len(nacks) != 1 || !strings.Contains(nacks[0].GetErrorDetail().GetMessage(), `service shop/api:9090/TCP: vips[0]: "10.96.0.999" is not an IP address`) {

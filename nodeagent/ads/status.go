@@ -1,7 +1,10 @@
 package ads
 
 import (
+	"encoding/json"
+	"fmt"
 	"maps"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -9,27 +12,28 @@ import (
 // Status is a snapshot of the client's sync state, for debug endpoints and
 // readiness.
 type Status struct {
-	Node       string
-	Connected  bool // a stream to the control plane is open
-	Synced     bool // the first full set has been applied
-	Reconnects int  // stream attempts after the first one
-	LastError  string
-	Types      map[string]TypeStatus // by type URL
+	Node       string                `json:"node"`
+	Connected  bool                  `json:"connected"`  // a stream to the control plane is open
+	Synced     bool                  `json:"synced"`     // the first full set has been applied
+	Reconnects int                   `json:"reconnects"` // stream attempts after the first one
+	LastError  string                `json:"lastError,omitempty"`
+	Types      map[string]TypeStatus `json:"types"` // by type URL
 }
 
 // TypeStatus is the sync state of one type URL.
 type TypeStatus struct {
-	Resources int    // resources held (applied)
-	Version   string // system_version_info of the last ACKed response
-	Nonce     string // nonce of the last ACKed response
-	LastAck   time.Time
-	// The last NACK; cleared by nothing, compare LastNackTime to LastAck.
-	LastNack      string
-	LastNackNonce string
-	LastNackTime  time.Time
-	Applies       int // responses that changed the set and were applied
-	Acks          int
-	Nacks         int
+	Resources int       `json:"resources"` // resources held (applied)
+	Version   string    `json:"version"`   // system_version_info of the last ACKed response
+	Nonce     string    `json:"nonce"`     // nonce of the last ACKed response
+	LastAck   time.Time `json:"lastAck"`
+	// The last NACK; it stays after later ACKs: compare LastNackTime with
+	// LastAck.
+	LastNack      string    `json:"lastNack,omitempty"`
+	LastNackNonce string    `json:"lastNackNonce,omitempty"`
+	LastNackTime  time.Time `json:"lastNackTime,omitzero"`
+	Applies       int       `json:"applies"` // ACKed responses that changed the set and were applied
+	Acks          int       `json:"acks"`
+	Nacks         int       `json:"nacks"`
 }
 
 // statusTracker guards Status.
@@ -66,4 +70,24 @@ func (s *statusTracker) get() Status {
 	out := s.st
 	out.Types = maps.Clone(s.st.Types)
 	return out
+}
+
+// StatusHandler serves Status as JSON (for the agent's /debug/ads) and
+// answers 503 until the first full set was applied when the request has
+// ?ready (for a readiness probe).
+func (c *Client) StatusHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.URL.Query()["ready"]; ok {
+			if err := c.Ready(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(c.Status())
+	})
 }

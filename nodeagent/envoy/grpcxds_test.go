@@ -81,18 +81,34 @@ func TestProxyServesGRPCXDSClient(t *testing.T) {
 		t.Errorf("health = %v, want SERVING", resp.GetStatus())
 	}
 
-	// Every type was ACKed upstream through the proxy.
-	acked := map[string]bool{}
-	sotw, _, _ := u.requests()
-	for _, r := range sotw {
-		if r.GetVersionInfo() == "v1" && r.GetResponseNonce() != "" && r.GetErrorDetail() == nil {
-			acked[r.GetTypeUrl()] = true
+	// Every type is ACKed upstream through the proxy (the last ACK may
+	// trail the RPC).
+	types := []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
+	ackedAll := func() (map[string]bool, bool) {
+		acked := map[string]bool{}
+		sotw, _, _ := u.requests()
+		for _, r := range sotw {
+			if r.GetVersionInfo() == "v1" && r.GetResponseNonce() != "" && r.GetErrorDetail() == nil {
+				acked[r.GetTypeUrl()] = true
+			}
 		}
+		for _, typ := range types {
+			if !acked[typ] {
+				return acked, false
+			}
+		}
+		return acked, true
 	}
-	for _, typ := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
-		if !acked[typ] {
-			t.Errorf("no ACK of %s reached the control plane (acked: %v)", typ, acked)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		acked, ok := ackedAll()
+		if ok {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not every type was ACKed to the control plane: %v", acked)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -36,7 +36,11 @@ func readLines(t *testing.T, path string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.Split(strings.TrimSpace(string(data)), "\n")
+	text := strings.TrimSpace(string(data))
+	if text == "" {
+		return nil // not written yet
+	}
+	return strings.Split(text, "\n")
 }
 
 // runSupervisor runs a Supervisor until stop (or the end of the test); stop
