@@ -198,15 +198,19 @@ func TestGRPCXDS(t *testing.T) {
 	write("mesh.yaml", grpcxdsMeshYAML(backends))
 	write("virtualservice.yaml", grpcxdsVirtualService(80, 20))
 
-	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{
+	cpConfig := xds.ControlPlaneConfig{
 		ConfigDir: dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0",
 		PollInterval: 50 * time.Millisecond,
 		Logger:       slog.New(slog.NewTextHandler(grpcxdsLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	}
+	cp, err := xds.StartControlPlane(cpConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		if cp == nil {
+			return
+		}
 		if err := cp.Stop(); err != nil {
 			t.Errorf("meshd stop: %v", err)
 		}
@@ -349,6 +353,54 @@ func TestGRPCXDS(t *testing.T) {
 		}
 		if counts["echo-v2"] < 80 || counts[late.name] < 80 {
 			t.Fatalf("v2 endpoints after the new pod: %v, want about 100 each", counts)
+		}
+	})
+
+	t.Run("meshd restart", func(t *testing.T) {
+		// The client keeps its last config while meshd is away, then
+		// reconnects to the new meshd on the same address and follows it.
+		cpConfig.XDSAddr, cpConfig.DebugAddr = cp.XDSAddr(), cp.DebugAddr()
+		if err := cp.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		cp = nil
+		counts, err := grpcxdsCall(ctx, client, 50, nil)
+		if err != nil || counts["echo-v2"]+counts[late.name] != 50 {
+			t.Fatalf("with meshd down: %v, %v", counts, err)
+		}
+		write("virtualservice.yaml", grpcxdsVirtualService(100, 0))
+		start := time.Now()
+		if cp, err = xds.StartControlPlane(cpConfig); err != nil {
+			t.Fatal(err)
+		}
+		deadline := start.Add(30 * time.Second) // gRPC's reconnect backoff
+		for {
+			counts, err := grpcxdsCall(ctx, client, 10, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if counts["echo-v1-a"]+counts["echo-v1-b"] == 10 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the client did not follow the restarted meshd: %v\nsyncz:\n%s", counts, grpcxdsGet(t, cp, "/debug/syncz"))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("client resynced with the restarted meshd and took 100/0 after %v", time.Since(start).Round(time.Millisecond))
+		write("virtualservice.yaml", grpcxdsVirtualService(0, 100)) // what the next case expects
+		until := time.Now().Add(10 * time.Second)
+		for {
+			counts, err := grpcxdsCall(ctx, client, 10, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if counts["echo-v2"]+counts[late.name] == 10 {
+				break
+			}
+			if time.Now().After(until) {
+				t.Fatalf("0/100 not back: %v", counts)
+			}
 		}
 	})
 
