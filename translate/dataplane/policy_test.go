@@ -111,8 +111,8 @@ func TestPolicyBehaviour(t *testing.T) {
 		conns: []conn{{details, reviews2, 9080, "proxy"}, {details, reviews3, 9080, "proxy"}},
 		diag:  "selects only some of its workloads",
 	}, {
-		name: "a deny selecting some pods of an identity goes to the proxy",
-		yaml: authz("default", "DENY", "version: v2", "\n  - {}"),
+		name:  "a deny selecting some pods of an identity goes to the proxy",
+		yaml:  authz("default", "DENY", "version: v2", "\n  - {}"),
 		conns: []conn{{details, reviews2, 9080, "proxy"}, {details, reviews3, 9080, "proxy"}},
 		diag:  "selects only some workloads of identity default/bookinfo-reviews",
 	}, {
