@@ -110,7 +110,22 @@ func convertService(name string, s *dataplanev1.Service, l7 uint16) ([]nodeagent
 				svc.Backends = append(svc.Backends, b)
 			}
 		}
+		evenWeights(svc.Backends)
 		out = append(out, svc)
 	}
 	return out, nil
+}
+
+// evenWeights clears the weights of backends that all weigh the same (the
+// usual case: no weights at all), so that the kernel picks them evenly
+// without the weighted path.
+func evenWeights(bs []nodeagent.Backend) {
+	for _, b := range bs {
+		if b.Weight != bs[0].Weight {
+			return
+		}
+	}
+	for i := range bs {
+		bs[i].Weight = 0
+	}
 }

@@ -39,7 +39,7 @@ func meshResources() *Resources {
 		},
 		Services: map[string]*dataplanev1.Service{
 			"shop/web:80/TCP": {Namespace: "shop", Name: "web", Vips: []string{"10.96.0.10", "fd00:96::10"}, Port: 80, Protocol: dataplanev1.Protocol_TCP, L7: true,
-				Backends: []*dataplanev1.Backend{{Ip: "10.77.1.10", Port: 8080, Weight: 3}, {Ip: "fd00::10", Port: 8080}}},
+				Backends: []*dataplanev1.Backend{{Ip: "10.77.1.10", Port: 8080, Weight: 3}, {Ip: "10.77.1.11", Port: 8080}, {Ip: "fd00::10", Port: 8080}}},
 			"shop/db:5432/TCP": {Namespace: "shop", Name: "db", Vips: []string{"10.96.0.11"}, Port: 5432,
 				Backends: []*dataplanev1.Backend{{Ip: "10.77.2.10", Port: 5432}}},
 			"blog/dns:53/UDP": {Namespace: "blog", Name: "dns", Vips: []string{"10.96.0.53"}, Port: 53, Protocol: dataplanev1.Protocol_UDP, L7: true},
@@ -63,9 +63,10 @@ func TestToState(t *testing.T) {
 	want := nodeagent.State{
 		Services: []nodeagent.Service{
 			{VIP: ip("10.96.0.53"), Port: 53, Proto: nodeagent.UDP, L7ProxyPort: 15011},
-			{VIP: ip("10.96.0.11"), Port: 5432, Proto: nodeagent.TCP, Backends: []nodeagent.Backend{{IP: ip("10.77.2.10"), Port: 5432, Weight: 1}}},
-			{VIP: ip("10.96.0.10"), Port: 80, Proto: nodeagent.TCP, L7ProxyPort: 15001, Backends: []nodeagent.Backend{{IP: ip("10.77.1.10"), Port: 8080, Weight: 3}}},
-			{VIP: ip("fd00:96::10"), Port: 80, Proto: nodeagent.TCP, L7ProxyPort: 15001, Backends: []nodeagent.Backend{{IP: ip("fd00::10"), Port: 8080, Weight: 1}}},
+			{VIP: ip("10.96.0.11"), Port: 5432, Proto: nodeagent.TCP, Backends: []nodeagent.Backend{{IP: ip("10.77.2.10"), Port: 5432}}},
+			{VIP: ip("10.96.0.10"), Port: 80, Proto: nodeagent.TCP, L7ProxyPort: 15001, Backends: []nodeagent.Backend{
+				{IP: ip("10.77.1.10"), Port: 8080, Weight: 3}, {IP: ip("10.77.1.11"), Port: 8080, Weight: 1}}},
+			{VIP: ip("fd00:96::10"), Port: 80, Proto: nodeagent.TCP, L7ProxyPort: 15001, Backends: []nodeagent.Backend{{IP: ip("fd00::10"), Port: 8080}}},
 		},
 		Workloads: []nodeagent.Workload{
 			{IP: ip("10.77.2.10"), Identity: 101, Namespace: "shop"},
@@ -107,8 +108,8 @@ func TestToStateErrorsNameTheResource(t *testing.T) {
 			`service shop/db:5432/TCP: vips[0]: "10.96.0.300" is not an IP address`},
 		{"no vips", func(r *Resources, _ *StateConfig) { r.Services["shop/db:5432/TCP"].Vips = nil },
 			`service shop/db:5432/TCP: vips: empty`},
-		{"bad backend ip", func(r *Resources, _ *StateConfig) { r.Services["shop/web:80/TCP"].Backends[1].Ip = "web-0" },
-			`service shop/web:80/TCP: backends[1].ip: "web-0" is not an IP address`},
+		{"bad backend ip", func(r *Resources, _ *StateConfig) { r.Services["shop/web:80/TCP"].Backends[2].Ip = "web-0" },
+			`service shop/web:80/TCP: backends[2].ip: "web-0" is not an IP address`},
 		{"backend port", func(r *Resources, _ *StateConfig) { r.Services["shop/web:80/TCP"].Backends[0].Port = 70000 },
 			`service shop/web:80/TCP: backends[0].port: 70000 is not a port`},
 		{"service port 0", func(r *Resources, _ *StateConfig) { r.Services["blog/dns:53/UDP"].Port = 0 },
@@ -184,6 +185,7 @@ func TestToStateMergesDuplicateBackends(t *testing.T) {
 		if s.Port != 5432 {
 			continue
 		}
+		// Weights 2 and 1 (0 means 1) stay: they differ.
 		want := []nodeagent.Backend{{IP: netip.MustParseAddr("10.77.2.10"), Port: 5432, Weight: 2}, {IP: netip.MustParseAddr("10.77.2.11"), Port: 5432, Weight: 1}}
 		if diff := cmp.Diff(want, s.Backends, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 			t.Errorf("backends (-want +got):\n%s", diff)
