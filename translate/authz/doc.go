@@ -1,0 +1,47 @@
+// Package authz translates the policy half of the configuration users already
+// have — Istio AuthorizationPolicy and RequestAuthentication, SMI
+// TrafficTarget with HTTPRouteGroup/TCPRoute — into Envoy filters for a
+// workload's inbound listener on the node proxy:
+//
+//	config snapshot -> translate (listeners) -> inbound listener http_filters:
+//	    jwt_authn (BuildJWT), then BuildHTTP's filters
+//	    [AUDIT rbac (log), CUSTOM rbac shadow + ext_authz, DENY rbac, ALLOW rbac],
+//	    then the router
+//	                  -> inbound TCP filter chains: BuildTCP's network rbac
+//	                     filters before tcp_proxy
+//
+// It is pure, like the rest of translate: no gRPC, eBPF, network, files or
+// clock. Output is deterministic.
+//
+// Every policy is first turned into a small model with no Envoy types
+// (model.go: a Policy is a list of Rules, each an OR of principal clauses and
+// an OR of permission clauses, each clause an AND of attributes keyed like
+// Istio's conditions). Istio AuthorizationPolicy (istio.go) and SMI
+// TrafficTarget (smi.go) both produce that model, so both paths share the
+// Envoy builders (principal.go, permission.go, rbac.go).
+//
+// Split decides which policies the kernel can enforce: a policy whose every
+// attribute is L4 (peer identity, namespace, source IP, destination port) is
+// enforced by translate/dataplane with eBPF entries; any other attribute needs
+// the node proxy. The Envoy filters are built for every policy regardless, so
+// a workload routed through the proxy gets the same decision there.
+//
+// Istio's evaluation order holds: CUSTOM, then DENY, then ALLOW. With no
+// ALLOW policy a request is allowed; with ALLOW policies and no matching rule
+// it is denied. AUDIT never changes a decision. Rule names follow Istio:
+// ns[<namespace>]-policy[<name>]-rule[<index>].
+//
+// SMI and Istio together: TrafficTarget and AuthorizationPolicy both apply —
+// SMI targets become ALLOW policies next to Istio's, so a request must pass
+// every Istio DENY and be allowed by some ALLOW policy (Istio's or SMI's).
+// SMI access control is additive and deny-by-default exactly like an Istio
+// ALLOW policy, so one selecting the destination makes the workload
+// default-deny. For traffic splitting, an Istio VirtualService for the root
+// service's host wins over a TrafficSplit (TrafficSplitWeights reports a
+// Warning diagnostic).
+//
+// Files: model.go (model, Split), istio.go (AuthorizationPolicy -> model),
+// selector.go (which policies apply to a workload), matcher.go, principal.go,
+// permission.go (model -> Envoy RBAC), rbac.go (BuildHTTP, BuildTCP),
+// jwt.go (BuildJWT), smi.go (SMIPolicies, TrafficSplitWeights).
+package authz
