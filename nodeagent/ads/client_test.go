@@ -514,3 +514,44 @@ func TestClientLargeInitialSync(t *testing.T) {
 	}
 	t.Logf("initial sync of %d services (%.1f MiB) took %v", n, float64(size)/(1<<20), took)
 }
+
+// TestClientResyncsChangesMadeWhileAway: the control plane changed while the
+// client was disconnected; on reconnect only the differences come over the
+// wire (a changed workload, a removed service) and the client ends up with
+// the control plane's set.
+func TestClientResyncsChangesMadeWhileAway(t *testing.T) {
+	cp := newControlPlane(t)
+	want := seed(cp)
+	app := &fakeApplier{}
+	c := startClient(t, cp, app)
+	waitFor(t, "initial sync", allAcked(c, 1))
+
+	cp.stop()
+	waitFor(t, "disconnect seen", func() bool { return !c.Status().Connected })
+	moved := testWorkload("shop", "db-0", "10.0.1.66", 101)
+	cp.set(dataplanev1.WorkloadType, "shop/db-0", moved)
+	cp.del(dataplanev1.ServiceType, "shop/web:80/TCP")
+	before, _, _ := cp.seen()
+	cp.restart()
+	waitFor(t, "resynced", allAcked(c, 2))
+
+	after, _, _ := cp.seen()
+	sent, removed := map[string]bool{}, map[string]bool{}
+	for _, r := range after[len(before):] {
+		for _, res := range r.GetResources() {
+			sent[res.GetName()] = true
+		}
+		for _, name := range r.GetRemovedResources() {
+			removed[name] = true
+		}
+	}
+	if !cmp.Equal(sent, map[string]bool{"shop/db-0": true}) || !cmp.Equal(removed, map[string]bool{"shop/web:80/TCP": true}) {
+		t.Errorf("after reconnect the server sent %v and removed %v; want only shop/db-0 and the removal of shop/web:80/TCP", sent, removed)
+	}
+	want.Workloads["shop/db-0"] = moved
+	delete(want.Services, "shop/web:80/TCP")
+	_, got := app.state()
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Errorf("state after resync (-want +got):\n%s", diff)
+	}
+}
