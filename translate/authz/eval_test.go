@@ -8,7 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
@@ -377,4 +379,27 @@ func policyNames(t *testing.T, f *hcmv3.HttpFilter) string {
 	}
 	slices.Sort(names)
 	return r.GetAction().String() + "[" + strings.Join(names, " ") + "]"
+}
+
+// evalTCP runs a connection through network RBAC filters.
+func evalTCP(t *testing.T, filters []*listenerv3.Filter, r request) verdict {
+	t.Helper()
+	for i, f := range filters {
+		var cfg rbacnetv3.RBAC
+		if err := f.GetTypedConfig().UnmarshalTo(&cfg); err != nil {
+			t.Fatalf("filter %d: %v", i, err)
+		}
+		name, ok := firstMatch(t, cfg.GetRules(), &r)
+		switch cfg.GetRules().GetAction() {
+		case rbacv3.RBAC_ALLOW:
+			if !ok {
+				return verdict{by: fmt.Sprintf("filter %d (ALLOW): no policy matched", i)}
+			}
+		case rbacv3.RBAC_DENY:
+			if ok {
+				return verdict{by: fmt.Sprintf("filter %d (DENY): %s", i, name)}
+			}
+		}
+	}
+	return verdict{allowed: true}
 }

@@ -55,7 +55,7 @@ func FromAuthorizationPolicy(o *config.Object, opts Options) (*Policy, []config.
 		switch p.Action {
 		case ActionAllow, ActionAudit:
 			diags = append(diags, diag(config.SeverityError, o, field, "rule dropped (fails closed: it allows nothing)"))
-			p.Rules = append(p.Rules, Rule{Field: field, Permissions: []Clause{{{Key: keyNever, Field: field}}}})
+			p.Rules = append(p.Rules, Rule{Field: field, Permissions: []Clause{{{Key: keyNever, Values: []string{"never"}, Field: field}}}})
 		default:
 			diags = append(diags, diag(config.SeverityError, o, field, "rule matches every request (fails closed)"))
 			p.Rules = append(p.Rules, Rule{Field: field})
