@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -59,15 +60,33 @@ func (e grpcxdsEcho) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testg
 	return &testgrpc.SimpleResponse{Hostname: e.name}, nil
 }
 
-// startGRPCXDSBackends listens on the sample's targetPort on every
-// backend's IP.
+// startGRPCXDSBackends gives the backends the addresses 127.77.N.11,
+// .12, ... (all of 127/8 is loopback on Linux) and listens on the sample's
+// targetPort on each. N is random, and another is tried when a port is
+// taken, so that two runs of this test at once do not collide.
 func startGRPCXDSBackends(t *testing.T, backends []*grpcxdsBackend) {
 	t.Helper()
-	for _, b := range backends {
-		lis, err := net.Listen("tcp", net.JoinHostPort(b.ip, strconv.Itoa(grpcxdsTargetPort)))
-		if err != nil {
-			t.Fatalf("listen on %s:%d (all of 127/8 is loopback on Linux): %v", b.ip, grpcxdsTargetPort, err)
+	var lis []net.Listener
+	for attempt := 0; len(lis) < len(backends); attempt++ {
+		for _, l := range lis {
+			l.Close()
 		}
+		lis = lis[:0]
+		block := 1 + rand.IntN(254)
+		for i, b := range backends {
+			b.ip = fmt.Sprintf("127.77.%d.%d", block, 11+i)
+			l, err := net.Listen("tcp", net.JoinHostPort(b.ip, strconv.Itoa(grpcxdsTargetPort)))
+			if err != nil {
+				if attempt == 9 {
+					t.Fatalf("listen on %s:%d: %v", b.ip, grpcxdsTargetPort, err)
+				}
+				break
+			}
+			lis = append(lis, l)
+		}
+	}
+	for i, b := range backends {
+		lis := lis[i]
 		b.srv = grpc.NewServer()
 		testgrpc.RegisterTestServiceServer(b.srv, grpcxdsEcho{name: b.name})
 		go b.srv.Serve(lis)
@@ -169,10 +188,10 @@ func grpcxdsCall(ctx context.Context, c testgrpc.TestServiceClient, n int, md me
 
 func TestGRPCXDS(t *testing.T) {
 	backends := []*grpcxdsBackend{
-		{name: "echo-v1-a", ip: "127.0.0.11", version: "v1"},
-		{name: "echo-v1-b", ip: "127.0.0.12", version: "v1"},
-		{name: "echo-v2", ip: "127.0.0.13", version: "v2"},
-		{name: "echo-v2-late", ip: "127.0.0.14", version: "v2"}, // a pod that appears later
+		{name: "echo-v1-a", version: "v1"},
+		{name: "echo-v1-b", version: "v1"},
+		{name: "echo-v2", version: "v2"},
+		{name: "echo-v2-late", version: "v2"}, // a pod that appears later
 	}
 	sample, err := os.ReadFile(grpcxdsSample)
 	if err != nil {
