@@ -2,10 +2,12 @@ package translate
 
 import (
 	"flag"
+	"fmt"
 	"runtime"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/internal/meshgen"
@@ -160,6 +162,56 @@ func BenchmarkTranslateAndCheck(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/all-nodes")
+}
+
+// BenchmarkEndpointChange is one pod changing its address in a running
+// mesh: PrepareNext from the previous Mesh, then translate and check every
+// node (xds then sends only what changed).
+func BenchmarkEndpointChange(b *testing.B) {
+	p := meshgen.Params{Services: *benchServices, EndpointsPerService: *benchEndpoints,
+		Namespaces: *benchNamespaces, Nodes: *benchNodes, VirtualServiceRatio: *benchVSRatio}
+	objs, err := meshgen.Generate(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := config.NewStore()
+	if err := st.Replace("meshgen", objs); err != nil {
+		b.Fatal(err)
+	}
+	all := func(m *Mesh) {
+		for n := range p.Nodes {
+			if err := m.Check(m.Translate(Proxy{Node: meshgen.NodeName(n)})); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	m := Prepare(st.Snapshot())
+	all(m)
+	var pod *config.Object
+	for _, o := range objs {
+		if o.Kind == config.KindPod {
+			pod = o
+			break
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		b.StopTimer()
+		changed := *pod
+		spec := pod.Spec.(*corev1.Pod).DeepCopy()
+		spec.Status.PodIP = fmt.Sprintf("10.127.%d.%d", i/250%250, 1+i%250)
+		changed.Spec = spec
+		if err := st.Apply("meshgen", []*config.Object{&changed}, nil); err != nil {
+			b.Fatal(err)
+		}
+		snap := st.Snapshot()
+		i++
+		b.StartTimer()
+		m = PrepareNext(m, snap)
+		all(m)
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/all-nodes")
 }

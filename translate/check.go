@@ -35,7 +35,7 @@ func Check(nc *NodeConfig) error {
 // validated once (Validate is the expensive part); names and references
 // are still checked per node.
 func (p *Mesh) Check(nc *NodeConfig) error {
-	return check(nc, &p.checks)
+	return check(nc, p.checks)
 }
 
 // checkCache remembers what checking found: per resource message, and per

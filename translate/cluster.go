@@ -38,6 +38,15 @@ type clusterRef struct {
 	dr     *destinationRule // where labels and policy came from; nil if none
 }
 
+// key identifies what a cluster is built from: its name and the
+// DestinationRule that decided its policy and subset labels.
+func (r *clusterRef) key() string {
+	if r.dr == nil {
+		return r.Name
+	}
+	return r.Name + "\x00" + r.dr.obj.Key.String()
+}
+
 // clusterSet collects the clusters wanted while building listeners and
 // routes, so that a node gets exactly the clusters it references.
 type clusterSet struct {

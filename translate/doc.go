@@ -23,7 +23,10 @@
 // Translate(snap, proxy) does all of it for one proxy. Prepare(snap) returns
 // a Mesh whose Translate shares the per-namespace work (outbound listener,
 // route configurations, clusters) between all proxies of that snapshot;
-// use it when translating many nodes.
+// use it when translating many nodes, and Mesh.Check, which validates
+// shared resources once. PrepareNext(prev, snap) also reuses prev's
+// listeners, routes and clusters when only endpoints changed
+// (incremental.go).
 //
 // # Names and ports on the shared node Envoy
 //

@@ -36,9 +36,16 @@ type mesh struct {
 	endpoints  map[endpointKey][]endpoint
 }
 
+// endpointKey names a service port by content, so that a Mesh prepared
+// from a later snapshot finds the endpoints of the same service port.
 type endpointKey struct {
-	svc  *service
+	obj  config.Key // the Service or ServiceEntry
+	host string
 	port uint32
+}
+
+func (s *service) endpointKey(port uint32) endpointKey {
+	return endpointKey{obj: s.obj.Key, host: s.Hostname, port: port}
 }
 
 func buildMesh(src source, d *diagnostics) *mesh {

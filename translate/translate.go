@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -43,8 +44,10 @@ type Mesh struct {
 	mu       sync.Mutex
 	outbound map[string]*lazy[*nsOutput] // namespace -> shared Envoy output
 	grpc     map[string]*lazy[*nsOutput] // namespace -> proxyless output
-	clusters map[string]*lazy[builtCluster]
-	checks   checkCache // for Mesh.Check
+	clusters map[string]*lazy[*clusterv3.Cluster]
+	clas     map[string]*lazy[*endpointv3.ClusterLoadAssignment]
+	checks   *checkCache // for Mesh.Check
+	inputs   routingInputs
 }
 
 // Prepare builds the model of a snapshot.
@@ -57,7 +60,10 @@ func prepare(src source) *Mesh {
 		m:        buildMesh(src, &diagnostics{}),
 		outbound: map[string]*lazy[*nsOutput]{},
 		grpc:     map[string]*lazy[*nsOutput]{},
-		clusters: map[string]*lazy[builtCluster]{},
+		clusters: map[string]*lazy[*clusterv3.Cluster]{},
+		clas:     map[string]*lazy[*endpointv3.ClusterLoadAssignment]{},
+		checks:   &checkCache{},
+		inputs:   routingInputsOf(src),
 	}
 }
 
@@ -69,15 +75,20 @@ type nsOutput struct {
 	diags     []config.Diagnostic
 }
 
-type builtCluster struct {
-	cluster *clusterv3.Cluster
-	cla     *endpointv3.ClusterLoadAssignment
-}
-
 // lazy computes a value once.
 type lazy[T any] struct {
 	once sync.Once
+	done atomic.Bool // v is set
 	v    T
+}
+
+// value returns v if it has been computed.
+func (l *lazy[T]) value() (T, bool) {
+	if l.done.Load() {
+		return l.v, true
+	}
+	var zero T
+	return zero, false
 }
 
 func get[T any](mu *sync.Mutex, m map[string]*lazy[T], key string, build func() T) T {
@@ -88,7 +99,10 @@ func get[T any](mu *sync.Mutex, m map[string]*lazy[T], key string, build func() 
 		m[key] = l
 	}
 	mu.Unlock()
-	l.once.Do(func() { l.v = build() })
+	l.once.Do(func() {
+		l.v = build()
+		l.done.Store(true)
+	})
 	return l.v
 }
 
@@ -116,10 +130,10 @@ func (p *Mesh) Translate(proxy Proxy) *NodeConfig {
 		}
 	}
 	for _, name := range sortedKeys(refs) {
-		b := p.cluster(refs[name], proxy.Kind)
-		nc.Clusters = append(nc.Clusters, b.cluster)
-		if b.cla != nil {
-			nc.Endpoints = append(nc.Endpoints, b.cla)
+		ref := refs[name]
+		nc.Clusters = append(nc.Clusters, p.cluster(ref, proxy.Kind))
+		if !ref.svc.DNS {
+			nc.Endpoints = append(nc.Endpoints, p.loadAssignment(ref))
 		}
 	}
 	sortByName(nc.Listeners, (*listenerv3.Listener).GetName)
@@ -130,18 +144,21 @@ func (p *Mesh) Translate(proxy Proxy) *NodeConfig {
 	return nc
 }
 
-// cluster builds (once per Mesh) the cluster and load assignment of a ref.
-func (p *Mesh) cluster(ref *clusterRef, kind ProxyKind) builtCluster {
-	key := ref.Name + "\x00" + string(rune('0'+kind))
-	if ref.dr != nil {
-		key += "\x00" + ref.dr.obj.Key.String()
-	}
-	return get(&p.mu, p.clusters, key, func() builtCluster {
-		cla := loadAssignment(ref, p.m.endpoints[endpointKey{ref.svc, ref.port.Port}])
+// cluster builds (once per Mesh) the cluster of a ref. Its content depends
+// only on routing inputs (services, DestinationRules), never on endpoints.
+func (p *Mesh) cluster(ref *clusterRef, kind ProxyKind) *clusterv3.Cluster {
+	return get(&p.mu, p.clusters, ref.key()+"\x00"+string(rune('0'+kind)), func() *clusterv3.Cluster {
 		if ref.svc.DNS {
-			return builtCluster{cluster: dnsCluster(ref, cla, kind)}
+			return dnsCluster(ref, loadAssignment(ref, p.m.endpoints[ref.svc.endpointKey(ref.port.Port)]), kind)
 		}
-		return builtCluster{cluster: edsCluster(ref, kind), cla: cla}
+		return edsCluster(ref, kind)
+	})
+}
+
+// loadAssignment builds (once per Mesh) the endpoints of an EDS cluster.
+func (p *Mesh) loadAssignment(ref *clusterRef) *endpointv3.ClusterLoadAssignment {
+	return get(&p.mu, p.clas, ref.key(), func() *endpointv3.ClusterLoadAssignment {
+		return loadAssignment(ref, p.m.endpoints[ref.svc.endpointKey(ref.port.Port)])
 	})
 }
 

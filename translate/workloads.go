@@ -16,7 +16,7 @@ import (
 // and port: ServiceEntry endpoints, else the service's EndpointSlices, else
 // the running pods its selector picks.
 func (m *mesh) endpointsFor(s *service, sp servicePort) []endpoint {
-	key := endpointKey{s, sp.Port}
+	key := s.endpointKey(sp.Port)
 	if eps, ok := m.endpoints[key]; ok {
 		return eps
 	}
