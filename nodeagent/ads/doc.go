@@ -36,5 +36,7 @@
 // the resource and field; such an error becomes the NACK.
 // NewDataplaneApplier joins the two: the Applier mesh-agent gives the
 // Client. Dial opens the control plane connection that the Client and the
-// Envoy xDS proxy (nodeagent/envoy) share.
+// Envoy xDS proxy (nodeagent/envoy) share. Client.Status and
+// Client.StatusHandler (JSON, and ?ready for a readiness probe) report the
+// sync state per type URL.
 package ads
