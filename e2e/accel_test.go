@@ -81,7 +81,7 @@ func TestDataplaneAcceleration(t *testing.T) {
 	t.Run("splice-reader-starves", func(t *testing.T) {
 		addr := fmt.Sprintf("%s:%d", splicer.IP, splicePort)
 		applyMesh(t, c, agents, plain)
-		res, err := client.Connect(ctx, ClientConfig{Addr: addr, Count: 3, Timeout: 2 * time.Second})
+		res, err := client.Connect(ctx, ClientConfig{Addr: addr, Count: 3, Timeout: 5 * time.Second})
 		if err != nil || res.OK != 3 {
 			t.Fatalf("splice echo without acceleration: %+v %v", res, err)
 		}

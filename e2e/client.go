@@ -26,7 +26,7 @@ type ClientConfig struct {
 	Count       int           // connections (TCP) or exchanges (UDP); default 1
 	Concurrency int           // parallel workers; default 8
 	Duration    time.Duration // spread the starts evenly over this long; 0: as fast as possible
-	Timeout     time.Duration // per connection; default 2s
+	Timeout     time.Duration // per connection; default 5s
 	// Unconnected sends UDP with sendto/recvfrom on an unconnected socket
 	// (the sendmsg/recvmsg hooks) instead of connect/send/recv.
 	Unconnected bool
@@ -91,7 +91,7 @@ func runClient(args []string) error {
 	fs.IntVar(&cfg.Count, "n", 1, "connections")
 	fs.IntVar(&cfg.Concurrency, "c", 8, "workers")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "spread over")
-	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Second, "per connection")
+	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "per connection")
 	fs.BoolVar(&cfg.Unconnected, "unconnected", false, "UDP with sendto/recvfrom")
 	fs.BoolVar(&cfg.DialOnly, "dial-only", false, "TCP connect and close")
 	fs.IntVar(&cfg.Payload, "payload", 0, "extra bytes per TCP exchange")
@@ -105,7 +105,7 @@ func runClient(args []string) error {
 		cfg.Concurrency = 8
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 2 * time.Second
+		cfg.Timeout = 5 * time.Second
 	}
 	res := clientRun(cfg)
 	return json.NewEncoder(os.Stdout).Encode(res)

@@ -260,7 +260,12 @@ func TestDataplanePolicy(t *testing.T) {
 				t.Fatal(err)
 			}
 			const n = 10
+			// Denied flows time out (SYNs dropped) after 1s; allowed
+			// ones get time to spare on a busy machine.
 			cfg := ClientConfig{Addr: f.addr, Proto: f.proto, Count: n, Timeout: time.Second}
+			if f.allowed {
+				cfg.Timeout = 5 * time.Second
+			}
 			connect := f.client.Connect
 			if f.unmeshed {
 				connect = f.client.ConnectUnmeshed
@@ -316,7 +321,7 @@ func TestDataplaneUDPReplyToProtectedClient(t *testing.T) {
 			if err := echoes[server.Name].Reset(); err != nil {
 				t.Fatal(err)
 			}
-			res, err := tc.run(ctx, ClientConfig{Addr: addr, Proto: "udp", Count: n, Timeout: time.Second})
+			res, err := tc.run(ctx, ClientConfig{Addr: addr, Proto: "udp", Count: n, Timeout: 3 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}

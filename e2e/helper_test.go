@@ -1,6 +1,6 @@
 package e2e
 
-// init turns the re-executed test binary into an in-pod helper before the
-// testing package starts (an init rather than TestMain, so that other test
-// files of this package may still define TestMain-free tests freely).
+// init turns a re-executed test binary into an in-pod helper before the
+// testing package starts. It is an init function, not TestMain, so that the
+// package's other test files remain free to define a TestMain.
 func init() { RunHelper() }

@@ -192,7 +192,7 @@ func TestPipeline(t *testing.T) {
 		write(pipelineYAML(c, vip, "echo-c"))
 		for _, client := range []string{"client-0", "client-1"} {
 			for {
-				res, err := names[client].Connect(ctx, ClientConfig{Addr: addr, Count: 30, Timeout: time.Second})
+				res, err := names[client].Connect(ctx, ClientConfig{Addr: addr, Count: 30, Timeout: 3 * time.Second})
 				if err != nil {
 					t.Fatal(err)
 				}
