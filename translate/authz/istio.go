@@ -145,7 +145,7 @@ func sourceClause(s *securityv1beta1.Source, field, namespace string) (Clause, [
 	return clause(field, []fieldSpec{
 		{keySourcePrincipal, "principals", s.GetPrincipals(), s.GetNotPrincipals()},
 		{keySourcePrincipal, "serviceAccounts", sa(s.GetServiceAccounts()), sa(s.GetNotServiceAccounts())},
-		{keySourcePrincipal, "trustDomains", td(s.GetTrustDomains()), td(s.GetNotTrustDomains())},
+		{keyTrustDomain, "trustDomains", td(s.GetTrustDomains()), td(s.GetNotTrustDomains())},
 		{keyRequestPrincipal, "requestPrincipals", s.GetRequestPrincipals(), s.GetNotRequestPrincipals()},
 		{keySourceNamespace, "namespaces", s.GetNamespaces(), s.GetNotNamespaces()},
 		{keySourceIP, "ipBlocks", s.GetIpBlocks(), s.GetNotIpBlocks()},
@@ -197,7 +197,7 @@ func checkAttr(a Attr) error {
 				return err
 			}
 		}
-	case a.Key == keySourcePrincipal, a.Key == keySourceNamespace,
+	case a.Key == keySourcePrincipal, a.Key == keyTrustDomain, a.Key == keySourceNamespace,
 		a.Key == keyAudiences, a.Key == keyPresenter, a.Key == keySNI, a.Key == keyHost, a.Key == keyMethod:
 	case a.Key == keySourceIP, a.Key == keyRemoteIP, a.Key == keyDestIP:
 		for _, v := range append(a.Values, a.NotValues...) {

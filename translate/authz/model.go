@@ -81,6 +81,7 @@ const (
 	keyMethod           = "request.method"
 	keyPath             = "request.url_path"
 	keyExperimental     = "experimental.envoy.filters."
+	keyTrustDomain      = "source.trust_domain" // Istio's source.trustDomains, as principal patterns "<td>/*"
 	keySMIPathRegex     = "smi.path_regex"
 	keySMIHeaderPrefix  = "smi.header_regex["
 )
@@ -96,7 +97,7 @@ var l4Keys = map[string]bool{
 // Istio, request headers and token attributes are principals.
 func isPrincipalKey(key string) bool {
 	switch {
-	case key == keySourcePrincipal, key == keySourceNamespace, key == keySourceIP, key == keyRemoteIP,
+	case key == keySourcePrincipal, key == keyTrustDomain, key == keySourceNamespace, key == keySourceIP, key == keyRemoteIP,
 		key == keyRequestPrincipal, key == keyAudiences, key == keyPresenter,
 		strings.HasPrefix(key, keyClaimsPrefix), strings.HasPrefix(key, keyHeadersPrefix),
 		strings.HasPrefix(key, keySMIHeaderPrefix):
@@ -118,22 +119,34 @@ func httpOnly(key string) bool {
 	return false
 }
 
-// Split reports whether every rule of the policy uses only L4 attributes
-// (source.principal, source.namespace, source.ip, destination.port and their
-// not-forms: Istio's principals, namespaces, ipBlocks, ports), so the kernel
-// can enforce it. AUDIT and CUSTOM policies always need the proxy. An ALLOW
-// policy with no rules (deny all) is L4-only.
+// Split reports whether every rule of the policy is L4-only (SplitRule), so
+// the kernel can enforce it. AUDIT and CUSTOM policies always need the
+// proxy. An ALLOW policy with no rules (deny all) is L4-only.
 func Split(p *Policy) (l4Only bool) {
 	if p.Action != ActionAllow && p.Action != ActionDeny {
 		return false
 	}
 	for _, r := range p.Rules {
-		for _, list := range [][]Clause{r.Principals, r.Permissions} {
-			for _, c := range list {
-				for _, a := range c {
-					if !l4Keys[a.Key] {
-						return false
-					}
+		if !SplitRule(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// SplitRule reports whether a rule uses only L4 attributes with positive
+// values: Istio's principals, serviceAccounts, namespaces, ipBlocks, ports,
+// and when keys source.principal, source.namespace, source.ip,
+// destination.port with values. Every not-form needs the proxy (the kernel
+// matches sets of identities; "not" over identities it does not know would
+// weaken the verdict). This is translate/dataplane's classification
+// (TestSplitAgreesWithDataplane).
+func SplitRule(r Rule) bool {
+	for _, list := range [][]Clause{r.Principals, r.Permissions} {
+		for _, c := range list {
+			for _, a := range c {
+				if !l4Keys[a.Key] || len(a.NotValues) > 0 {
+					return false
 				}
 			}
 		}

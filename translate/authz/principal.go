@@ -87,7 +87,7 @@ func cidr(v string) *corev3.CidrRange {
 // authz builder.
 func valuePrincipal(key, v string) *rbacv3.Principal {
 	switch {
-	case key == keySourcePrincipal:
+	case key == keySourcePrincipal, key == keyTrustDomain:
 		return authenticated(&rbacv3.Principal_Authenticated{PrincipalName: stringMatch(v, spiffePrefix, false)})
 	case key == keySourceNamespace:
 		return authenticated(&rbacv3.Principal_Authenticated{PrincipalName: regexMatch(".*/ns/" + wildcardRegex(v) + "/.*")})
