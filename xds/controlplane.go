@@ -225,9 +225,12 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 		cp.xdsLis.Close()
 		return nil, fmt.Errorf("start control plane: listen debug: %w", err)
 	}
-	cp.grpc = grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
-		MinTime: 10 * time.Second, PermitWithoutStream: true,
-	}))
+	cp.grpc = grpc.NewServer(
+		// Clients may ping every 10s; the server pings idle connections so
+		// that a vanished node's streams (and status) go within a minute.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
 	cp.xds.Register(cp.grpc)
 	cp.http = &http.Server{Handler: cp.debugMux(), ReadHeaderTimeout: 5 * time.Second}
 	cp.run()
@@ -257,7 +260,8 @@ func (cp *ControlPlane) run() {
 	}
 }
 
-// fail records the first error of a part and stops the others.
+// fail records the first error of a part and closes Done; the owner then
+// calls Stop.
 func (cp *ControlPlane) fail(err error) {
 	cp.errOnce.Do(func() {
 		cp.err = err
