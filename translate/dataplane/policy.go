@@ -177,13 +177,16 @@ func (m *Mesh) resolvePolicies() {
 	}
 }
 
+// selectsAll reports whether p selects every workload in all (the
+// workloads of one identity; p.selected is in the same order).
 func selectsAll(p *policy, all []*workload) bool {
-	for _, w := range all {
-		if !slices.Contains(p.selected, w) {
-			return false
+	i := 0
+	for _, w := range p.selected {
+		if i < len(all) && w == all[i] {
+			i++
 		}
 	}
-	return true
+	return i == len(all)
 }
 
 // policyFor returns the Policy resource of p for the identities in local,

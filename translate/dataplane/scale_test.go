@@ -71,6 +71,69 @@ func TestScale(t *testing.T) {
 	t.Logf("Prepare %v, Prepare + %d nodes %v", prepared, p.Nodes, time.Since(start))
 }
 
+// TestScaleWithPolicy: a namespace-wide ALLOW from another namespace gives
+// the nodes of the selected pods that namespace's workloads as sources, and
+// nothing more of the cluster.
+func TestScaleWithPolicy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	p := meshgen.Default()
+	objs, err := meshgen.Generate(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, src := meshgen.NamespaceName(0), meshgen.NamespaceName(1)
+	more, diags := config.Decode("policy.yaml", []byte(authz(dst, "ALLOW", "", `
+  - from: [{source: {namespaces: [`+src+`]}}]`)))
+	if len(diags) > 0 {
+		t.Fatal(diags)
+	}
+	snap := snapshotOf(t, append(objs, more...))
+	mesh := Prepare(snap, Options{})
+	srcPods := map[string]bool{}
+	for _, o := range snap.List(config.KindPod) {
+		if o.Namespace == src {
+			srcPods[o.Name] = true
+		}
+	}
+	checked := 0
+	for i := range p.Nodes {
+		node := meshgen.NodeName(i)
+		r := mesh.Translate(node)
+		want := map[string]bool{}
+		hasDst := false
+		for _, o := range snap.PodsOnNode(node) {
+			want[o.Namespace+"/"+o.Name] = true
+			hasDst = hasDst || o.Namespace == dst
+		}
+		if hasDst {
+			checked++
+			for name := range srcPods {
+				want[src+"/"+name] = true
+			}
+			if len(r.Policies) != 1 {
+				t.Fatalf("%s: %d policies, want 1", node, len(r.Policies))
+			}
+		}
+		got := map[string]bool{}
+		for _, w := range r.Workloads {
+			got[ResourceName(w)] = true
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d workloads, want %d (its pods, plus %s's when it runs %s pods)", node, len(got), len(want), src, dst)
+		}
+		for name := range want {
+			if !got[name] {
+				t.Fatalf("%s: workload %s missing", node, name)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatalf("no node runs pods of %s; the test checks nothing", dst)
+	}
+}
+
 func BenchmarkPrepareAndTranslateAllNodes(b *testing.B) {
 	snap, p := scaleMesh(b)
 	for b.Loop() {
