@@ -4,7 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"runtime"
+	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +22,21 @@ var (
 	benchNodes      = flag.Int("nodes", 500, "BenchmarkTranslate: nodes")
 	benchVSRatio    = flag.Float64("vs-ratio", 0.2, "BenchmarkTranslate: fraction of services with an 80/20 VirtualService")
 )
+
+// cpuTime is the CPU time (user+system, all threads, GC included) this
+// process has used: on a shared machine it is a steadier figure than
+// wall time.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64((cpuTime(b)-start).Milliseconds())/float64(b.N), "cpu-ms/op")
+}
 
 func benchSnapshot(b *testing.B) (*config.Snapshot, meshgen.Params) {
 	b.Helper()
@@ -46,6 +63,7 @@ func BenchmarkTranslate(b *testing.B) {
 	b.ReportAllocs()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	cpu := cpuTime(b)
 	for b.Loop() {
 		m := Prepare(snap)
 		for n := range p.Nodes {
@@ -53,6 +71,7 @@ func BenchmarkTranslate(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	reportCPU(b, cpu)
 	runtime.ReadMemStats(&after)
 	nodes := float64(b.N * p.Nodes)
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/nodes, "ns/node")
@@ -155,6 +174,7 @@ func BenchmarkCheck(b *testing.B) {
 func BenchmarkTranslateAndCheck(b *testing.B) {
 	snap, p := benchSnapshot(b)
 	b.ReportAllocs()
+	cpu := cpuTime(b)
 	for b.Loop() {
 		m := Prepare(snap)
 		for n := range p.Nodes {
@@ -163,6 +183,7 @@ func BenchmarkTranslateAndCheck(b *testing.B) {
 			}
 		}
 	}
+	reportCPU(b, cpu)
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/all-nodes")
 }
 
@@ -197,6 +218,7 @@ func BenchmarkEndpointChange(b *testing.B) {
 		}
 	}
 	b.ReportAllocs()
+	var cpu time.Duration
 	i := 0
 	for b.Loop() {
 		b.StopTimer()
@@ -209,9 +231,12 @@ func BenchmarkEndpointChange(b *testing.B) {
 		}
 		snap := st.Snapshot()
 		i++
+		start := cpuTime(b)
 		b.StartTimer()
 		m = PrepareNext(m, snap)
 		all(m)
+		cpu += cpuTime(b) - start
 	}
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/all-nodes")
 }
