@@ -2,7 +2,10 @@ package dataplane
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/nodeagent"
@@ -39,6 +42,11 @@ func agentState(t testing.TB, r *Resources, node string) nodeagent.State {
 	}
 	if res.Len() != len(r.Listeners)+len(r.Workloads)+len(r.Services)+len(r.Policies) {
 		t.Fatalf("node %s: resource names are not unique", node)
+	}
+	for _, names := range [][]string{names(r.Listeners), names(r.Workloads), names(r.Services), names(r.Policies)} {
+		if !slices.IsSorted(names) {
+			t.Fatalf("node %s: resources not sorted by name: %v", node, names)
+		}
 	}
 	st, err := ads.ToState(res, ads.StateConfig{Node: node, ProxyIP: proxyIP})
 	if err != nil {
@@ -83,4 +91,12 @@ func kernelVerdict(st nodeagent.State, src, dst netip.Addr, port uint16) nodeage
 		return nodeagent.Deny
 	}
 	return nodeagent.Allow
+}
+
+func names[M proto.Message](list []M) []string {
+	out := make([]string, len(list))
+	for i, m := range list {
+		out[i] = ResourceName(m)
+	}
+	return out
 }

@@ -1,8 +1,6 @@
 package dataplane
 
 import (
-	"cmp"
-	"slices"
 	"strconv"
 
 	"google.golang.org/protobuf/proto"
@@ -84,9 +82,4 @@ func protocolName(p dataplanev1.Protocol) string {
 		return p.String()
 	}
 	return "ANY"
-}
-
-// sortByName sorts resources by ResourceName.
-func sortByName[T proto.Message](list []T) {
-	slices.SortFunc(list, func(a, b T) int { return cmp.Compare(ResourceName(a), ResourceName(b)) })
 }

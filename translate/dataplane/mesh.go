@@ -42,7 +42,10 @@ type Mesh struct {
 	nsIDs      map[string]uint32
 	ports      map[string]translate.NamespacePorts
 	services   []*service
-	policies   []*policy
+	// Outputs in ResourceName order (sortOutputs).
+	servicePorts []namedService
+	outWorkloads []*workload
+	policies     []*policy
 	// kernel is the policy work per identity (policy.go).
 	kernel map[uint32]*identityPolicy
 }
@@ -81,7 +84,31 @@ func prepare(src source, opts Options) *Mesh {
 	m.readPolicies()
 	m.resolvePolicies()
 	m.markL7()
+	m.sortOutputs()
 	return m
+}
+
+// sortOutputs orders what Translate emits by ResourceName once, so that a
+// node's resources come out sorted without sorting per node.
+func (m *Mesh) sortOutputs() {
+	for _, s := range m.services {
+		for _, sp := range s.ports {
+			m.servicePorts = append(m.servicePorts, namedService{s, ResourceName(sp.msg), sp.msg})
+		}
+	}
+	slices.SortFunc(m.servicePorts, func(a, b namedService) int { return cmp.Compare(a.name, b.name) })
+	m.outWorkloads = slices.Clone(m.workloads)
+	slices.SortFunc(m.outWorkloads, func(a, b *workload) int { return cmp.Compare(ResourceName(a.msg), ResourceName(b.msg)) })
+	slices.SortStableFunc(m.policies, func(a, b *policy) int {
+		return cmp.Compare(a.obj.Namespace+"/"+a.obj.Name, b.obj.Namespace+"/"+b.obj.Name)
+	})
+}
+
+// namedService is one service port's resource with its service.
+type namedService struct {
+	svc  *service
+	name string
+	msg  *dataplanev1.Service
 }
 
 // allocateIDs numbers identities (every namespace/service account of a pod

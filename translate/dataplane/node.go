@@ -50,11 +50,13 @@ func (m *Mesh) Translate(node string) *Resources {
 			res.Listeners = append(res.Listeners, l)
 		}
 	}
+	visible := map[*service]bool{}
 	for _, s := range m.services {
-		if slices.ContainsFunc(namespaces, s.visibleTo) {
-			for _, sp := range s.ports {
-				res.Services = append(res.Services, sp.msg)
-			}
+		visible[s] = slices.ContainsFunc(namespaces, s.visibleTo)
+	}
+	for _, sp := range m.servicePorts {
+		if visible[sp.svc] {
+			res.Services = append(res.Services, sp.msg)
 		}
 	}
 	for _, p := range m.policies {
@@ -71,15 +73,11 @@ func (m *Mesh) Translate(node string) *Resources {
 			}
 		}
 	}
-	for _, w := range m.workloads {
+	for _, w := range m.outWorkloads {
 		if want[w] {
 			res.Workloads = append(res.Workloads, w.msg)
 		}
 	}
-	sortByName(res.Services)
-	sortByName(res.Workloads)
-	sortByName(res.Policies)
-	sortByName(res.Listeners)
 	return res
 }
 
