@@ -2,12 +2,23 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"sigs.k8s.io/yaml"
+
+	"github.com/nodemesh/nodemesh/xds"
 )
 
 // bookinfo is Istio's sample, in shared/ beside the repository.
@@ -242,5 +253,57 @@ func TestUsage(t *testing.T) {
 		if code, _, _ := runCmd(args...); code != 2 {
 			t.Errorf("meshctl %v: exit %d, want 2", args, code)
 		}
+	}
+}
+
+// TestProxyStatus asks a running control plane (meshd's wiring) for the
+// sync status of a node that connected over real ADS.
+func TestProxyStatus(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "pods.yaml"), []byte(nodePods), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{ConfigDir: dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Stop()
+	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-1"}, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	want := "SYNCED (sent " + r.GetVersionInfo() + ", acked " + r.GetVersionInfo() + ")"
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		code, out, errOut := runCmd("proxy-status", "--addr", cp.DebugAddr())
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		if strings.Contains(out, "node-1") && strings.Contains(out, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy-status never showed the ACK (%s):\n%s", want, out)
+		}
+	}
+	if code, _, errOut := runCmd("proxy-status", "--addr", "127.0.0.1:1"); code != 1 || !strings.Contains(errOut, "ask meshd") {
+		t.Fatalf("unreachable meshd: exit %d, %s", code, errOut)
 	}
 }

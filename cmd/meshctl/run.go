@@ -8,6 +8,7 @@ import (
 const usage = `usage:
   meshctl analyze DIR...
   meshctl translate DIR --node NODE [--grpc-namespace NS]
+  meshctl proxy-status [--addr MESHD_DEBUG_ADDR]
 `
 
 // run dispatches a meshctl command and returns the exit code: 0 ok, 1
@@ -22,6 +23,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAnalyze(args[1:], stdout, stderr)
 	case "translate":
 		return runTranslate(args[1:], stdout, stderr)
+	case "proxy-status":
+		return runProxyStatus(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
