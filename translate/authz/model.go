@@ -32,6 +32,10 @@ type Policy struct {
 	Rules []Rule
 	// Object is the source object, for diagnostics.
 	Object *config.Object
+	// SMI marks a policy from an SMI TrafficTarget; it then selects the
+	// workloads of Namespace running as DestServiceAccount.
+	SMI                bool
+	DestServiceAccount string
 }
 
 // RuleName is the Envoy RBAC policy name of rule i, as Istio names it.
@@ -99,8 +103,7 @@ func isPrincipalKey(key string) bool {
 	switch {
 	case key == keySourcePrincipal, key == keyTrustDomain, key == keySourceNamespace, key == keySourceIP, key == keyRemoteIP,
 		key == keyRequestPrincipal, key == keyAudiences, key == keyPresenter,
-		strings.HasPrefix(key, keyClaimsPrefix), strings.HasPrefix(key, keyHeadersPrefix),
-		strings.HasPrefix(key, keySMIHeaderPrefix):
+		strings.HasPrefix(key, keyClaimsPrefix), strings.HasPrefix(key, keyHeadersPrefix):
 		return true
 	}
 	return false

@@ -99,6 +99,9 @@ func valuePermission(key, v string) *rbacv3.Permission {
 		return &rbacv3.Permission{Rule: &rbacv3.Permission_DestinationIp{DestinationIp: cidr(v)}}
 	case key == keySNI:
 		return &rbacv3.Permission{Rule: &rbacv3.Permission_RequestedServerName{RequestedServerName: stringMatch(v, "", false)}}
+	case strings.HasPrefix(key, keySMIHeaderPrefix):
+		name, _ := bracketed(key, keySMIHeaderPrefix)
+		return headerPermission(smiHeader(name, v))
 	case strings.HasPrefix(key, keyExperimental):
 		filter, path, _ := experimentalKey(key)
 		return &rbacv3.Permission{Rule: &rbacv3.Permission_Metadata{Metadata: metadataMatch(filter, path, v, false)}}

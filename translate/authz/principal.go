@@ -107,9 +107,6 @@ func valuePrincipal(key, v string) *rbacv3.Principal {
 	case strings.HasPrefix(key, keyHeadersPrefix):
 		name, _ := bracketed(key, keyHeadersPrefix)
 		return &rbacv3.Principal{Identifier: &rbacv3.Principal_Header{Header: headerMatch(name, v, false)}}
-	case strings.HasPrefix(key, keySMIHeaderPrefix):
-		name, _ := bracketed(key, keySMIHeaderPrefix)
-		return &rbacv3.Principal{Identifier: &rbacv3.Principal_Header{Header: smiHeader(name, v)}}
 	}
 	// checkAttr rejected everything else; match nothing rather than panic.
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: anyPrincipal()}}

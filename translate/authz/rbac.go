@@ -72,6 +72,9 @@ func HTTPFilters(ps []*Policy, opts Options) ([]*hcmv3.HttpFilter, []config.Diag
 	if allow, ok := byAction[ActionAllow]; ok {
 		rbacFilter(&rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_ALLOW, allow, false, "")})
 	}
+	if allow, ok := byAction[actionSMIAllow]; ok {
+		rbacFilter(&rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_ALLOW, allow, false, "")})
+	}
 	return out, diags
 }
 
@@ -112,8 +115,15 @@ func TCPFilters(ps []*Policy, opts Options) ([]*listenerv3.Filter, []config.Diag
 	if allow, ok := byAction[ActionAllow]; ok {
 		filter("tcp.allow.", rules(rbacv3.RBAC_ALLOW, allow, true, ""))
 	}
+	if allow, ok := byAction[actionSMIAllow]; ok {
+		filter("tcp.smi.", rules(rbacv3.RBAC_ALLOW, allow, true, ""))
+	}
 	return out, diags
 }
+
+// actionSMIAllow groups SMI TrafficTargets: their own ALLOW filter after
+// Istio's, so a request must be allowed by both (see doc.go).
+const actionSMIAllow Action = -1
 
 // group sorts policies by action, checks CUSTOM providers and turns CUSTOM
 // policies that cannot be served into DENY policies.
@@ -122,6 +132,10 @@ func group(ps []*Policy, opts Options) (map[Action][]*Policy, []config.Diagnosti
 	var diags []config.Diagnostic
 	provider := ""
 	for _, p := range ps {
+		if p.SMI {
+			byAction[actionSMIAllow] = append(byAction[actionSMIAllow], p)
+			continue
+		}
 		if p.Action != ActionCustom {
 			byAction[p.Action] = append(byAction[p.Action], p)
 			continue
