@@ -23,14 +23,22 @@ type built struct {
 
 // build translates, checks and hashes the configuration for proxy (as
 // Kuma's reconciler does: hash, validate, check consistency, then set).
-func (s *Server) build(view View, proxy translate.Proxy) built {
+//
+// A panic in the translators becomes an error of this build: the node keeps
+// its last good snapshot and the server keeps serving everyone else.
+func (s *Server) build(view View, proxy translate.Proxy) (b built) {
+	defer func() {
+		if r := recover(); r != nil {
+			b = built{err: fmt.Errorf("translate panicked: %v", r)}
+		}
+	}()
 	start := time.Now()
 	nc := view.Translate(proxy)
 	s.metrics.observeTranslate(time.Since(start))
 	if nc == nil {
 		return built{err: fmt.Errorf("translate returned no config")}
 	}
-	b := built{nc: nc, diags: nc.Diagnostics}
+	b = built{nc: nc, diags: nc.Diagnostics}
 	if dv, ok := view.(DataplaneView); ok && proxy.Kind == translate.SharedEnvoy {
 		var diags []config.Diagnostic
 		b.extra, diags = dv.Dataplane(proxy.Node)

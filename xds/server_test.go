@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -419,5 +420,49 @@ func TestChangesAreDebounced(t *testing.T) {
 	c.expectNothing(quiet)
 	if got := src.translations(envoy) - before; pushes > 2 || got > 2 {
 		t.Fatalf("10 changes in a burst gave %d pushes and %d translations, want 1 (2 if the burst straddled the window)", pushes, got)
+	}
+}
+
+// panicSource panics in Translate once armed.
+type panicSource struct {
+	*fakeSource
+	armed *atomic.Bool
+}
+
+func (p panicSource) Current() View { return panicView{p.fakeSource.Current().(fakeView), p.armed} }
+
+type panicView struct {
+	fakeView
+	armed *atomic.Bool
+}
+
+func (v panicView) Translate(p translate.Proxy) *translate.NodeConfig {
+	if v.armed.Load() {
+		panic("index out of range [3] with length 3")
+	}
+	return v.fakeView.Translate(p)
+}
+
+func TestTranslatePanicKeepsLastGood(t *testing.T) {
+	src := newFakeSource("127.0.0.11")
+	armed := &atomic.Bool{}
+	srv := startServer(t, panicSource{src, armed})
+	c := newSotwClient(t, srv.addr, envoyNode("node-p"))
+	c.send(resourcev3.EndpointType, "", "", nil, fakeCluster)
+	r := c.recv(wait)
+	c.send(resourcev3.EndpointType, r.GetVersionInfo(), r.GetNonce(), nil, fakeCluster)
+
+	armed.Store(true)
+	src.set(false, "127.0.0.12")
+	eventually(t, "panic recorded", func() bool {
+		return strings.Contains(nodeStatus(t, srv.Server, "node-p").Error, "translate panicked: index out of range")
+	})
+	c.expectNothing(quiet)
+
+	armed.Store(false)
+	src.set(false, "127.0.0.13")
+	r = c.recv(wait)
+	if got := endpointIPs(t, r.GetResources()); len(got) != 1 || got[0] != "127.0.0.13" {
+		t.Fatalf("after recovery: %v", got)
 	}
 }
