@@ -201,6 +201,9 @@ type httpRoute struct {
 	Fault            *faultPolicy
 	Request          headerOps
 	Response         headerOps
+	// Redirect or Direct answer the request instead of Clusters.
+	Redirect *redirect
+	Direct   *directResponse
 }
 
 // virtualHost is one service port as seen by a client namespace.

@@ -84,7 +84,11 @@ func envoyRoutes(r httpRoute) []*routev3.Route {
 			Match:  envoyRouteMatch(m),
 			Action: &routev3.Route_Route{Route: action},
 		}
-		applyRoutePolicies(er, r)
+		if answerAction(er, r) {
+			er.RequestHeadersToAdd, er.ResponseHeadersToAdd = headerOptions(r.Request), headerOptions(r.Response)
+		} else {
+			applyRoutePolicies(er, r)
+		}
 		out = append(out, er)
 	}
 	return out

@@ -97,3 +97,47 @@ spec:
 		}
 	}
 }
+
+func TestRedirectAndDirectResponse(t *testing.T) {
+	snap := decode(t, `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: details, redirectCode: 302}
+  - match: [{uri: {exact: /healthz}}]
+    directResponse: {status: 503, body: {string: "draining"}}
+  - match: [{uri: {exact: /bad}}]
+    directResponse: {status: 42}
+  - route: [{destination: {host: reviews, subset: v1}}]
+`, bookinfo()...)
+	for _, p := range []Proxy{{Node: "node-a"}, {Kind: ProxylessGRPC, Namespace: "default"}} {
+		nc := mustTranslate(t, snap, p)
+		req := func(path string) result {
+			got, err := simulate(nc, request{Namespace: "default", Port: 9080, Host: "reviews", Path: path})
+			if err != nil {
+				t.Fatalf("%v %s: %v", p.Kind, path, err)
+			}
+			return got
+		}
+		if r := req("/old/x").Redirect; r.GetPathRedirect() != "/new" || r.GetHostRedirect() != "details" || r.GetResponseCode().String() != "FOUND" {
+			t.Errorf("%v: redirect %v", p.Kind, r)
+		}
+		if d := req("/healthz").Direct; d.GetStatus() != 503 || d.GetBody().GetInlineString() != "draining" {
+			t.Errorf("%v: direct response %v", p.Kind, d)
+		}
+		if got := req("/bad"); got.only() != reviewsV1 {
+			t.Errorf("%v: the invalid direct response was not skipped: %+v", p.Kind, got)
+		}
+		found := false
+		for _, d := range nc.Diagnostics {
+			found = found || d.Field == "spec.http[2].directResponse.status"
+		}
+		if !found {
+			t.Errorf("%v: no diagnostic for the bad status: %v", p.Kind, nc.Diagnostics)
+		}
+	}
+}

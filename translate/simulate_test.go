@@ -41,6 +41,8 @@ type result struct {
 	Clusters    map[string]uint32 // cluster -> weight (one entry with weight 1 for a plain cluster)
 	Fault       *faultv3.HTTPFault
 	Retries     uint32
+	Redirect    *routev3.RedirectAction
+	Direct      *routev3.DirectResponseAction
 }
 
 func (r result) only() string {
@@ -151,6 +153,7 @@ func (res result) http(nc *NodeConfig, cfg *anypb.Any, req request) (result, err
 			}
 		}
 		res.Retries = r.GetRoute().GetRetryPolicy().GetNumRetries().GetValue()
+		res.Redirect, res.Direct = r.GetRedirect(), r.GetDirectResponse()
 		a := r.GetRoute()
 		if c := a.GetCluster(); c != "" {
 			res.Clusters[c] = 1

@@ -22,8 +22,8 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 		r.Name = fieldf("%s.%s.%d", o.Namespace, o.Name, i)
 	}
 	switch {
-	case hr.GetRedirect() != nil, hr.GetDirectResponse() != nil, hr.GetDelegate() != nil:
-		d.warnf(o, field, "redirect, direct response and delegate routes are not supported yet; route skipped")
+	case hr.GetDelegate() != nil:
+		d.warnf(o, field+".delegate", "delegate routes are not supported yet; route skipped")
 		return r, false
 	case hr.GetMirror() != nil, len(hr.GetMirrors()) > 0, hr.GetCorsPolicy() != nil:
 		d.infof(o, field, "mirroring and CORS are not supported yet; ignored")
@@ -42,11 +42,17 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 			return r, false // no match clause applies to this port or namespace
 		}
 	}
-	dests, ok := s.destinations(o, field, hr.GetRoute(), sp)
-	if !ok {
-		return r, false
+	if hr.GetRedirect() != nil || hr.GetDirectResponse() != nil {
+		if !s.answerRoute(o, field, hr, &r) {
+			return r, false
+		}
+	} else {
+		dests, ok := s.destinations(o, field, hr.GetRoute(), sp)
+		if !ok {
+			return r, false
+		}
+		r.Clusters = dests
 	}
-	r.Clusters = dests
 	if t := hr.GetTimeout(); t != nil {
 		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
 			d.errorf(o, field+".timeout", "invalid timeout; ignored")
