@@ -307,3 +307,28 @@ func TestProxyStatus(t *testing.T) {
 		t.Fatalf("unreachable meshd: exit %d, %s", code, errOut)
 	}
 }
+
+// TestDemoMesh keeps the `make demo` configuration (cmd/meshd/demo) clean
+// and serving something to its node.
+func TestDemoMesh(t *testing.T) {
+	const demo = "../meshd/demo"
+	if code, out, errOut := runCmd("analyze", demo); code != 0 || !strings.Contains(out, "No validation issues") {
+		t.Fatalf("analyze demo: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut := runCmd("translate", demo, "--node", "demo")
+	if code != 0 {
+		t.Fatalf("translate demo: exit %d\n%s", code, errOut)
+	}
+	var doc struct {
+		Listeners []any
+		Clusters  []any
+		Dataplane map[string][]any
+	}
+	if err := yaml.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Listeners) == 0 || len(doc.Clusters) == 0 || len(doc.Dataplane["Workload"]) == 0 || len(doc.Dataplane["Service"]) == 0 {
+		t.Fatalf("node demo gets %d listeners, %d clusters, %d workloads, %d services",
+			len(doc.Listeners), len(doc.Clusters), len(doc.Dataplane["Workload"]), len(doc.Dataplane["Service"]))
+	}
+}
