@@ -11,10 +11,8 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -33,9 +31,14 @@ type Client struct {
 	status *statusTracker
 
 	// Owned by the Run goroutine.
-	applied resourceSet // last set Apply accepted
-	synced  bool        // applied holds a full set (first Apply succeeded)
+	applied  resourceSet // last set Apply accepted
+	synced   bool        // applied holds a full set (first Apply succeeded)
+	rejected int         // Apply failures since the last success
 }
+
+// errResubscribe ends a stream on purpose: the client re-subscribes so that
+// the control plane resends what it holds beyond the applied set.
+var errResubscribe = errors.New("re-subscribing to retry a rejected update")
 
 // New checks cfg and builds a Client.
 func New(cfg Config) (*Client, error) {
@@ -97,6 +100,10 @@ func (c *Client) Run(ctx context.Context) error {
 		if gotResponse {
 			failures = 0
 		}
+		if errors.Is(err, errResubscribe) {
+			c.log.Info("re-subscribing to retry the update the dataplane rejected", "failures", c.rejected)
+			continue
+		}
 		delay := c.cfg.Backoff.Delay(failures)
 		failures++
 		c.log.Warn("ads stream ended; reconnecting", "error", err, "backoff", delay, "attempt", failures)
@@ -138,6 +145,7 @@ func Dial(addr string, b Backoff, opts ...grpc.DialOption) (*grpc.ClientConn, er
 // pending is a received response waiting for its ACK or NACK.
 type pending struct {
 	typeURL, nonce, version string
+	delta                   delta
 }
 
 // streamState is what one stream holds beyond the client's applied set.
@@ -197,10 +205,27 @@ func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscover
 	defer cancel()
 
 	st := &streamState{seen: map[string]bool{}}
+	var retry *time.Timer // armed while an Apply failure is unhealed
+	var retryC <-chan time.Time
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	for {
+		switch {
+		case c.rejected > 0 && retry == nil && !c.cfg.NoRetry:
+			retry = time.NewTimer(c.cfg.Backoff.Delay(c.rejected - 1))
+			retryC = retry.C
+		case c.rejected == 0 && retry != nil:
+			retry.Stop()
+			retry, retryC = nil, nil
+		}
 		select {
 		case <-ctx.Done():
 			return gotResponse, ctx.Err()
+		case <-retryC:
+			return gotResponse, errResubscribe
 		case r := <-recv:
 			if r.err != nil {
 				return gotResponse, fmt.Errorf("receiving: %w", r.err)
@@ -249,121 +274,6 @@ func (c *Client) heldCount() int {
 
 type deltaSender interface {
 	Send(*discovery.DeltaDiscoveryRequest) error
-}
-
-// handle stages one response and commits it.
-func (c *Client) handle(ctx context.Context, stream deltaSender, st *streamState, resp *discovery.DeltaDiscoveryResponse) error {
-	if err := c.stage(stream, st, resp); err != nil {
-		return err
-	}
-	return c.commit(ctx, stream, st)
-}
-
-// stage folds one response into the staged set, or NACKs it at once when
-// it cannot be decoded. It returns an error only when the stream broke.
-func (c *Client) stage(stream deltaSender, st *streamState, resp *discovery.DeltaDiscoveryResponse) error {
-	p := pending{typeURL: resp.GetTypeUrl(), nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
-	d, err := decodeDelta(resp)
-	if err != nil {
-		c.log.Error("rejecting ads response", "type_url", p.typeURL, "version", p.version, "nonce", p.nonce, "error", err)
-		return c.nack(stream, []pending{p}, err)
-	}
-	if st.staged == nil {
-		st.staged = newStage(c.applied)
-	}
-	if st.staged.apply(d) {
-		st.changed = true
-	}
-	st.pending = append(st.pending, p)
-	if !c.synced {
-		st.seen[d.typeURL] = true
-	}
-	return nil
-}
-
-// commit applies the staged set when it is complete and ACKs or NACKs every
-// response staged since the last commit. It returns an error only when the
-// stream broke.
-func (c *Client) commit(ctx context.Context, stream deltaSender, st *streamState) error {
-	if len(st.pending) == 0 {
-		return nil
-	}
-	changed := st.changed
-	if !c.synced {
-		for _, t := range c.cfg.Types {
-			if !st.seen[t] {
-				c.log.Debug("waiting for every type before the first apply", "missing", t)
-				return nil
-			}
-		}
-		changed = true // the first full set is always applied
-	}
-	ps, keep := st.pending, st.staged
-	staged := keep.set
-	st.pending, st.staged, st.changed = nil, nil, false
-	if !changed {
-		c.log.Debug("ads responses change nothing; acking without apply", "responses", len(ps))
-		return c.ack(stream, ps, staged, false)
-	}
-	start := time.Now()
-	desired := staged.resources()
-	if err := c.cfg.Applier.Apply(ctx, desired); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		c.log.Error("apply failed; keeping the previous dataplane state", "error", err, "responses", len(ps))
-		if !c.synced {
-			// Keep the full set: the control plane will not resend it, and
-			// applying a later delta over nothing would program a partial set.
-			st.staged, st.changed = keep, true
-		}
-		return c.nack(stream, ps, err)
-	}
-	c.log.Info("applied dataplane resources", "resources", desired.Len(), "responses", len(ps), "took", time.Since(start))
-	return c.ack(stream, ps, staged, true)
-}
-
-func (c *Client) ack(stream deltaSender, ps []pending, staged resourceSet, applied bool) error {
-	c.applied = staged
-	c.synced = true
-	now := time.Now()
-	for _, p := range ps {
-		if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: p.typeURL, ResponseNonce: p.nonce}); err != nil {
-			return fmt.Errorf("acking %s nonce %s: %w", p.typeURL, p.nonce, err)
-		}
-		c.status.update(func(s *Status) { s.Synced = true })
-		c.status.updateType(p.typeURL, func(ts *TypeStatus) {
-			ts.Version, ts.Nonce, ts.LastAck = p.version, p.nonce, now
-			ts.Acks++
-			if applied {
-				ts.Applies++
-			}
-		})
-	}
-	for t, m := range c.applied {
-		c.status.updateType(t, func(ts *TypeStatus) { ts.Resources = len(m) })
-	}
-	return nil
-}
-
-func (c *Client) nack(stream deltaSender, ps []pending, cause error) error {
-	now := time.Now()
-	msg := cause.Error()
-	for _, p := range ps {
-		req := &discovery.DeltaDiscoveryRequest{
-			TypeUrl:       p.typeURL,
-			ResponseNonce: p.nonce,
-			ErrorDetail:   &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: msg},
-		}
-		if err := stream.Send(req); err != nil {
-			return fmt.Errorf("nacking %s nonce %s: %w", p.typeURL, p.nonce, err)
-		}
-		c.status.updateType(p.typeURL, func(ts *TypeStatus) {
-			ts.LastNack, ts.LastNackNonce, ts.LastNackTime = msg, p.nonce, now
-			ts.Nacks++
-		})
-	}
-	return nil
 }
 
 // ErrNotSynced is returned by Ready before the first full set was applied.

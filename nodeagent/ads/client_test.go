@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,16 +106,21 @@ func seed(cp *controlPlane) *Resources {
 	return want
 }
 
-// startClient runs a client against cp until the test ends.
-func startClient(t *testing.T, cp *controlPlane, app Applier) *Client {
+// startClient runs a client against cp until the test ends; opts adjust
+// its config.
+func startClient(t *testing.T, cp *controlPlane, app Applier, opts ...func(*Config)) *Client {
 	t.Helper()
-	c, err := New(Config{
+	cfg := Config{
 		Node:         "node-a",
 		ControlPlane: cp.addr,
 		Applier:      app,
 		Logger:       slog.New(slog.DiscardHandler),
 		Backoff:      Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +135,8 @@ func startClient(t *testing.T, cp *controlPlane, app Applier) *Client {
 	})
 	return c
 }
+
+func noRetry(c *Config) { c.NoRetry = true }
 
 func acked(c *Client, typ string, n int) func() bool {
 	return func() bool { return c.Status().Types[typ].Acks >= n }
@@ -279,7 +287,7 @@ func TestClientNACKKeepsPreviousState(t *testing.T) {
 		}
 		return nil
 	}}
-	c := startClient(t, cp, app)
+	c := startClient(t, cp, app, noRetry) // Envoy's semantics alone; retries: TestClientRetriesRejectedUpdates
 	waitFor(t, "initial sync", allAcked(c, 1))
 
 	bad := testService("shop", "api", 9090, "10.0.1.5")
@@ -402,7 +410,7 @@ func TestClientFirstApplyFailureKeepsFullSet(t *testing.T) {
 	want := seed(cp)
 	app := &fakeApplier{}
 	app.setFail(func(*Resources) error { return errors.New("maps not ready") })
-	c := startClient(t, cp, app)
+	c := startClient(t, cp, app, noRetry)
 	waitFor(t, "nacks of the initial set", func() bool {
 		for _, typ := range dataplanev1.Types {
 			if c.Status().Types[typ].Nacks < 1 {
@@ -553,5 +561,57 @@ func TestClientResyncsChangesMadeWhileAway(t *testing.T) {
 	_, got := app.state()
 	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
 		t.Errorf("state after resync (-want +got):\n%s", diff)
+	}
+}
+
+// TestClientRetriesRejectedUpdates: after Apply failed, the client
+// re-subscribes after a backoff, so a transient failure heals with no new
+// change on the control plane, and a bad resource keeps being NACKed.
+func TestClientRetriesRejectedUpdates(t *testing.T) {
+	cp := newControlPlane(t)
+	want := seed(cp)
+	app := &fakeApplier{}
+	c := startClient(t, cp, app)
+	waitFor(t, "initial sync", allAcked(c, 1))
+
+	// A transient failure: the next Apply fails once.
+	var failed atomic.Bool
+	app.setFail(func(*Resources) error {
+		if failed.CompareAndSwap(false, true) {
+			return errors.New("bpf map update: no memory")
+		}
+		return nil
+	})
+	changed := testService("shop", "web", 80, "10.0.1.5", "10.0.3.3")
+	cp.set(dataplanev1.ServiceType, "shop/web:80/TCP", changed)
+	waitFor(t, "the change applied by the retry", func() bool {
+		_, got := app.state()
+		return proto.Equal(got.Services["shop/web:80/TCP"], changed)
+	})
+	want.Services["shop/web:80/TCP"] = changed
+	_, got := app.state()
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Errorf("state after the retry (-want +got):\n%s", diff)
+	}
+	st := c.Status()
+	if ts := st.Types[dataplanev1.ServiceType]; ts.Nacks != 1 || ts.LastNack != "bpf map update: no memory" || !ts.LastAck.After(ts.LastNackTime) {
+		t.Errorf("service status %+v, want one NACK followed by an ACK", ts)
+	}
+	if st.Reconnects != 1 {
+		t.Errorf("reconnects = %d, want 1 (the re-subscription)", st.Reconnects)
+	}
+
+	// A bad resource: NACKed again on each retry, with growing backoff;
+	// the applied state stays.
+	app.setFail(func(r *Resources) error {
+		if _, ok := r.Services["shop/bad:1/TCP"]; ok {
+			return errors.New("service shop/bad:1/TCP: bad")
+		}
+		return nil
+	})
+	cp.set(dataplanev1.ServiceType, "shop/bad:1/TCP", testService("shop", "bad", 1))
+	waitFor(t, "three more NACKs", func() bool { return c.Status().Types[dataplanev1.ServiceType].Nacks >= 4 })
+	if _, got := app.state(); !cmp.Equal(want, got, protocmp.Transform()) {
+		t.Errorf("state changed while a bad resource was retried:\n%s", cmp.Diff(want, got, protocmp.Transform()))
 	}
 }

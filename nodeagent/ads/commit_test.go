@@ -107,3 +107,43 @@ func TestCommitCoalescesStagedResponses(t *testing.T) {
 		t.Errorf("sent %v, want a NACK naming shop/x:1/TCP and its body type", send.reqs)
 	}
 }
+
+// TestCommitIsolatesABadResponse: when a coalesced Apply fails, the
+// responses are applied one at a time, so the good one is not held back by
+// the bad one.
+func TestCommitIsolatesABadResponse(t *testing.T) {
+	app := &fakeApplier{fail: func(r *Resources) error {
+		if _, ok := r.Services["shop/bad:1/TCP"]; ok {
+			return errors.New("service shop/bad:1/TCP: bad")
+		}
+		return nil
+	}}
+	c, err := New(Config{Node: "node-a", ControlPlane: "x:1", Applier: app, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.synced = true
+	send := &recordingSender{}
+	st := &streamState{seen: map[string]bool{}}
+	for _, resp := range []*discovery.DeltaDiscoveryResponse{
+		deltaResponse(t, dataplanev1.ServiceType, "s1", nil, map[string]proto.Message{"shop/bad:1/TCP": testService("shop", "bad", 1)}),
+		deltaResponse(t, dataplanev1.WorkloadType, "w1", nil, map[string]proto.Message{"shop/web-0": testWorkload("shop", "web-0", "10.0.1.5", 100)}),
+	} {
+		if err := c.stage(send, st, resp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.commit(context.Background(), send, st); err != nil {
+		t.Fatal(err)
+	}
+	if len(send.reqs) != 2 || send.reqs[0].GetResponseNonce() != "s1" || send.reqs[0].GetErrorDetail().GetMessage() != "service shop/bad:1/TCP: bad" ||
+		send.reqs[1].GetResponseNonce() != "w1" || send.reqs[1].GetErrorDetail() != nil {
+		t.Fatalf("sent %v, want a NACK of s1 and an ACK of w1", send.reqs)
+	}
+	if _, got := app.state(); len(got.Workloads) != 1 || len(got.Services) != 0 {
+		t.Errorf("applied %d workloads / %d services, want the workload alone", len(got.Workloads), len(got.Services))
+	}
+	if c.rejected != 1 {
+		t.Errorf("rejected = %d, want 1 (a retry is due)", c.rejected)
+	}
+}

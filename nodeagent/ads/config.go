@@ -86,8 +86,16 @@ type Config struct {
 	Types []string
 	// Logger; default slog.Default().
 	Logger *slog.Logger
-	// Backoff between reconnects.
+	// Backoff between reconnects, and before retrying an update the
+	// Applier rejected.
 	Backoff Backoff
+	// NoRetry turns off the retry of rejected updates. By default, after
+	// Apply failed, the client re-subscribes after a backoff (growing with
+	// each consecutive failure) so that the control plane resends what the
+	// client has not applied: a transient failure (a kernel map write) heals
+	// without waiting for the next change, and a bad resource is NACKed
+	// again, so the control plane keeps seeing it.
+	NoRetry bool
 	// MaxMessageBytes bounds one response from the control plane; default
 	// DefaultMaxMessageBytes. gRPC's own default (4 MiB) is far too small
 	// for the first response of a large node (100k services).

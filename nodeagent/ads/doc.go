@@ -22,7 +22,12 @@
 //   - After that, a rejected response is dropped: the held set stays at the
 //     last applied one, and the next response is applied on top of it. The
 //     control plane resends the rejected resource when it changes, or on
-//     reconnect (the client announces the versions it applied).
+//     reconnect (the client announces the versions it applied). Unless
+//     Config.NoRetry, the client re-subscribes after a growing backoff
+//     while a rejection is unhealed, so a transient failure (a map write)
+//     heals without a new change, and a bad resource keeps being NACKed.
+//     When responses folded into one Apply fail together, they are applied
+//     one at a time, so a bad one does not hold the others back.
 //   - A response that changes nothing (same versions, no removals) is ACKed
 //     without calling Apply. Responses that arrived together (different
 //     types) are folded into one Apply and ACKed (or NACKed) each.

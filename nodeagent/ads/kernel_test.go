@@ -101,7 +101,7 @@ func TestClientProgramsKernel(t *testing.T) {
 	cfg := stateConfig()
 	cfg.PodCgroup = nil // the test pods have no cgroups
 	counting := &countingDataplane{Dataplane: dp}
-	c := startClient(t, cp, NewDataplaneApplier(counting, cfg))
+	c := startClient(t, cp, NewDataplaneApplier(counting, cfg), noRetry)
 	addrEq := cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
 
 	checkMaps := func(what string, res *Resources) nodeagent.State {
