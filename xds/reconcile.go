@@ -26,7 +26,11 @@ type built struct {
 //
 // A panic in the translators becomes an error of this build: the node keeps
 // its last good snapshot and the server keeps serving everyone else.
-func (s *Server) build(view View, proxy translate.Proxy) (b built) {
+//
+// served are the versions every node of this proxy serves now (nil when
+// unknown or different): content equal to them passed the check when it
+// was first served, so it is not checked again.
+func (s *Server) build(view View, proxy translate.Proxy, served Versions) (b built) {
 	defer func() {
 		if r := recover(); r != nil {
 			b = built{err: fmt.Errorf("translate panicked: %v", r)}
@@ -44,17 +48,34 @@ func (s *Server) build(view View, proxy translate.Proxy) (b built) {
 		b.extra, diags = dv.Dataplane(proxy.Node)
 		b.diags = append(append([]config.Diagnostic(nil), b.diags...), diags...)
 	}
-	if err := s.cfg.Check(nc); err != nil {
-		b.err = fmt.Errorf("check: %w", err)
-		return b
-	}
 	snap, err := buildSnapshot(nc, b.extra, s.memoFor(view.Generation()))
 	if err != nil {
 		b.err = err
 		return b
 	}
+	if served == nil || !served.Equal(snap.versions) {
+		if err := s.cfg.Check(nc); err != nil {
+			b.err = fmt.Errorf("check: %w", err)
+			return b
+		}
+	}
 	b.snap, b.versions = snap, snap.versions
 	return b
+}
+
+// servedVersions returns the versions all of nodes serve, or nil.
+func servedVersions(nodes []*nodeState) Versions {
+	var v Versions
+	for i, ns := range nodes {
+		ns.mu.Lock()
+		nv := ns.versions
+		ns.mu.Unlock()
+		if nv == nil || (i > 0 && !nv.Equal(v)) {
+			return nil
+		}
+		v = nv
+	}
+	return v
 }
 
 // memoFor returns the hash memo of a generation: the current one is
@@ -126,7 +147,7 @@ func (s *Server) rebuildAll(view View) {
 	for range min(s.cfg.Workers, len(groups)) {
 		wg.Go(func() {
 			for p := range jobs {
-				b := s.build(view, p)
+				b := s.build(view, p, servedVersions(groups[p]))
 				for _, ns := range groups[p] {
 					s.apply(ns, gen, b)
 				}

@@ -157,7 +157,7 @@ func (s *Server) streamNode(key streamKey, req requestInfo) (string, error) {
 	s.log.Info("xds stream opened", "node", id, "kind", ProxyKindString(proxy.Kind), "namespace", proxy.Namespace, "delta", key.delta)
 	if !existed {
 		view := s.cfg.Source.Current()
-		s.apply(ns, view.Generation(), s.build(view, ns.proxy))
+		s.apply(ns, view.Generation(), s.build(view, ns.proxy, nil))
 	}
 	return id, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -465,4 +466,31 @@ func TestTranslatePanicKeepsLastGood(t *testing.T) {
 	if got := endpointIPs(t, r.GetResources()); len(got) != 1 || got[0] != "127.0.0.13" {
 		t.Fatalf("after recovery: %v", got)
 	}
+}
+
+func TestUnchangedContentIsNotCheckedAgain(t *testing.T) {
+	src := newFakeSource("127.0.0.11")
+	var checks atomic.Int64
+	s, err := NewServer(Config{Source: src, Debounce: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Check: func(nc *translate.NodeConfig) error { checks.Add(1); return CheckNodeConfig(nc) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := &nodeState{id: "n", proxy: translate.Proxy{Node: "n"}}
+	s.nodes["n"] = ns
+	s.rebuildAll(src.Current())
+	if checks.Load() != 1 || ns.served == nil {
+		t.Fatalf("first build: %d checks, served %v", checks.Load(), ns.served != nil)
+	}
+	src.touch()
+	s.rebuildAll(src.Current())
+	if checks.Load() != 1 {
+		t.Fatalf("unchanged content checked again (%d checks)", checks.Load())
+	}
+	src.set(false, "127.0.0.12")
+	s.rebuildAll(src.Current())
+	if checks.Load() != 2 {
+		t.Fatalf("changed content: %d checks, want 2", checks.Load())
+	}
+	s.Shutdown()
 }
