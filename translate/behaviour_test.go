@@ -218,3 +218,43 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("DNS ServiceEntry for gRPC: want LOGICAL_DNS, got %v", c)
 	}
 }
+
+// A Sidecar egress listener with a port lets its hosts through on that
+// port only.
+func TestSidecarEgressPort(t *testing.T) {
+	snap := decode(t, `
+apiVersion: v1
+kind: Service
+metadata: {name: multi, namespace: default}
+spec:
+  clusterIP: 10.96.3.3
+  ports: [{name: http-a, port: 80}, {name: http-b, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: ported}
+spec:
+  egress:
+  - port: {number: 8080, protocol: HTTP, name: http}
+    hosts: ["default/*"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: ported}
+spec: {nodeName: node-a, containers: [{name: c, image: c}]}
+status: {phase: Running, podIP: 10.1.0.60}
+`, bookinfo()...)
+	nc := mustTranslate(t, snap, Proxy{Node: "node-a"})
+	got, err := simulate(nc, request{Namespace: "ported", DestIP: "10.96.3.3", Port: 8080, Host: "multi.default:8080"})
+	if err != nil || got.only() != "outbound|8080||multi.default.svc.cluster.local" {
+		t.Errorf("port 8080: %+v, %v; want the service", got, err)
+	}
+	got, err = simulate(nc, request{Namespace: "ported", DestIP: "10.96.3.3", Port: 80, Host: "multi.default"})
+	if err != nil || got.only() != PassthroughCluster {
+		t.Errorf("port 80: %+v, %v; want passthrough (not visible on that port)", got, err)
+	}
+	got, err = simulate(nc, request{Namespace: "default", DestIP: "10.96.3.3", Port: 80, Host: "multi"})
+	if err != nil || got.only() != "outbound|80||multi.default.svc.cluster.local" {
+		t.Errorf("from default, port 80: %+v, %v; want the service", got, err)
+	}
+}

@@ -197,7 +197,10 @@ func (m *mesh) visibleServices(ns string) []*service {
 	scope := m.sidecarFor(ns).egress
 	var out []*service
 	for _, s := range m.services {
-		if !s.ExportTo.visibleTo(ns) && s.Namespace != ns || !scope.admits(s) {
+		if !s.ExportTo.visibleTo(ns) && s.Namespace != ns {
+			continue
+		}
+		if s = scope.admit(s); s == nil {
 			continue
 		}
 		if n := len(out); n > 0 && out[n-1].Hostname == s.Hostname {

@@ -55,6 +55,7 @@ type egressScope struct {
 type egressHost struct {
 	ns   string // namespace, or "*" for any
 	host string // "*", "*.suffix" or an FQDN
+	port uint32 // the egress listener's port; 0 for any
 }
 
 // parseSidecar reads the egress hosts of a Sidecar in namespace ns.
@@ -65,6 +66,7 @@ func parseSidecar(o *config.Object, sc *networking.Sidecar, d *diagnostics) *egr
 	}
 	s := &egressScope{obj: o}
 	for i, l := range sc.GetEgress() {
+		port := l.GetPort().GetNumber()
 		for j, h := range l.GetHosts() {
 			nsPart, hostPart, ok := strings.Cut(h, "/")
 			if !ok || nsPart == "" || hostPart == "" {
@@ -77,23 +79,43 @@ func parseSidecar(o *config.Object, sc *networking.Sidecar, d *diagnostics) *egr
 			case ".":
 				nsPart = o.Namespace
 			}
-			s.hosts = append(s.hosts, egressHost{ns: nsPart, host: hostPart})
+			s.hosts = append(s.hosts, egressHost{ns: nsPart, host: hostPart, port: port})
 		}
 	}
 	return s
 }
 
-// admits reports whether the scope lets a client see svc.
-func (s *egressScope) admits(svc *service) bool {
+// admit returns svc as the scope lets a client see it: nil if not at all,
+// else svc itself, or a copy with only the ports that egress listeners with
+// a port let through.
+func (s *egressScope) admit(svc *service) *service {
 	if s == nil {
-		return true
+		return svc
 	}
+	anyPort, ports := false, map[uint32]bool{}
 	for _, h := range s.hosts {
 		if (h.ns == "*" || h.ns == svc.Namespace) && hostMatches(h.host, svc.Hostname) {
-			return true
+			anyPort = anyPort || h.port == 0
+			ports[h.port] = true
 		}
 	}
-	return false
+	switch {
+	case anyPort:
+		return svc
+	case len(ports) == 0:
+		return nil
+	}
+	cp := *svc
+	cp.Ports = nil
+	for _, p := range svc.Ports {
+		if ports[p.Port] {
+			cp.Ports = append(cp.Ports, p)
+		}
+	}
+	if len(cp.Ports) == 0 {
+		return nil
+	}
+	return &cp
 }
 
 // hostMatches reports whether an Istio host pattern ("*", "*.example.com",
