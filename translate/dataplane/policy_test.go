@@ -160,6 +160,19 @@ func TestPolicyBehaviour(t *testing.T) {
 		conns: []conn{{productpage, ratings, 9080, "proxy"}},
 		diag:  "ext_authz",
 	}, {
+		name: "trust domains",
+		yaml: authz("default", "ALLOW", "app: ratings", `
+  - from: [{source: {trustDomains: ["cluster.local"]}}]`) + "---\n" + named(authz("default", "ALLOW", "app: details", `
+  - from: [{source: {trustDomains: ["other.org"]}}]`), "p2"),
+		conns: []conn{{productpage, ratings, 9080, "allow"}, {"", ratings, 9080, "deny"}, {productpage, details, 9080, "deny"}},
+	}, {
+		name: "fields the kernel does not know go to the proxy",
+		yaml: authz("default", "DENY", "app: ratings", `
+  - from: [{source: {notTrustDomains: ["cluster.local"]}}]`) + "---\n" + named(authz("default", "DENY", "app: details", `
+  - when: [{key: "request.headers[x-user]", values: ["eve"]}]`), "p2"),
+		conns: []conn{{productpage, ratings, 9080, "proxy"}, {productpage, details, 9080, "proxy"}},
+		diag:  "enforced by Envoy RBAC",
+	}, {
 		name:  "audit changes nothing",
 		yaml:  authz("default", "AUDIT", "app: ratings", "\n  - {}"),
 		conns: []conn{{productpage, ratings, 9080, "allow"}},

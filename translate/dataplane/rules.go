@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
 	security "istio.io/api/security/v1beta1"
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
@@ -17,11 +18,12 @@ import (
 //
 // A rule is enforced in the kernel only when everything it uses is an L4
 // attribute with positive values: from.source principals, serviceAccounts,
-// namespaces and ipBlocks; to.operation ports; when keys source.principal,
-// source.namespace, source.ip and destination.port with values. Anything
-// else (hosts, methods, paths, requestPrincipals, remoteIpBlocks, every
-// not* form, notValues, and the other when keys) makes it a proxy rule,
-// enforced by Envoy RBAC in the node proxy (issue 6).
+// namespaces, ipBlocks and trustDomains; to.operation ports; when keys
+// source.principal, source.namespace, source.ip and destination.port with
+// values. Any other field that is set (hosts, methods, paths,
+// requestPrincipals, remoteIpBlocks, every not* form, notValues, fields the
+// API gains later) and the other when keys make it a proxy rule, enforced
+// by Envoy RBAC in the node proxy (issue 6). Unknown when keys are errors.
 //
 // Sources become sets of numeric identities: principals and namespaces
 // (exact, "*", "prefix*" or "*suffix") and serviceAccounts match the
@@ -95,45 +97,64 @@ type ruleReader struct {
 	deny bool
 }
 
-// proxyOnly returns the first field of rule i that the kernel cannot
-// enforce, or "".
+// kernelFields are the fields of each rule message the kernel enforces
+// (by proto name); any other field that is set, including fields added to
+// the API later, leaves the rule to the proxy.
+var kernelFields = map[protoreflect.FullName]map[protoreflect.Name]bool{
+	"istio.security.v1beta1.Rule":      {"from": true, "to": true, "when": true},
+	"istio.security.v1beta1.Rule.From": {"source": true},
+	"istio.security.v1beta1.Rule.To":   {"operation": true},
+	"istio.security.v1beta1.Source": {"principals": true, "service_accounts": true, "namespaces": true,
+		"ip_blocks": true, "trust_domains": true},
+	"istio.security.v1beta1.Operation": {"ports": true},
+	"istio.security.v1beta1.Condition": {"key": true, "values": true},
+}
+
+// proxyOnly returns the path of the first field of rule i that the kernel
+// cannot enforce, or "".
 func proxyOnly(r *security.Rule, i int) string {
-	type attr struct {
-		name string
-		set  bool
+	if f := otherField(r.ProtoReflect()); f != "" {
+		return fieldf("spec.rules[%d].%s", i, f)
 	}
 	for j, f := range r.GetFrom() {
-		s := f.GetSource()
-		for _, a := range []attr{
-			{"requestPrincipals", len(s.GetRequestPrincipals()) > 0}, {"notRequestPrincipals", len(s.GetNotRequestPrincipals()) > 0},
-			{"notPrincipals", len(s.GetNotPrincipals()) > 0}, {"notServiceAccounts", len(s.GetNotServiceAccounts()) > 0},
-			{"notNamespaces", len(s.GetNotNamespaces()) > 0}, {"notIpBlocks", len(s.GetNotIpBlocks()) > 0},
-			{"remoteIpBlocks", len(s.GetRemoteIpBlocks()) > 0}, {"notRemoteIpBlocks", len(s.GetNotRemoteIpBlocks()) > 0},
-		} {
-			if a.set {
-				return fieldf("spec.rules[%d].from[%d].source.%s", i, j, a.name)
-			}
+		if o := otherField(f.ProtoReflect()); o != "" {
+			return fieldf("spec.rules[%d].from[%d].%s", i, j, o)
+		}
+		if o := otherField(f.GetSource().ProtoReflect()); o != "" {
+			return fieldf("spec.rules[%d].from[%d].source.%s", i, j, o)
 		}
 	}
 	for j, t := range r.GetTo() {
-		op := t.GetOperation()
-		for _, a := range []attr{
-			{"hosts", len(op.GetHosts()) > 0}, {"notHosts", len(op.GetNotHosts()) > 0},
-			{"methods", len(op.GetMethods()) > 0}, {"notMethods", len(op.GetNotMethods()) > 0},
-			{"paths", len(op.GetPaths()) > 0}, {"notPaths", len(op.GetNotPaths()) > 0},
-			{"notPorts", len(op.GetNotPorts()) > 0},
-		} {
-			if a.set {
-				return fieldf("spec.rules[%d].to[%d].operation.%s", i, j, a.name)
-			}
+		if o := otherField(t.ProtoReflect()); o != "" {
+			return fieldf("spec.rules[%d].to[%d].%s", i, j, o)
+		}
+		if o := otherField(t.GetOperation().ProtoReflect()); o != "" {
+			return fieldf("spec.rules[%d].to[%d].operation.%s", i, j, o)
 		}
 	}
 	for k, c := range r.GetWhen() {
-		if len(c.GetNotValues()) > 0 {
-			return fieldf("spec.rules[%d].when[%d].notValues", i, k)
+		if o := otherField(c.ProtoReflect()); o != "" {
+			return fieldf("spec.rules[%d].when[%d].%s", i, k, o)
 		}
 		if proxyKey(c.GetKey()) {
 			return fieldf("spec.rules[%d].when[%d].key", i, k)
+		}
+	}
+	return ""
+}
+
+// otherField returns the JSON name of the first set field of m (in
+// declaration order) that the kernel does not enforce, or "".
+func otherField(m protoreflect.Message) string {
+	if !m.IsValid() {
+		return ""
+	}
+	known := kernelFields[m.Descriptor().FullName()]
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if m.Has(fd) && !known[fd.Name()] {
+			return fd.JSONName()
 		}
 	}
 	return ""
@@ -211,6 +232,9 @@ func (rr *ruleReader) source(s *security.Source, field string) idSet {
 	if len(s.GetIpBlocks()) > 0 {
 		out = out.intersect(rr.ipBlocks(s.GetIpBlocks(), field+".ipBlocks"))
 	}
+	if len(s.GetTrustDomains()) > 0 {
+		out = out.intersect(rr.trustDomains(s.GetTrustDomains(), field+".trustDomains"))
+	}
 	return out
 }
 
@@ -262,6 +286,18 @@ func (rr *ruleReader) serviceAccounts(vals []string, field string) idSet {
 			return idSet{}, "service account " + strconv.Quote(v) + " is not of the form [<namespace>/]<service account>"
 		}
 		return rr.m.identity(ns, sa), ""
+	})
+}
+
+// trustDomains matches every identity of the mesh when one of the values
+// (exact or a "*" pattern) is the mesh's trust domain, else none.
+func (rr *ruleReader) trustDomains(vals []string, field string) idSet {
+	td := rr.m.opts.trustDomain()
+	return rr.values(vals, field, func(v string) (idSet, string) {
+		if v == "" || !validPattern(v) {
+			return idSet{}, "trust domain " + strconv.Quote(v) + ": '*' is only supported alone, as a prefix or as a suffix"
+		}
+		return rr.m.identitiesWhere(func(string, string) bool { return patternMatch(v, td) }), ""
 	})
 }
 
