@@ -208,6 +208,10 @@ func TestEndpoints(t *testing.T) {
 		db.GetCircuitBreakers().GetThresholds()[0].GetMaxConnections().GetValue() != 100 {
 		t.Errorf("DestinationRule policy not applied to subset cluster: %v", db)
 	}
+	if od := db.GetOutlierDetection(); od.GetConsecutive_5Xx().GetValue() != 7 || od.GetEnforcingConsecutive_5Xx().GetValue() != 100 ||
+		od.GetInterval().AsDuration().String() != "5s" || od.GetBaseEjectionTime().AsDuration().String() != "30s" || od.GetMaxEjectionPercent().GetValue() != 50 {
+		t.Errorf("outlier detection not applied: %v", od)
+	}
 	dns := findCluster(nc, "outbound|443||www.googleapis.com")
 	if dns.GetType().String() != "STRICT_DNS" || len(dns.GetLoadAssignment().GetEndpoints()) != 1 ||
 		dns.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetAddress() != "www.googleapis.com" {

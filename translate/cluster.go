@@ -156,6 +156,40 @@ func applyPolicy(c *clusterv3.Cluster, p trafficPolicy, kind ProxyKind) {
 	if set {
 		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{t}}
 	}
+	if od := p.Outlier; od != nil {
+		c.OutlierDetection = outlierDetectionConfig(od)
+	}
+}
+
+// outlierDetectionConfig maps Istio's outlier detection as Istio does:
+// a consecutive error count enforces ejection at 100% when non-zero, and
+// success-rate ejection is off.
+func outlierDetectionConfig(od *outlierDetection) *clusterv3.OutlierDetection {
+	enforce := func(n uint32) *wrapperspb.UInt32Value {
+		if n > 0 {
+			return wrapperspb.UInt32(100)
+		}
+		return wrapperspb.UInt32(0)
+	}
+	out := &clusterv3.OutlierDetection{EnforcingSuccessRate: wrapperspb.UInt32(0)}
+	if n := od.Consecutive5xx; n != nil {
+		out.Consecutive_5Xx = wrapperspb.UInt32(*n)
+		out.EnforcingConsecutive_5Xx = enforce(*n)
+	}
+	if n := od.ConsecutiveGateway; n != nil {
+		out.ConsecutiveGatewayFailure = wrapperspb.UInt32(*n)
+		out.EnforcingConsecutiveGatewayFailure = enforce(*n)
+	}
+	if od.Interval > 0 {
+		out.Interval = durationpb.New(od.Interval)
+	}
+	if od.BaseEjectionTime > 0 {
+		out.BaseEjectionTime = durationpb.New(od.BaseEjectionTime)
+	}
+	if od.MaxEjectionPercent > 0 {
+		out.MaxEjectionPercent = wrapperspb.UInt32(od.MaxEjectionPercent)
+	}
+	return out
 }
 
 // applyHTTPOptions makes Envoy speak HTTP/2 upstream to HTTP/2 and gRPC

@@ -126,8 +126,11 @@ func (m *mesh) trafficPolicy(o *config.Object, field string, tp *networking.Traf
 	if tp.GetTls() != nil {
 		m.diags.infof(o, field+".tls", "client TLS settings are managed by the mesh's own mTLS; ignored")
 	}
-	if tp.GetOutlierDetection() != nil || len(tp.GetPortLevelSettings()) > 0 {
-		m.diags.infof(o, field, "outlier detection and port level settings are not supported yet; ignored")
+	if od := tp.GetOutlierDetection(); od != nil {
+		p.Outlier = m.outlierDetection(o, field+".outlierDetection", od)
+	}
+	if len(tp.GetPortLevelSettings()) > 0 {
+		m.diags.infof(o, field+".portLevelSettings", "port level settings are not supported yet; ignored")
 	}
 	return p
 }
@@ -137,4 +140,33 @@ func positive(v int32) uint32 {
 		return 0
 	}
 	return uint32(v)
+}
+
+func (m *mesh) outlierDetection(o *config.Object, field string, od *networking.OutlierDetection) *outlierDetection {
+	out := &outlierDetection{MaxEjectionPercent: positive(od.GetMaxEjectionPercent())}
+	if v := od.GetConsecutive_5XxErrors(); v != nil {
+		n := v.GetValue()
+		out.Consecutive5xx = &n
+	} else if od.GetConsecutiveErrors() > 0 {
+		n := uint32(od.GetConsecutiveErrors())
+		out.Consecutive5xx = &n
+	}
+	if v := od.GetConsecutiveGatewayErrors(); v != nil {
+		n := v.GetValue()
+		out.ConsecutiveGateway = &n
+	}
+	if d := od.GetInterval(); d != nil && d.CheckValid() == nil && d.AsDuration() > 0 {
+		out.Interval = d.AsDuration()
+	}
+	if d := od.GetBaseEjectionTime(); d != nil && d.CheckValid() == nil && d.AsDuration() > 0 {
+		out.BaseEjectionTime = d.AsDuration()
+	}
+	if out.MaxEjectionPercent > 100 {
+		m.diags.errorf(o, field+".maxEjectionPercent", "%d is more than 100; using 100", out.MaxEjectionPercent)
+		out.MaxEjectionPercent = 100
+	}
+	if od.GetMinHealthPercent() != 0 || od.GetSplitExternalLocalOriginErrors() || len(od.GetOutlierDetectionHttpErrorCodes()) > 0 {
+		m.diags.infof(o, field, "minHealthPercent, splitExternalLocalOriginErrors and outlierDetectionHttpErrorCodes are not supported yet; ignored")
+	}
+	return out
 }

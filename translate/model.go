@@ -129,6 +129,16 @@ type trafficPolicy struct {
 	MaxRequests           uint32
 	MaxRetries            uint32
 	MaxRequestsPerConnect uint32
+	Outlier               *outlierDetection
+}
+
+// outlierDetection ejects failing endpoints (Istio's outlierDetection).
+type outlierDetection struct {
+	Consecutive5xx     *uint32
+	ConsecutiveGateway *uint32
+	Interval           time.Duration
+	BaseEjectionTime   time.Duration
+	MaxEjectionPercent uint32
 }
 
 // merge returns p with every unset field taken from base.
@@ -153,6 +163,9 @@ func (p trafficPolicy) merge(base trafficPolicy) trafficPolicy {
 	}
 	if p.MaxRequestsPerConnect == 0 {
 		p.MaxRequestsPerConnect = base.MaxRequestsPerConnect
+	}
+	if p.Outlier == nil {
+		p.Outlier = base.Outlier
 	}
 	return p
 }
