@@ -33,6 +33,7 @@ type source interface {
 type Mesh struct {
 	src        source
 	opts       Options
+	td         spiffeid.TrustDomain
 	diags      diagnostics
 	workloads  []*workload // every pod with an IP, sorted by namespace/name
 	byIP       map[netip.Addr]*workload
@@ -74,10 +75,13 @@ func prepare(src source, opts Options) *Mesh {
 		byIdentity: map[uint32][]*workload{},
 		kernel:     map[uint32]*identityPolicy{},
 	}
-	if _, err := spiffeid.TrustDomainFromString(opts.trustDomain()); err != nil {
+	td, err := spiffeid.TrustDomainFromString(opts.trustDomain())
+	if err != nil {
 		m.diags.errorf(nil, "trustDomain", "bad trust domain %q: %v; using %s", opts.TrustDomain, err, DefaultTrustDomain)
 		m.opts.TrustDomain = DefaultTrustDomain
+		td = spiffeid.RequireTrustDomainFromString(DefaultTrustDomain)
 	}
+	m.td = td
 	m.allocateIDs()
 	m.readWorkloads()
 	m.readServices()
@@ -214,11 +218,7 @@ func podIPs(o *config.Object, pod *corev1.Pod, d *diagnostics) []netip.Addr {
 // spiffeID builds spiffe://<td>/ns/<ns>/sa/<sa>, or "" when a segment is
 // not a valid SPIFFE path segment (diagnosed once per workload).
 func (m *Mesh) spiffeID(w *workload) string {
-	td, err := spiffeid.TrustDomainFromString(m.opts.trustDomain())
-	if err != nil {
-		return ""
-	}
-	id, err := spiffeid.FromSegments(td, "ns", w.ns, "sa", w.sa)
+	id, err := spiffeid.FromSegments(m.td, "ns", w.ns, "sa", w.sa)
 	if err != nil {
 		m.diags.errorf(w.obj, "spec.serviceAccountName", "no SPIFFE ID for %s/%s: %v", w.ns, w.sa, err)
 		return ""
