@@ -40,6 +40,16 @@ import (
 // An ALLOW policy without rules, or whose rules all resolve to nothing,
 // becomes a Policy without rules: deny all (the agent's convention).
 // "rules: [{}]" becomes one rule with no sources and no ports: allow all.
+//
+// Limits, for the agent and the proxy: l7 redirects only connects to
+// service VIPs, so a client dialling a proxy-enforced pod's IP directly is
+// not checked in the kernel; UDP never goes through the proxy, so the UDP
+// ports of such a pod are not checked either (as with Istio sidecars).
+// Traffic from the node proxy reaches pods with the host identity and
+// skips kernel policy, so Envoy RBAC must hold every policy, L4 rules
+// included (translate/authz builds them all); traffic proxied from another
+// node arrives from that node's IP, which the kernel knows only if the
+// agent registers it as the host identity.
 
 // policy is one AuthorizationPolicy that applies to workloads.
 type policy struct {
