@@ -52,6 +52,9 @@ func agentState(t testing.TB, r *Resources, node string) nodeagent.State {
 	if err != nil {
 		t.Fatalf("node %s: the agent refuses the resources: %v", node, err)
 	}
+	if err := st.Validate(); err != nil { // what Dataplane.Apply checks first
+		t.Fatalf("node %s: the kernel half refuses the state: %v", node, err)
+	}
 	return st
 }
 
