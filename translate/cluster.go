@@ -134,6 +134,9 @@ func applyPolicy(c *clusterv3.Cluster, p trafficPolicy, kind ProxyKind) {
 			c.LbPolicy = clusterv3.Cluster_RANDOM
 		}
 	}
+	if p.Hash != nil {
+		applyRingHash(c, p.Hash)
+	}
 	if p.ConnectTimeout > 0 {
 		c.ConnectTimeout = durationpb.New(p.ConnectTimeout)
 	}

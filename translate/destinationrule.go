@@ -108,8 +108,8 @@ func (m *mesh) trafficPolicy(o *config.Object, field string, tp *networking.Traf
 	case networking.LoadBalancerSettings_PASSTHROUGH:
 		m.diags.warnf(o, field+".loadBalancer.simple", "PASSTHROUGH is not supported; using round robin")
 	}
-	if lb := tp.GetLoadBalancer(); lb != nil && lb.GetConsistentHash() != nil {
-		m.diags.warnf(o, field+".loadBalancer.consistentHash", "consistent hashing is not supported yet; using round robin")
+	if ch := tp.GetLoadBalancer().GetConsistentHash(); ch != nil {
+		p.Hash = m.consistentHash(o, field+".loadBalancer.consistentHash", ch)
 	}
 	if tcp := tp.GetConnectionPool().GetTcp(); tcp != nil {
 		p.MaxConnections = positive(tcp.GetMaxConnections())

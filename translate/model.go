@@ -130,6 +130,7 @@ type trafficPolicy struct {
 	MaxRetries            uint32
 	MaxRequestsPerConnect uint32
 	Outlier               *outlierDetection
+	Hash                  *consistentHash // set: balance with a hash ring
 }
 
 // outlierDetection ejects failing endpoints (Istio's outlierDetection).
@@ -166,6 +167,9 @@ func (p trafficPolicy) merge(base trafficPolicy) trafficPolicy {
 	}
 	if p.Outlier == nil {
 		p.Outlier = base.Outlier
+	}
+	if p.LB == lbDefault && p.Hash == nil {
+		p.Hash = base.Hash
 	}
 	return p
 }
@@ -217,6 +221,8 @@ type httpRoute struct {
 	// Redirect or Direct answer the request instead of Clusters.
 	Redirect *redirect
 	Direct   *directResponse
+	// Hash is the consistent hash of the destination cluster(s), if any.
+	Hash *consistentHash
 }
 
 // virtualHost is one service port as seen by a client namespace.

@@ -146,6 +146,9 @@ func routeAction(r httpRoute) *routev3.RouteAction {
 	if r.Timeout != nil {
 		a.Timeout = durationpb.New(*r.Timeout)
 	}
+	if r.Hash != nil {
+		a.HashPolicy = []*routev3.RouteAction_HashPolicy{hashPolicy(r.Hash)}
+	}
 	if r.PrefixRewrite != "" {
 		a.PrefixRewrite = r.PrefixRewrite
 	}

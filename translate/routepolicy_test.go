@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -138,6 +139,45 @@ spec:
 		}
 		if !found {
 			t.Errorf("%v: no diagnostic for the bad status: %v", p.Kind, nc.Diagnostics)
+		}
+	}
+}
+
+func TestConsistentHash(t *testing.T) {
+	snap := decode(t, `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 2048}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: rr
+    labels: {version: v1}
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+`, "testdata/pods.yaml", filepath.Join(istioSamples, "platform/kube/bookinfo.yaml"))
+	for _, p := range []Proxy{{Node: "node-a"}, {Kind: ProxylessGRPC, Namespace: "default"}} {
+		nc := mustTranslate(t, snap, p)
+		c := findCluster(nc, "outbound|9080|v1|ratings.default.svc.cluster.local")
+		if c.GetLbPolicy().String() != "RING_HASH" || c.GetRingHashLbConfig().GetMinimumRingSize().GetValue() != 2048 {
+			t.Errorf("%v: subset cluster %v; want RING_HASH with ring size 2048", p.Kind, c)
+		}
+		if rr := findCluster(nc, "outbound|9080|rr|ratings.default.svc.cluster.local"); rr.GetLbPolicy().String() != "ROUND_ROBIN" {
+			t.Errorf("%v: subset with its own simple policy: %v", p.Kind, rr.GetLbPolicy())
+		}
+		for _, rc := range nc.Routes {
+			for _, vh := range rc.GetVirtualHosts() {
+				if vh.GetName() != "ratings.default.svc.cluster.local:9080" {
+					continue
+				}
+				hp := vh.GetRoutes()[0].GetRoute().GetHashPolicy()
+				if len(hp) != 1 || hp[0].GetHeader().GetHeaderName() != "x-user" {
+					t.Errorf("%v: default route hash policy %v; want header x-user", p.Kind, hp)
+				}
+			}
 		}
 	}
 }

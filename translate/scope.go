@@ -68,8 +68,8 @@ func (s *scope) virtualServiceFor(svc *service) (*config.Object, *networking.Vir
 
 // defaultRoute sends everything to the service port's cluster.
 func (s *scope) defaultRoute(svc *service, sp servicePort) httpRoute {
-	name := s.clusters.want(s, svc, sp, "")
-	return httpRoute{Name: "default", Clusters: []weightedCluster{{Cluster: name, Weight: 100}}}
+	clusters := []weightedCluster{{Cluster: s.clusters.want(s, svc, sp, ""), Weight: 100}}
+	return httpRoute{Name: "default", Clusters: clusters, Hash: s.routeHash(clusters)}
 }
 
 // httpRoutes returns the routes of one HTTP service port: those of its

@@ -52,6 +52,7 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 			return r, false
 		}
 		r.Clusters = dests
+		r.Hash = s.routeHash(dests)
 	}
 	if t := hr.GetTimeout(); t != nil {
 		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
@@ -258,4 +259,23 @@ func (s *scope) tcpRoute(svc *service, sp servicePort) ([]weightedCluster, bool)
 		}
 	}
 	return nil, false
+}
+
+// routeHash is the consistent hash of a route's destinations when they all
+// hash on the same key (Envoy has one hash policy per route).
+func (s *scope) routeHash(dests []weightedCluster) *consistentHash {
+	var h *consistentHash
+	for i, d := range dests {
+		ref := s.clusters.byName[d.Cluster]
+		if ref == nil || ref.policy.Hash == nil {
+			return nil
+		}
+		c := *ref.policy.Hash
+		c.MinRingSize = 0
+		if i > 0 && c != *h {
+			return nil
+		}
+		h = &c
+	}
+	return h
 }
