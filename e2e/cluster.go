@@ -93,10 +93,13 @@ func NewCluster(t testing.TB, cfg Config) *Cluster {
 	}
 	mount, _ := CgroupMount()
 	prefix := newPrefix()
-	c := &Cluster{Prefix: prefix, Fabric: prefix + "-fab", CgroupRoot: filepath.Join(mount, prefix), t: t}
-	if err := claim(prefix); err != nil {
-		t.Fatal(err)
+	for tries := 0; claim(prefix) != nil; tries++ {
+		if tries == 10 {
+			t.Fatalf("e2e: cannot claim a run prefix in %s", ownerDir)
+		}
+		prefix = newPrefix()
 	}
+	c := &Cluster{Prefix: prefix, Fabric: prefix + "-fab", CgroupRoot: filepath.Join(mount, prefix), t: t}
 	t.Cleanup(c.teardown)
 	dir, err := os.MkdirTemp("", prefix+"-")
 	if err != nil {

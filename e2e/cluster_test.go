@@ -134,6 +134,9 @@ func TestSweepRemovesDeadRuns(t *testing.T) {
 	if err := claim(prefix); err != nil {
 		t.Fatal(err)
 	}
+	if err := claim(prefix); err == nil {
+		t.Fatal("a prefix was claimed twice")
+	}
 	// Rewrite the owner as the exited process.
 	if err := os.WriteFile(filepath.Join(ownerDir, prefix), []byte(fmt.Sprint(dead.Process.Pid)), 0o644); err != nil {
 		t.Fatal(err)
@@ -149,8 +152,12 @@ func TestSweepRemovesDeadRuns(t *testing.T) {
 	if err := makeCgroup(cg); err != nil {
 		t.Fatal(err)
 	}
+	scratch, err := os.MkdirTemp("", prefix+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	live := NewCluster(t, Config{Nodes: 1, PodsPerNode: 1}) // sweeps on creation
-	for _, p := range []string{NetnsPath(ns), filepath.Join(mount, prefix), filepath.Join(ownerDir, prefix)} {
+	for _, p := range []string{NetnsPath(ns), filepath.Join(mount, prefix), filepath.Join(ownerDir, prefix), scratch} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s survived the sweep (stat: %v)", p, err)
 		}

@@ -23,14 +23,22 @@ const ownerDir = "/run/nodemesh-e2e"
 
 var prefixRE = regexp.MustCompile(`^` + prefixFamily + `[a-z0-9]{4}$`)
 
-// claim records that this process owns prefix. It is written before any
-// resource of the run is created, so a resource without a live owner is a
-// leftover.
+// claim records that this process owns prefix; it fails when another run
+// holds it. It is written before any resource of the run is created, so a
+// resource without a live owner is a leftover.
 func claim(prefix string) error {
 	if err := os.MkdirAll(ownerDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", ownerDir, err)
 	}
-	return os.WriteFile(filepath.Join(ownerDir, prefix), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	f, err := os.OpenFile(filepath.Join(ownerDir, prefix), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("claim run prefix %s: %w", prefix, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strconv.Itoa(os.Getpid())); err != nil {
+		return fmt.Errorf("claim run prefix %s: %w", prefix, err)
+	}
+	return nil
 }
 
 // alive reports whether the run that claimed prefix is still running.
@@ -126,6 +134,10 @@ func removeRun(prefix string) error {
 				errs = append(errs, os.RemoveAll(filepath.Join(BPFFS, e.Name())))
 			}
 		}
+	}
+	scratch, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"-*"))
+	for _, d := range scratch {
+		errs = append(errs, os.RemoveAll(d))
 	}
 	if err := os.Remove(filepath.Join(ownerDir, prefix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)
