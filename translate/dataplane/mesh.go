@@ -152,7 +152,9 @@ func serviceAccount(pod *corev1.Pod) string {
 	return "default"
 }
 
-// readWorkloads keeps every pod that is not finished and has an IP.
+// readWorkloads keeps every pod that is not finished, has an IP and has a
+// network namespace of its own: a hostNetwork pod has the node's IP, which
+// the agent registers as the host, and no identity of its own on the wire.
 func (m *Mesh) readWorkloads() {
 	for _, o := range m.src.List(config.KindPod) {
 		pod, ok := o.Spec.(*corev1.Pod)
@@ -160,7 +162,7 @@ func (m *Mesh) readWorkloads() {
 			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
-		if finished(pod) {
+		if finished(pod) || pod.Spec.HostNetwork {
 			continue
 		}
 		ips := podIPs(o, pod, &m.diags)
