@@ -48,7 +48,7 @@ func BenchmarkHandleOneEndpointChange(b *testing.B) {
 			svc := &dataplanev1.Service{Namespace: "ns", Name: "svc7", Vips: []string{"10.96.0.7"}, Port: 80,
 				Backends: []*dataplanev1.Backend{{Ip: "10.200.0.1", Port: 8080}}}
 			body, _ := anypb.New(svc)
-			st := &streamState{seen: map[string]bool{}}
+			st := newStreamState()
 			b.ResetTimer()
 			for i := range b.N {
 				resp := &discovery.DeltaDiscoveryResponse{TypeUrl: dataplanev1.ServiceType, Nonce: fmt.Sprint(i),

@@ -154,6 +154,12 @@ type streamState struct {
 	changed bool   // staged differs from applied
 	pending []pending
 	seen    map[string]bool // types with a response on this client before the first sync
+	acked   map[string]bool // types ACKed on this stream
+	nacked  bool            // a NACK was sent on this stream
+}
+
+func newStreamState() *streamState {
+	return &streamState{seen: map[string]bool{}, acked: map[string]bool{}}
 }
 
 // runStream opens one stream, subscribes and serves it until it breaks or
@@ -204,7 +210,7 @@ func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscover
 	defer wg.Wait()
 	defer cancel()
 
-	st := &streamState{seen: map[string]bool{}}
+	st := newStreamState()
 	var retry *time.Timer // armed while an Apply failure is unhealed
 	var retryC <-chan time.Time
 	defer func() {

@@ -24,8 +24,9 @@ func (c *Client) stage(stream deltaSender, st *streamState, resp *discovery.Delt
 	p := pending{typeURL: resp.GetTypeUrl(), nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
 	d, err := decodeDelta(resp)
 	if err != nil {
+		c.rejected++
 		c.log.Error("rejecting ads response", "type_url", p.typeURL, "version", p.version, "nonce", p.nonce, "error", err)
-		return c.nack(stream, []pending{p}, err)
+		return c.nack(stream, st, []pending{p}, err)
 	}
 	if st.staged == nil {
 		st.staged = newStage(c.applied)
@@ -63,7 +64,7 @@ func (c *Client) commit(ctx context.Context, stream deltaSender, st *streamState
 	st.pending, st.staged, st.changed = nil, nil, false
 	if !changed {
 		c.log.Debug("ads responses change nothing; acking without apply", "responses", len(ps))
-		return c.ack(stream, ps, staged, false)
+		return c.ack(stream, st, ps, staged, false)
 	}
 	start := time.Now()
 	desired := staged.resources()
@@ -77,38 +78,35 @@ func (c *Client) commit(ctx context.Context, stream deltaSender, st *streamState
 			c.rejected++
 			c.log.Error("first apply failed; the dataplane keeps what it had", "error", err, "failures", c.rejected)
 			st.staged, st.changed = keep, true
-			return c.nack(stream, ps, err)
+			return c.nack(stream, st, ps, err)
 		}
 		if len(ps) > 1 {
 			// Several responses were folded together: apply them one at a
 			// time so that a bad one does not hold the others back.
 			c.log.Warn("apply of coalesced responses failed; applying them one by one", "error", err, "responses", len(ps))
-			return c.commitEach(ctx, stream, ps)
+			return c.commitEach(ctx, stream, st, ps)
 		}
 		c.rejected++
 		c.log.Error("apply failed; keeping the previous dataplane state", "error", err, "failures", c.rejected)
-		return c.nack(stream, ps, err)
+		return c.nack(stream, st, ps, err)
 	}
-	c.rejected = 0
 	c.log.Info("applied dataplane resources", "resources", desired.Len(), "responses", len(ps), "took", time.Since(start))
-	return c.ack(stream, ps, staged, true)
+	return c.ack(stream, st, ps, staged, true)
 }
 
 // commitEach applies responses one at a time over the applied set,
 // ACKing each that applies and NACKing each that fails.
-func (c *Client) commitEach(ctx context.Context, stream deltaSender, ps []pending) error {
+func (c *Client) commitEach(ctx context.Context, stream deltaSender, st *streamState, ps []pending) error {
 	failed := false
 	defer func() {
 		if failed {
 			c.rejected++
-		} else {
-			c.rejected = 0
 		}
 	}()
 	for _, p := range ps {
 		stg := newStage(c.applied)
 		if !stg.apply(p.delta) {
-			if err := c.ack(stream, []pending{p}, stg.set, false); err != nil {
+			if err := c.ack(stream, st, []pending{p}, stg.set, false); err != nil {
 				return err
 			}
 			continue
@@ -119,19 +117,22 @@ func (c *Client) commitEach(ctx context.Context, stream deltaSender, ps []pendin
 			}
 			failed = true
 			c.log.Error("apply failed; keeping the previous dataplane state", "error", err, "type_url", p.typeURL, "nonce", p.nonce)
-			if err := c.nack(stream, []pending{p}, err); err != nil {
+			if err := c.nack(stream, st, []pending{p}, err); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := c.ack(stream, []pending{p}, stg.set, true); err != nil {
+		if err := c.ack(stream, st, []pending{p}, stg.set, true); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (c *Client) ack(stream deltaSender, ps []pending, staged resourceSet, applied bool) error {
+// ack records staged as applied and ACKs ps. A stream whose every type was
+// ACKed with no NACK is in sync with the control plane: an earlier
+// rejection is healed.
+func (c *Client) ack(stream deltaSender, st *streamState, ps []pending, staged resourceSet, applied bool) error {
 	c.applied = staged
 	c.synced = true
 	now := time.Now()
@@ -139,6 +140,7 @@ func (c *Client) ack(stream deltaSender, ps []pending, staged resourceSet, appli
 		if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: p.typeURL, ResponseNonce: p.nonce}); err != nil {
 			return fmt.Errorf("acking %s nonce %s: %w", p.typeURL, p.nonce, err)
 		}
+		st.acked[p.typeURL] = true
 		c.status.update(func(s *Status) { s.Synced = true })
 		c.status.updateType(p.typeURL, func(ts *TypeStatus) {
 			ts.Version, ts.Nonce, ts.LastAck = p.version, p.nonce, now
@@ -151,10 +153,17 @@ func (c *Client) ack(stream deltaSender, ps []pending, staged resourceSet, appli
 	for t, m := range c.applied {
 		c.status.updateType(t, func(ts *TypeStatus) { ts.Resources = len(m) })
 	}
+	if c.rejected > 0 && !st.nacked && len(st.acked) >= len(c.cfg.Types) {
+		c.log.Info("in sync with the control plane again", "failures", c.rejected)
+		c.rejected = 0
+	}
 	return nil
 }
 
-func (c *Client) nack(stream deltaSender, ps []pending, cause error) error {
+// nack NACKs ps with cause; the rejection stays unhealed until a stream
+// syncs cleanly (see ack).
+func (c *Client) nack(stream deltaSender, st *streamState, ps []pending, cause error) error {
+	st.nacked = true
 	now := time.Now()
 	msg := cause.Error()
 	for _, p := range ps {

@@ -3,6 +3,7 @@ package ads
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 
@@ -47,7 +48,7 @@ func TestCommitCoalescesStagedResponses(t *testing.T) {
 	}
 	c.synced = true // as after the initial sync
 	send := &recordingSender{}
-	st := &streamState{seen: map[string]bool{}}
+	st := newStreamState()
 	ctx := context.Background()
 
 	stage := func(resp *discovery.DeltaDiscoveryResponse) {
@@ -124,7 +125,7 @@ func TestCommitIsolatesABadResponse(t *testing.T) {
 	}
 	c.synced = true
 	send := &recordingSender{}
-	st := &streamState{seen: map[string]bool{}}
+	st := newStreamState()
 	for _, resp := range []*discovery.DeltaDiscoveryResponse{
 		deltaResponse(t, dataplanev1.ServiceType, "s1", nil, map[string]proto.Message{"shop/bad:1/TCP": testService("shop", "bad", 1)}),
 		deltaResponse(t, dataplanev1.WorkloadType, "w1", nil, map[string]proto.Message{"shop/web-0": testWorkload("shop", "web-0", "10.0.1.5", 100)}),
@@ -145,5 +146,50 @@ func TestCommitIsolatesABadResponse(t *testing.T) {
 	}
 	if c.rejected != 1 {
 		t.Errorf("rejected = %d, want 1 (a retry is due)", c.rejected)
+	}
+}
+
+// TestCleanResyncHealsRejection: a stream on which every type was ACKed and
+// nothing NACKed is in sync, even when nothing had to be applied (the bad
+// resource was removed meanwhile); a stream with a NACK is not.
+func TestCleanResyncHealsRejection(t *testing.T) {
+	app := &fakeApplier{}
+	c, err := New(Config{Node: "node-a", ControlPlane: "x:1", Applier: app, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.synced, c.rejected = true, 2
+	send := &recordingSender{}
+
+	st := newStreamState()
+	for i, typ := range dataplanev1.Types {
+		if err := c.handle(context.Background(), send, st, deltaResponse(t, typ, fmt.Sprint("n", i), []string{"gone"}, nil)); err != nil {
+			t.Fatal(err)
+		}
+		if i < len(dataplanev1.Types)-1 && c.rejected != 2 {
+			t.Fatalf("rejection healed after %d of %d types", i+1, len(dataplanev1.Types))
+		}
+	}
+	if c.rejected != 0 {
+		t.Errorf("rejected = %d after a clean resync, want 0", c.rejected)
+	}
+	if calls, _ := app.state(); calls != 0 {
+		t.Errorf("Apply called %d times for responses that change nothing", calls)
+	}
+
+	// With a NACK on the stream, ACKs of every type do not heal.
+	c.rejected = 1
+	st = newStreamState()
+	bad := deltaResponse(t, dataplanev1.ServiceType, "bad", nil, map[string]proto.Message{"x": testWorkload("x", "y", "10.0.0.1", 5)})
+	if err := c.handle(context.Background(), send, st, bad); err != nil {
+		t.Fatal(err)
+	}
+	for i, typ := range dataplanev1.Types {
+		if err := c.handle(context.Background(), send, st, deltaResponse(t, typ, fmt.Sprint("m", i), nil, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.rejected == 0 {
+		t.Errorf("a stream with a NACK healed the rejection")
 	}
 }
