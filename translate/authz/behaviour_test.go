@@ -318,9 +318,9 @@ spec: {action: AUDIT, rules: [{to: [{operation: {paths: ["/audit"]}}]}]}
 		got = append(got, f.GetName()+" "+policyNames(t, f))
 	}
 	want := []string{
-		"envoy.filters.http.rbac LOG[ns[foo]-policy[audit-1]-rule[0]]",
-		"envoy.filters.http.rbac DENY[ns[foo]-policy[deny-1]-rule[0]]",
-		"envoy.filters.http.rbac ALLOW[ns[foo]-policy[httpbin-1]-rule[0] ns[foo]-policy[httpbin-1]-rule[1]]",
+		"envoy.filters.http.rbac.audit LOG[ns[foo]-policy[audit-1]-rule[0]]",
+		"envoy.filters.http.rbac.deny DENY[ns[foo]-policy[deny-1]-rule[0]]",
+		"envoy.filters.http.rbac.allow ALLOW[ns[foo]-policy[httpbin-1]-rule[0] ns[foo]-policy[httpbin-1]-rule[1]]",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("filters:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

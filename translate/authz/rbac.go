@@ -18,11 +18,19 @@ import (
 	"github.com/nodemesh/nodemesh/config"
 )
 
-// Filter names.
+// Filter names. Envoy picks the extension by the typed_config's type; the
+// names only have to be unique in one filter chain (gRPC's xDS server
+// rejects duplicates), so each RBAC filter is named after its role.
 const (
-	RBACHTTPFilterName     = "envoy.filters.http.rbac"
+	RBACHTTPFilterName     = "envoy.filters.http.rbac" // also the RBAC filters' metadata namespace
 	ExtAuthzHTTPFilterName = "envoy.filters.http.ext_authz"
 	RBACNetworkFilterName  = "envoy.filters.network.rbac"
+
+	RBACAuditFilterName  = RBACHTTPFilterName + ".audit"
+	RBACShadowFilterName = RBACHTTPFilterName + ".ext_authz_shadow"
+	RBACDenyFilterName   = RBACHTTPFilterName + ".deny"
+	RBACAllowFilterName  = RBACHTTPFilterName + ".allow"
+	RBACSMIFilterName    = RBACHTTPFilterName + ".smi"
 )
 
 // The CUSTOM action: a shadow RBAC filter marks requests matching a CUSTOM
@@ -51,15 +59,15 @@ func BuildHTTP(objs []*config.Object, w Workload, opts Options) ([]*hcmv3.HttpFi
 func HTTPFilters(ps []*Policy, opts Options) ([]*hcmv3.HttpFilter, []config.Diagnostic) {
 	byAction, diags := group(ps, opts)
 	var out []*hcmv3.HttpFilter
-	rbacFilter := func(cfg *rbachttpv3.RBAC) {
-		out = append(out, &hcmv3.HttpFilter{Name: RBACHTTPFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}})
+	rbacFilter := func(name string, cfg *rbachttpv3.RBAC) {
+		out = append(out, &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}})
 	}
 	if audit := byAction[ActionAudit]; len(audit) > 0 {
-		rbacFilter(&rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_LOG, audit, false, "")})
+		rbacFilter(RBACAuditFilterName, &rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_LOG, audit, false, "")})
 	}
 	if custom := byAction[ActionCustom]; len(custom) > 0 {
 		name := custom[0].Provider
-		rbacFilter(&rbachttpv3.RBAC{
+		rbacFilter(RBACShadowFilterName, &rbachttpv3.RBAC{
 			ShadowRules:           rules(rbacv3.RBAC_ALLOW, custom, false, ExtAuthzShadowPrefix),
 			ShadowRulesStatPrefix: extAuthzShadowStatPrefix,
 		})
@@ -67,13 +75,13 @@ func HTTPFilters(ps []*Policy, opts Options) ([]*hcmv3.HttpFilter, []config.Diag
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(extAuthz(opts.ExtAuthzProviders[name]))}})
 	}
 	if deny := byAction[ActionDeny]; len(deny) > 0 {
-		rbacFilter(&rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_DENY, deny, false, "")})
+		rbacFilter(RBACDenyFilterName, &rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_DENY, deny, false, "")})
 	}
 	if allow, ok := byAction[ActionAllow]; ok {
-		rbacFilter(&rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_ALLOW, allow, false, "")})
+		rbacFilter(RBACAllowFilterName, &rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_ALLOW, allow, false, "")})
 	}
 	if allow, ok := byAction[actionSMIAllow]; ok {
-		rbacFilter(&rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_ALLOW, allow, false, "")})
+		rbacFilter(RBACSMIFilterName, &rbachttpv3.RBAC{Rules: rules(rbacv3.RBAC_ALLOW, allow, false, "")})
 	}
 	return out, diags
 }
@@ -98,7 +106,7 @@ func TCPFilters(ps []*Policy, opts Options) ([]*listenerv3.Filter, []config.Diag
 	var out []*listenerv3.Filter
 	filter := func(prefix string, r *rbacv3.RBAC) {
 		cfg := &rbacnetv3.RBAC{StatPrefix: prefix, Rules: r}
-		out = append(out, &listenerv3.Filter{Name: RBACNetworkFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(cfg)}})
+		out = append(out, &listenerv3.Filter{Name: RBACNetworkFilterName + "." + strings.TrimSuffix(strings.TrimPrefix(prefix, "tcp."), "."), ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(cfg)}})
 	}
 	if audit := byAction[ActionAudit]; len(audit) > 0 {
 		filter("tcp.audit.", rules(rbacv3.RBAC_LOG, audit, true, ""))
@@ -266,7 +274,12 @@ func Validate(filters []*hcmv3.HttpFilter, network []*listenerv3.Filter) error {
 		}
 		return nil
 	}
+	seen := map[string]bool{}
 	for _, f := range filters {
+		if seen[f.GetName()] {
+			return fmt.Errorf("duplicate filter name %s", f.GetName())
+		}
+		seen[f.GetName()] = true
 		if err := f.ValidateAll(); err != nil {
 			return fmt.Errorf("filter %s: %w", f.GetName(), err)
 		}
