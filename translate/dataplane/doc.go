@@ -37,6 +37,19 @@
 // selected services l7. All ALLOW policies of an identity are enforced in
 // one place, so a decision is never weakened by the split.
 //
+// Every rule left to the proxy is reported as an Info diagnostic on the
+// rule's field whose message contains "enforced by Envoy RBAC in the node
+// proxy"; translate/authz's tests check that its split agrees rule by rule.
+//
+// # Tests
+//
+// Golden cases in testdata/golden/<case>/input.yaml (on top of bookinfo,
+// testdata/bookinfo.yaml and pods.yaml) -> <node>.json; refresh with
+// UPDATE_GOLDEN=1 go test ./translate/dataplane/ -run Golden. Behaviour
+// tests run the output through the agent's own converter
+// (nodeagent/ads.ToState, State.Validate) and evaluate the kernel's policy
+// semantics on it.
+//
 // Prepare(snap, opts) builds the mesh-wide model once; Mesh.Translate(node)
 // then costs little per node. Translate(snap, node) does both.
 package dataplane
