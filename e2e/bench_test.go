@@ -40,6 +40,7 @@ type benchRow struct {
 	placement, path          string
 	qps, mean, p50, p90, p99 float64
 	max                      float64 // worst single request over all runs
+	veth                     float64 // bytes through the server pod's veth per request
 	runs                     int
 	rMean, rP50, rP99        float64 // sums of paired ratios
 }
@@ -86,10 +87,19 @@ func TestBenchDataplane(t *testing.T) {
 	load := func(bp benchPath, dst *Pod) FortioResult {
 		url, teardown := bp.setup(t, dst)
 		defer teardown()
+		before, err := dst.VethBytes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
 		res, err := client.FortioLoad(ctx, fortio, url, qps, *benchConns, *benchDuration)
 		if err != nil {
 			t.Fatalf("%s: %v", bp.name, err)
 		}
+		after, err := dst.VethBytes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.vethBytes = after - before
 		return res
 	}
 	only, err := regexp.Compile(*benchPaths)
@@ -155,6 +165,7 @@ func (r *benchRow) add(t *testing.T, res, base FortioResult) {
 	r.p90 += p(res, 90)
 	r.p99 += p(res, 99)
 	r.max = max(r.max, res.DurationHistogram.Max)
+	r.veth += float64(res.vethBytes) / float64(res.DurationHistogram.Count)
 	r.rMean += res.DurationHistogram.Avg / base.DurationHistogram.Avg
 	r.rP50 += p(res, 50) / p(base, 50)
 	r.rP99 += p(res, 99) / p(base, 99)
@@ -213,20 +224,21 @@ func printBench(t *testing.T, qps float64, rows map[string]*benchRow, order []st
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nnodemesh dataplane latency: fortio %s load -qps %.0f -c %d -t %s, %d round(s), %s\n",
 		FortioVersion, qps, *benchConns, *benchDuration, *benchRounds, time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintln(&b, "veth B/req: bytes through the server pod's veth per request (0: same-node acceleration bypassed it)")
 	fmt.Fprintln(&b, "ratios: mean over runs of (path / the direct run made just before it); direct rows average all those runs")
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Fprintf(&b, "machine: %d CPUs, load average %s (other work on the machine adds noise)\n",
 			runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
 	}
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "placement\tpath\truns\tqps\tmean µs\tp50 µs\tp90 µs\tp99 µs\tmax ms\tmean/direct\tp50/direct\tp99/direct\t")
+	fmt.Fprintln(w, "placement\tpath\truns\tqps\tmean µs\tp50 µs\tp90 µs\tp99 µs\tmax ms\tveth B/req\tmean/direct\tp50/direct\tp99/direct\t")
 	for _, key := range order {
 		r := rows[key]
 		n := float64(r.runs)
 		us := func(v float64) string { return fmt.Sprintf("%.0f", v/n*1e6) }
 		ratio := func(v float64) string { return fmt.Sprintf("%.2fx", v/n) }
-		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\t%s\t\n", r.placement, r.path, r.runs, r.qps/n,
-			us(r.mean), us(r.p50), us(r.p90), us(r.p99), r.max*1e3, ratio(r.rMean), ratio(r.rP50), ratio(r.rP99))
+		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%s\t%s\t%s\t\n", r.placement, r.path, r.runs, r.qps/n,
+			us(r.mean), us(r.p50), us(r.p90), us(r.p99), r.max*1e3, r.veth/n, ratio(r.rMean), ratio(r.rP50), ratio(r.rP99))
 	}
 	w.Flush()
 	for _, bp := range paths {

@@ -84,6 +84,7 @@ type FortioResult struct {
 			Value      float64 // seconds
 		}
 	}
+	vethBytes uint64 // set by the benchmark, not fortio
 }
 
 // Percentile returns the latency at percentile p (e.g. 99) in seconds.
