@@ -36,16 +36,13 @@ type clusterRef struct {
 	labels map[string]string // subset labels; nil for the whole service
 	policy trafficPolicy
 	dr     *destinationRule // where labels and policy came from; nil if none
+	// cacheKey is Name, plus the DestinationRule's key when there is one.
+	cacheKey string
 }
 
 // key identifies what a cluster is built from: its name and the
 // DestinationRule that decided its policy and subset labels.
-func (r *clusterRef) key() string {
-	if r.dr == nil {
-		return r.Name
-	}
-	return r.Name + "\x00" + r.dr.obj.Key.String()
-}
+func (r *clusterRef) key() string { return r.cacheKey }
 
 // clusterSet collects the clusters wanted while building listeners and
 // routes, so that a node gets exactly the clusters it references.
@@ -78,6 +75,10 @@ func (cs *clusterSet) want(s *scope, svc *service, sp servicePort, subsetName st
 			ref.labels = sub.Labels
 			ref.policy = sub.Policy
 		}
+	}
+	ref.cacheKey = name
+	if ref.dr != nil {
+		ref.cacheKey += "\x00" + ref.dr.obj.Key.String()
 	}
 	cs.byName[name] = ref
 	return name

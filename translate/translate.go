@@ -3,6 +3,7 @@ package translate
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -46,8 +47,10 @@ type Mesh struct {
 	grpc     map[string]*lazy[*nsOutput] // namespace -> proxyless output
 	clusters map[string]*lazy[*clusterv3.Cluster]
 	clas     map[string]*lazy[*endpointv3.ClusterLoadAssignment]
-	checks   *checkCache // for Mesh.Check
-	inputs   routingInputs
+	// sharedOut: proxy kind and namespace set -> merged output.
+	sharedOut map[string]*lazy[*sharedOutput]
+	checks    *checkCache // for Mesh.Check
+	inputs    routingInputs
 }
 
 // Prepare builds the model of a snapshot.
@@ -57,13 +60,14 @@ func Prepare(snap *config.Snapshot) *Mesh {
 
 func prepare(src source) *Mesh {
 	return &Mesh{
-		m:        buildMesh(src, &diagnostics{}),
-		outbound: map[string]*lazy[*nsOutput]{},
-		grpc:     map[string]*lazy[*nsOutput]{},
-		clusters: map[string]*lazy[*clusterv3.Cluster]{},
-		clas:     map[string]*lazy[*endpointv3.ClusterLoadAssignment]{},
-		checks:   &checkCache{},
-		inputs:   routingInputsOf(src),
+		m:         buildMesh(src, &diagnostics{}),
+		outbound:  map[string]*lazy[*nsOutput]{},
+		grpc:      map[string]*lazy[*nsOutput]{},
+		clusters:  map[string]*lazy[*clusterv3.Cluster]{},
+		clas:      map[string]*lazy[*endpointv3.ClusterLoadAssignment]{},
+		sharedOut: map[string]*lazy[*sharedOutput]{},
+		checks:    &checkCache{},
+		inputs:    routingInputsOf(src),
 	}
 }
 
@@ -109,39 +113,74 @@ func get[T any](mu *sync.Mutex, m map[string]*lazy[T], key string, build func() 
 // Translate builds the NodeConfig of one proxy; see the package function.
 func (p *Mesh) Translate(proxy Proxy) *NodeConfig {
 	nc := &NodeConfig{Proxy: proxy}
-	diags := &diagnostics{list: p.m.diags.list}
-	var outs []*nsOutput
+	var sh *sharedOutput
 	switch proxy.Kind {
 	case SharedEnvoy:
-		outs = p.sharedEnvoy(proxy.Node, nc)
+		sh = p.sharedEnvoy(proxy.Node, nc)
 	case ProxylessGRPC:
-		outs = []*nsOutput{get(&p.mu, p.grpc, proxy.Namespace, func() *nsOutput { return p.buildProxyless(proxy.Namespace) })}
+		sh = p.shared(proxy.Kind, []string{proxy.Namespace})
+	default:
+		return nc
 	}
-	// Clusters: the first namespace (sorted) that wants a name decides it.
-	refs := map[string]*clusterRef{}
-	for _, o := range outs {
-		nc.Listeners = append(nc.Listeners, o.listeners...)
-		nc.Routes = append(nc.Routes, o.routes...)
-		diags.list = append(diags.list, o.diags...)
-		for _, r := range o.clusters {
-			if _, ok := refs[r.Name]; !ok {
-				refs[r.Name] = r
+	// The node's own resources (inbound listeners, original destination
+	// clusters) join the shared ones.
+	nc.Listeners = append(nc.Listeners, sh.listeners...)
+	nc.Clusters = append(nc.Clusters, sh.clusters...)
+	nc.Routes = slices.Clone(sh.routes)
+	nc.Endpoints = slices.Clone(sh.endpoints)
+	nc.Diagnostics = slices.Clone(sh.diags)
+	sortByName(nc.Listeners, (*listenerv3.Listener).GetName)
+	sortByName(nc.Clusters, (*clusterv3.Cluster).GetName)
+	return nc
+}
+
+// sharedOutput is what every proxy serving the same set of namespaces
+// gets, sorted by name.
+type sharedOutput struct {
+	listeners []*listenerv3.Listener
+	routes    []*routev3.RouteConfiguration
+	clusters  []*clusterv3.Cluster
+	endpoints []*endpointv3.ClusterLoadAssignment
+	diags     []config.Diagnostic
+}
+
+// shared merges (once per Mesh and set of namespaces) the per-namespace
+// outputs. Clusters: the first namespace (sorted) that wants a name
+// decides it.
+func (p *Mesh) shared(kind ProxyKind, namespaces []string) *sharedOutput {
+	key := string(rune('0'+kind)) + strings.Join(namespaces, ",")
+	return get(&p.mu, p.sharedOut, key, func() *sharedOutput {
+		out := &sharedOutput{}
+		diags := &diagnostics{list: slices.Clone(p.m.diags.list)}
+		refs := map[string]*clusterRef{}
+		for _, ns := range namespaces {
+			var o *nsOutput
+			if kind == ProxylessGRPC {
+				o = get(&p.mu, p.grpc, ns, func() *nsOutput { return p.buildProxyless(ns) })
+			} else {
+				o = get(&p.mu, p.outbound, ns, func() *nsOutput { return p.buildOutbound(ns, p.m.ports[ns].Outbound) })
+			}
+			out.listeners = append(out.listeners, o.listeners...)
+			out.routes = append(out.routes, o.routes...)
+			diags.list = append(diags.list, o.diags...)
+			for _, r := range o.clusters {
+				if _, ok := refs[r.Name]; !ok {
+					refs[r.Name] = r
+				}
 			}
 		}
-	}
-	for _, name := range sortedKeys(refs) {
-		ref := refs[name]
-		nc.Clusters = append(nc.Clusters, p.cluster(ref, proxy.Kind))
-		if !ref.svc.DNS {
-			nc.Endpoints = append(nc.Endpoints, p.loadAssignment(ref))
+		for _, name := range sortedKeys(refs) {
+			ref := refs[name]
+			out.clusters = append(out.clusters, p.cluster(ref, kind))
+			if !ref.svc.DNS {
+				out.endpoints = append(out.endpoints, p.loadAssignment(ref))
+			}
 		}
-	}
-	sortByName(nc.Listeners, (*listenerv3.Listener).GetName)
-	sortByName(nc.Routes, (*routev3.RouteConfiguration).GetName)
-	sortByName(nc.Clusters, (*clusterv3.Cluster).GetName)
-	sortByName(nc.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
-	nc.Diagnostics = diags.sorted()
-	return nc
+		sortByName(out.listeners, (*listenerv3.Listener).GetName)
+		sortByName(out.routes, (*routev3.RouteConfiguration).GetName)
+		out.diags = diags.sorted()
+		return out
+	})
 }
 
 // cluster builds (once per Mesh) the cluster of a ref. Its content depends
@@ -163,8 +202,8 @@ func (p *Mesh) loadAssignment(ref *clusterRef) *endpointv3.ClusterLoadAssignment
 }
 
 // sharedEnvoy adds the node-specific parts (inbound listeners and their
-// clusters) to nc and returns the shared outputs of the node's namespaces.
-func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) []*nsOutput {
+// clusters) to nc and returns the shared output of the node's namespaces.
+func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) *sharedOutput {
 	local := map[string][]string{} // namespace -> pod IPs on this node
 	for _, o := range p.m.src.PodsOnNode(node) {
 		pod, ok := o.Spec.(*corev1.Pod)
@@ -177,23 +216,23 @@ func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) []*nsOutput {
 		}
 		local[o.Namespace] = ips
 	}
-	var outs []*nsOutput
+	var namespaces []string
 	for _, ns := range sortedKeys(local) {
 		ports, ok := p.m.ports[ns]
 		if !ok {
 			continue // more namespaces than slots
 		}
-		outs = append(outs, get(&p.mu, p.outbound, ns, func() *nsOutput { return p.buildOutbound(ns, ports.Outbound) }))
+		namespaces = append(namespaces, ns)
 		if ips := local[ns]; len(ips) > 0 {
 			slices.Sort(ips)
 			nc.Listeners = append(nc.Listeners, inboundListener(ns, ports.Inbound, slices.Compact(ips)))
 			nc.Clusters = append(nc.Clusters, originalDstCluster(inboundClusterName(ns)))
 		}
 	}
-	if len(local) > 0 {
+	if len(namespaces) > 0 {
 		nc.Clusters = append(nc.Clusters, originalDstCluster(PassthroughCluster), blackHoleCluster())
 	}
-	return outs
+	return p.shared(SharedEnvoy, namespaces)
 }
 
 func (p *Mesh) buildOutbound(ns string, port uint32) *nsOutput {
