@@ -15,7 +15,8 @@
 //
 // NamespaceListeners for the namespaces with pods on the node, on the ports
 // of translate.AllocateNamespacePorts (the Envoy listeners' ports); Services
-// for every TCP/UDP port with a cluster IP that those namespaces may see
+// for every TCP/UDP port with a cluster IP that those namespaces may reach
+// (exportTo and Sidecar egress hosts, visibility.go)
 // (services.go: backends from EndpointSlices, else from selected ready
 // pods, weight 1 each; headless services have no VIP and no resource);
 // l7 set by the rules in l7.go; the Policies the kernel enforces for the

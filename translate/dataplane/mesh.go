@@ -43,6 +43,7 @@ type Mesh struct {
 	nsIDs      map[string]uint32
 	ports      map[string]translate.NamespacePorts
 	services   []*service
+	sidecars   map[string]*egressScope // namespace -> Sidecar egress scope
 	// Outputs in ResourceName order (sortOutputs).
 	servicePorts []namedService
 	outWorkloads []*workload
@@ -85,6 +86,7 @@ func prepare(src source, opts Options) *Mesh {
 	m.allocateIDs()
 	m.readWorkloads()
 	m.readServices()
+	m.sidecars = m.readSidecars()
 	m.readPolicies()
 	m.resolvePolicies()
 	m.markL7()

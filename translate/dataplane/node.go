@@ -23,8 +23,8 @@ const AccelerateAnnotation = "nodemesh.io/accelerate"
 //   - Listeners: one per namespace with a (not finished) pod on the node,
 //     with translate.AllocateNamespacePorts' ports.
 //   - Services: every TCP/UDP port of every Service with a cluster IP that
-//     one of those namespaces may see (Istio exportTo; Sidecar egress
-//     scoping is not applied: a node gets more services, never fewer).
+//     one of those namespaces may reach (Istio exportTo and namespace-wide
+//     Sidecar egress hosts, visibility.go).
 //   - Policies: those the kernel enforces for an identity with a workload
 //     on the node, their selected identities narrowed to those.
 //   - Workloads: the node's pods with an IP, and the workloads whose
@@ -52,7 +52,7 @@ func (m *Mesh) Translate(node string) *Resources {
 	}
 	visible := map[*service]bool{}
 	for _, s := range m.services {
-		visible[s] = slices.ContainsFunc(namespaces, s.visibleTo)
+		visible[s] = slices.ContainsFunc(namespaces, func(ns string) bool { return m.reachable(ns, s) })
 	}
 	for _, sp := range m.servicePorts {
 		if visible[sp.svc] {
