@@ -87,6 +87,7 @@ func Sweep() error {
 		addPrefixes(found, mount)
 	}
 	addPrefixes(found, BPFFS)
+	addPrefixes(found, os.TempDir())
 	addPrefixes(found, ownerDir)
 	var errs []error
 	for p := range found {
