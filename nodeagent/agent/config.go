@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+
+	"google.golang.org/grpc"
+
+	"github.com/nodemesh/nodemesh/nodeagent/ads"
+	"github.com/nodemesh/nodemesh/nodeagent/envoy"
+)
+
+// Config configures an Agent. Node, ControlPlane and CgroupPath are
+// required; every other field has a useful zero value.
+type Config struct {
+	// Node is this node's name: the xDS node id and the name the control
+	// plane places pods on.
+	Node string
+	// ControlPlane is meshd's gRPC address (host:port).
+	ControlPlane string
+	// DialOptions for the control plane connection; default insecure
+	// transport (mTLS comes with the identity work).
+	DialOptions []grpc.DialOption
+	// CgroupPath is the cgroup v2 directory the programs attach to: the
+	// node's, holding every pod's cgroup. Never the root of a shared
+	// machine's hierarchy in a test.
+	CgroupPath string
+	// PinDir holds the pinned maps and links; default
+	// nodeagent.DefaultPinRoot/<Node>.
+	PinDir string
+	// NodeIP is the node's address as pods see it: the node proxy's
+	// address for L7 redirects, and a host workload (identity
+	// nodeagent.IdentityHost) so that the node reaches default-deny pods.
+	// Optional; without it namespace listeners are NACKed.
+	NodeIP netip.Addr
+	// PodCgroup returns the cgroup v2 directory of a local pod, or "" when
+	// unknown. Default CgroupLayout(CgroupPath).
+	PodCgroup func(namespace, pod string) string
+	// EnvoySocket is the unix socket of the local xDS proxy Envoy connects
+	// to. Empty: no Envoy side at all.
+	EnvoySocket string
+	// EnvoyBootstrapPath is where the bootstrap is written; default
+	// envoy-bootstrap.json next to EnvoySocket.
+	EnvoyBootstrapPath string
+	// EnvoyBinary is the Envoy executable (name on PATH or path); default
+	// "envoy". When it is not found, Envoy is not started.
+	EnvoyBinary string
+	// EnvoyBootstrap overrides the bootstrap (admin port, limits); Node and
+	// XDSSocket are filled in.
+	EnvoyBootstrap envoy.BootstrapConfig
+	// StatusAddr is the HTTP status listener (host:port); empty: none.
+	StatusAddr string
+	// Backoff between reconnects to the control plane.
+	Backoff ads.Backoff
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate reports what is missing or wrong in c.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Node == "" {
+		errs = append(errs, errors.New("node is required"))
+	}
+	if c.ControlPlane == "" {
+		errs = append(errs, errors.New("control plane address is required"))
+	}
+	if c.CgroupPath == "" || !filepath.IsAbs(c.CgroupPath) {
+		errs = append(errs, fmt.Errorf("cgroup path %q must be an absolute path", c.CgroupPath))
+	}
+	if c.EnvoySocket != "" && !filepath.IsAbs(c.EnvoySocket) {
+		errs = append(errs, fmt.Errorf("envoy socket %q must be an absolute path", c.EnvoySocket))
+	}
+	if c.EnvoyBootstrapPath != "" && c.EnvoySocket == "" {
+		errs = append(errs, errors.New("envoy bootstrap path needs an envoy socket"))
+	}
+	if c.NodeIP.IsValid() && !c.NodeIP.Unmap().Is4() && !c.NodeIP.Is6() {
+		errs = append(errs, fmt.Errorf("node ip %s is not an IP address", c.NodeIP))
+	}
+	if c.Backoff.Jitter < 0 || c.Backoff.Jitter >= 1 {
+		errs = append(errs, fmt.Errorf("backoff jitter %v is outside [0, 1)", c.Backoff.Jitter))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("agent config: %w", err)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.PodCgroup == nil {
+		c.PodCgroup = CgroupLayout(c.CgroupPath)
+	}
+	if c.EnvoySocket != "" && c.EnvoyBootstrapPath == "" {
+		c.EnvoyBootstrapPath = filepath.Join(filepath.Dir(c.EnvoySocket), "envoy-bootstrap.json")
+	}
+	if c.EnvoyBinary == "" {
+		c.EnvoyBinary = "envoy"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.NodeIP = c.NodeIP.Unmap()
+	return c
+}
