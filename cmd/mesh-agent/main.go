@@ -1,20 +1,30 @@
-// Command mesh-agent is the nodemesh node agent. With --state it programs
-// the node's eBPF data plane from a YAML file of nodeagent.State, and
-// re-applies it whenever the file changes. SIGTERM/SIGINT exit and leave the
-// pinned programs and maps in place, so traffic keeps flowing.
+// Command mesh-agent is the nodemesh node agent. It runs in one of two modes:
+//
+//   - --control-plane ADDR: the full agent (nodeagent/agent): one ADS stream
+//     to meshd for the dataplane resources, applied to the node's eBPF maps
+//     (ACK after the maps are written), the shared Envoy's xDS proxied over
+//     the same connection (--envoy-socket), status over HTTP (--status-addr).
+//   - --state FILE: standalone; programs the maps from a YAML file of
+//     nodeagent.State and re-applies it whenever the file changes.
+//
+// SIGTERM/SIGINT exit and leave the pinned programs and maps in place, so
+// traffic keeps flowing; --uninstall removes them.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/nodemesh/nodemesh/nodeagent"
+	"github.com/nodemesh/nodemesh/nodeagent/agent"
 )
 
 func main() {
@@ -26,15 +36,27 @@ func main() {
 
 func run() error {
 	node := flag.String("node", "", "node name (required)")
-	state := flag.String("state", "", "YAML file with the desired dataplane state (required)")
-	cgroup := flag.String("cgroup", "", "cgroup v2 directory to attach to (default: the cgroup v2 mount, i.e. every process of the node)")
+	controlPlane := flag.String("control-plane", "", "meshd gRPC address host:port (full agent mode)")
+	state := flag.String("state", "", "YAML file with the desired dataplane state (standalone mode)")
+	cgroup := flag.String("cgroup", "", "cgroup v2 directory to attach to; local pods' cgroups are <cgroup>/<namespace>_<pod> or <cgroup>/<pod> (default: the cgroup v2 mount, i.e. every process of the node)")
 	pinDir := flag.String("pin-dir", "", "bpffs directory for pins (default "+nodeagent.DefaultPinRoot+"/<node>)")
-	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes")
+	nodeIP := flag.String("node-ip", "", "the node's IP as pods see it: node proxy address and host workload (control-plane mode)")
+	envoySocket := flag.String("envoy-socket", "", "unix socket of the local xDS proxy for the node's Envoy; empty: no Envoy side (control-plane mode)")
+	envoyBootstrap := flag.String("envoy-bootstrap", "", "where to write the Envoy bootstrap (default: envoy-bootstrap.json next to --envoy-socket)")
+	envoyBinary := flag.String("envoy", "envoy", "Envoy binary, started when found (control-plane mode)")
+	statusAddr := flag.String("status-addr", "", "HTTP status address host:port, e.g. 127.0.0.1:15020 (control-plane mode)")
+	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
 	flag.Parse()
-	if *node == "" || (*state == "" && !*uninstall) {
+	modes := 0
+	for _, set := range []bool{*controlPlane != "", *state != "", *uninstall} {
+		if set {
+			modes++
+		}
+	}
+	if *node == "" || modes != 1 {
 		flag.Usage()
-		return fmt.Errorf("--node and --state are required")
+		return errors.New("--node and exactly one of --control-plane, --state or --uninstall are required")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if *cgroup == "" {
@@ -44,6 +66,26 @@ func run() error {
 		}
 		*cgroup = mount
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if *controlPlane != "" {
+		var ip netip.Addr
+		if *nodeIP != "" {
+			var err error
+			if ip, err = netip.ParseAddr(*nodeIP); err != nil {
+				return fmt.Errorf("--node-ip: %w", err)
+			}
+		}
+		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, CgroupPath: *cgroup, PinDir: *pinDir,
+			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
+			StatusAddr: *statusAddr, Logger: log})
+		if err != nil {
+			return err
+		}
+		return a.Run(ctx)
+	}
+
 	dp, err := nodeagent.Open(nodeagent.Config{Node: *node, CgroupPath: *cgroup, PinDir: *pinDir, Logger: log})
 	if err != nil {
 		return err
@@ -52,9 +94,6 @@ func run() error {
 		return dp.Uninstall()
 	}
 	defer dp.Close()
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	err = nodeagent.WatchStateFile(ctx, nodeagent.WatchConfig{Path: *state, Interval: *interval, Logger: log}, dp)
 	log.Info("exiting; pinned programs and maps stay attached")
 	return err
