@@ -12,7 +12,7 @@ import (
 func (m *mesh) readDestinationRules() {
 	for _, o := range m.src.List(config.KindDestinationRule) {
 		dr, ok := o.Spec.(*networking.DestinationRule)
-		if !ok {
+		if !ok || dr == nil {
 			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}

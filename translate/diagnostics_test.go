@@ -5,6 +5,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	networking "istio.io/api/networking/v1alpha3"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/nodemesh/nodemesh/config"
 )
@@ -128,4 +131,51 @@ spec: {host: ratings.prod.svc.cluster.local}
 			t.Errorf("no warning for %s; diagnostics: %v", k, nc.Diagnostics)
 		}
 	}
+}
+
+// Objects whose spec is missing or of the wrong type are diagnosed, not
+// dereferenced.
+func TestNilAndWrongSpecs(t *testing.T) {
+	var objs []*config.Object
+	for i, spec := range []any{
+		(*corev1.Service)(nil), (*corev1.Pod)(nil), (*discoveryv1.EndpointSlice)(nil),
+		(*networking.VirtualService)(nil), (*networking.DestinationRule)(nil), (*networking.ServiceEntry)(nil), (*networking.Sidecar)(nil),
+	} {
+		kind := []config.Kind{config.KindService, config.KindPod, config.KindEndpointSlice, config.KindVirtualService,
+			config.KindDestinationRule, config.KindServiceEntry, config.KindSidecar}[i]
+		objs = append(objs, &config.Object{Key: config.Key{Kind: kind, Namespace: "default", Name: "nil"}, Spec: spec},
+			&config.Object{Key: config.Key{Kind: kind, Namespace: "default", Name: "wrong"}, Spec: "text"})
+	}
+	src := &fakeSource{objs: objs}
+	for _, p := range []Proxy{{Node: "node-a"}, {Kind: ProxylessGRPC, Namespace: "default"}} {
+		nc := prepare(src).Translate(p)
+		if err := Check(nc); err != nil {
+			t.Fatal(err)
+		}
+		if len(nc.Diagnostics) < 7 {
+			t.Errorf("%v: %d diagnostics, want one per bad object: %v", p.Kind, len(nc.Diagnostics), nc.Diagnostics)
+		}
+	}
+}
+
+// fakeSource serves a fixed list of objects, including ones the real store
+// would refuse.
+type fakeSource struct{ objs []*config.Object }
+
+func (f *fakeSource) List(kind config.Kind) []*config.Object {
+	var out []*config.Object
+	for _, o := range f.objs {
+		if o.Kind == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+func (f *fakeSource) Get(k config.Key) (*config.Object, bool) { return nil, false }
+func (f *fakeSource) PodsOnNode(node string) []*config.Object { return f.List(config.KindPod) }
+func (f *fakeSource) PodsMatching(ns string, sel map[string]string) []*config.Object {
+	return f.List(config.KindPod)
+}
+func (f *fakeSource) EndpointSlicesFor(ns, svc string) []*config.Object {
+	return f.List(config.KindEndpointSlice)
 }

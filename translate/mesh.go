@@ -117,7 +117,7 @@ func compareBool(a, b bool) int {
 func (m *mesh) readSidecars() {
 	for _, o := range m.src.List(config.KindSidecar) {
 		sc, ok := o.Spec.(*networking.Sidecar)
-		if !ok {
+		if !ok || sc == nil {
 			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
@@ -156,7 +156,7 @@ func (m *mesh) sidecarFor(ns string) sidecar {
 func (m *mesh) readVirtualServices() {
 	for _, o := range m.src.List(config.KindVirtualService) {
 		vs, ok := o.Spec.(*networking.VirtualService)
-		if !ok {
+		if !ok || vs == nil {
 			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}

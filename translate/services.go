@@ -15,7 +15,7 @@ import (
 // kubeService models a Kubernetes Service; nil when it has nothing to serve.
 func kubeService(o *config.Object, d *diagnostics) *service {
 	ks, ok := o.Spec.(*corev1.Service)
-	if !ok {
+	if !ok || ks == nil {
 		d.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 		return nil
 	}
@@ -73,7 +73,7 @@ func kubeService(o *config.Object, d *diagnostics) *service {
 // serviceEntryServices models each host of a ServiceEntry as a service.
 func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 	se, ok := o.Spec.(*networking.ServiceEntry)
-	if !ok {
+	if !ok || se == nil {
 		d.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 		return nil
 	}

@@ -207,7 +207,7 @@ func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) *sharedOutput {
 	local := map[string][]string{} // namespace -> pod IPs on this node
 	for _, o := range p.m.src.PodsOnNode(node) {
 		pod, ok := o.Spec.(*corev1.Pod)
-		if !ok || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		if !ok || pod == nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
 		ips := local[o.Namespace]

@@ -60,7 +60,7 @@ func (m *mesh) sliceEndpoints(objs []*config.Object, sp servicePort) []endpoint 
 	var out []endpoint
 	for _, o := range objs {
 		es, ok := o.Spec.(*discoveryv1.EndpointSlice)
-		if !ok {
+		if !ok || es == nil {
 			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
@@ -114,7 +114,7 @@ func podEndpoints(pods []*config.Object, sp servicePort) []endpoint {
 	var out []endpoint
 	for _, o := range pods {
 		pod, ok := o.Spec.(*corev1.Pod)
-		if !ok || !podReady(pod) {
+		if !ok || pod == nil || !podReady(pod) {
 			continue
 		}
 		port := sp.Port
