@@ -1,6 +1,8 @@
 package authz
 
 import (
+	"slices"
+
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	corev1 "k8s.io/api/core/v1"
@@ -44,8 +46,13 @@ func Build(snap *config.Snapshot, w Workload, opts Options) Filters {
 	ps, diags := SelectAuthorizationPolicies(snap.List(config.KindAuthorizationPolicy), w, opts)
 	f.Diagnostics = append(f.Diagnostics, diags...)
 	smi, diags := SMIPolicies(snap, opts)
-	f.Diagnostics = append(f.Diagnostics, diags...)
-	ps = append(ps, SelectSMI(smi, w)...)
+	selected := SelectSMI(smi, w)
+	for _, d := range diags { // only those of the TrafficTargets of this workload
+		if slices.ContainsFunc(selected, func(p *Policy) bool { return p.Object.Key == d.Object }) {
+			f.Diagnostics = append(f.Diagnostics, d)
+		}
+	}
+	ps = append(ps, selected...)
 	http, diags := HTTPFilters(ps, opts)
 	f.Diagnostics = append(f.Diagnostics, diags...)
 	if jwt != nil {

@@ -5,8 +5,8 @@
 //
 //	config snapshot -> translate (listeners) -> inbound listener http_filters:
 //	    jwt_authn (BuildJWT), then BuildHTTP's filters
-//	    [AUDIT rbac (log), CUSTOM rbac shadow + ext_authz, DENY rbac, ALLOW rbac],
-//	    then the router
+//	    [AUDIT rbac (log), CUSTOM rbac shadow + ext_authz, DENY rbac,
+//	     ALLOW rbac, SMI ALLOW rbac], then the router (Build returns them all)
 //	                  -> inbound TCP filter chains: BuildTCP's network rbac
 //	                     filters before tcp_proxy
 //
@@ -31,17 +31,19 @@
 // it is denied. AUDIT never changes a decision. Rule names follow Istio:
 // ns[<namespace>]-policy[<name>]-rule[<index>].
 //
-// SMI and Istio together: TrafficTarget and AuthorizationPolicy both apply —
-// SMI targets become ALLOW policies next to Istio's, so a request must pass
-// every Istio DENY and be allowed by some ALLOW policy (Istio's or SMI's).
-// SMI access control is additive and deny-by-default exactly like an Istio
-// ALLOW policy, so one selecting the destination makes the workload
-// default-deny. For traffic splitting, an Istio VirtualService for the root
-// service's host wins over a TrafficSplit (TrafficSplitWeights reports a
-// Warning diagnostic).
+// SMI and Istio together: TrafficTarget and AuthorizationPolicy both apply,
+// and a request must be allowed by both. SMI targets become ALLOW policies
+// in their own RBAC filter after Istio's ALLOW filter: Istio's DENY still
+// wins, Istio's ALLOW policies (if any) must allow, and, when a
+// TrafficTarget selects the workload (its destination service account), one
+// of the TrafficTargets must allow too — SMI access control is additive and
+// deny-by-default. For traffic splitting, an Istio VirtualService for the
+// root service's host wins over a TrafficSplit (TrafficSplitWeights reports
+// a Warning diagnostic).
 //
 // Files: model.go (model, Split), istio.go (AuthorizationPolicy -> model),
 // selector.go (which policies apply to a workload), matcher.go, principal.go,
 // permission.go (model -> Envoy RBAC), rbac.go (BuildHTTP, BuildTCP),
-// jwt.go (BuildJWT), smi.go (SMIPolicies, TrafficSplitWeights).
+// jwt.go (BuildJWT), smi.go (SMIPolicies, TrafficSplitWeights), build.go
+// (Build: everything for one workload from a snapshot).
 package authz

@@ -148,8 +148,11 @@ func group(ps []*Policy, opts Options) (map[Action][]*Policy, []config.Diagnosti
 			byAction[p.Action] = append(byAction[p.Action], p)
 			continue
 		}
-		_, known := opts.ExtAuthzProviders[p.Provider]
+		prov, known := opts.ExtAuthzProviders[p.Provider]
 		switch {
+		case known && prov.Cluster == "":
+			diags = append(diags, diag(config.SeverityError, p.Object, "spec.provider.name",
+				"ext_authz provider %q has no cluster: matching requests are denied", p.Provider))
 		case !known:
 			diags = append(diags, diag(config.SeverityError, p.Object, "spec.provider.name",
 				"unknown ext_authz provider %q (known: %s): matching requests are denied", p.Provider, strings.Join(opts.providerNames(), ", ")))
