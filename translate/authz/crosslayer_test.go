@@ -1,4 +1,4 @@
-package authz
+package authz_test
 
 import (
 	"fmt"
@@ -10,6 +10,7 @@ import (
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/config"
+	"github.com/nodemesh/nodemesh/translate/authz"
 	"github.com/nodemesh/nodemesh/translate/dataplane"
 )
 
@@ -126,10 +127,10 @@ spec:
 func TestCrossLayerL4Verdicts(t *testing.T) {
 	for _, c := range l4Cases {
 		t.Run(c.name, func(t *testing.T) {
-			objs := decode(t, crossMesh+"---"+c.yaml)
-			snap := snapshot(t, objs)
+			objs := authz.DecodeForTest(t, crossMesh+"---"+c.yaml)
+			snap := authz.SnapshotForTest(t, objs)
 			for _, p := range mustPolicies(t, snap) {
-				if !Split(p) {
+				if !authz.Split(p) {
 					t.Fatalf("policy %s is not L4-only: the case is wrong", p.Name)
 				}
 			}
@@ -137,7 +138,7 @@ func TestCrossLayerL4Verdicts(t *testing.T) {
 			if len(res.Policies) == 0 {
 				t.Fatalf("dataplane produced no kernel policy; diagnostics: %v", res.Diagnostics)
 			}
-			f := Build(snap, httpbin, Options{})
+			f := authz.Build(snap, authz.HTTPBinForTest, authz.Options{})
 			if len(f.Diagnostics) > 0 {
 				t.Fatal(f.Diagnostics)
 			}
@@ -149,12 +150,9 @@ func TestCrossLayerL4Verdicts(t *testing.T) {
 			for _, cl := range crossClients {
 				for _, port := range []uint32{8000, 9000, 3306} {
 					kernel := kernelVerdict(res, dst, identityOf(t, all, cl.ns, cl.sa), port)
-					r := request{principal: spiffe(cl.ns, cl.sa), sourceIP: cl.ip, port: port, method: "GET", path: "/"}
-					h := evalHTTP(t, f.HTTP, r)
-					tcp := evalTCP(t, f.TCP, r)
-					if h.allowed != kernel || tcp.allowed != kernel {
-						t.Errorf("%s/%s -> port %d: kernel %v, RBAC http %v (%s), tcp %v (%s)",
-							cl.ns, cl.sa, port, kernel, h.allowed, h.by, tcp.allowed, tcp.by)
+					h, tcp, why := authz.EvalL4ForTest(t, f, authz.SpiffeForTest(cl.ns, cl.sa), cl.ip, port)
+					if h != kernel || tcp != kernel {
+						t.Errorf("%s/%s -> port %d: kernel %v, RBAC http %v, tcp %v (%s)", cl.ns, cl.sa, port, kernel, h, tcp, why)
 					}
 				}
 			}
@@ -162,10 +160,10 @@ func TestCrossLayerL4Verdicts(t *testing.T) {
 	}
 }
 
-func mustPolicies(t *testing.T, snap *config.Snapshot) []*Policy {
-	var out []*Policy
+func mustPolicies(t *testing.T, snap *config.Snapshot) []*authz.Policy {
+	var out []*authz.Policy
 	for _, o := range snap.List(config.KindAuthorizationPolicy) {
-		p, diags := FromAuthorizationPolicy(o, Options{})
+		p, diags := authz.FromAuthorizationPolicy(o, authz.Options{})
 		if len(diags) > 0 {
 			t.Fatal(diags)
 		}
@@ -212,7 +210,7 @@ func kernelVerdict(res *dataplane.Resources, dst, src, port uint32) bool {
 	return !hasAllow || allowed
 }
 
-// Split and translate/dataplane agree, rule by rule, on what the kernel can
+// authz.Split and translate/dataplane agree, rule by rule, on what the kernel can
 // enforce: dataplane reports every rule it leaves to the proxy.
 func TestSplitAgreesWithDataplane(t *testing.T) {
 	rules := []string{
@@ -251,7 +249,7 @@ func TestSplitAgreesWithDataplane(t *testing.T) {
 			fmt.Fprintf(&b, "  - %s\n", r)
 		}
 	}
-	snap := snapshot(t, decode(t, crossMesh+b.String()))
+	snap := authz.SnapshotForTest(t, authz.DecodeForTest(t, crossMesh+b.String()))
 	res := dataplane.Translate(snap, "node-a")
 	proxyByDataplane := map[string]bool{} // "<policy> <rule index>"
 	ruleRE := regexp.MustCompile(`^spec\.rules\[(\d+)\]`)
@@ -268,9 +266,9 @@ func TestSplitAgreesWithDataplane(t *testing.T) {
 	for _, p := range mustPolicies(t, snap) {
 		for i, r := range p.Rules {
 			key := p.Name + " " + strconv.Itoa(i)
-			if SplitRule(r) == proxyByDataplane[key] {
+			if authz.SplitRule(r) == proxyByDataplane[key] {
 				t.Errorf("%s rule %d (%s): authz.SplitRule=%v, dataplane leaves it to the proxy=%v",
-					p.Name, i, rules[i], SplitRule(r), proxyByDataplane[key])
+					p.Name, i, rules[i], authz.SplitRule(r), proxyByDataplane[key])
 			}
 		}
 	}
