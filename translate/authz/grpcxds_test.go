@@ -20,6 +20,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -74,59 +75,7 @@ func TestGRPCXDSServerEnforcesRBAC(t *testing.T) {
 		t.Fatal(diags)
 	}
 
-	// The server's listening socket comes first: its address names the
-	// Listener resource.
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().(*net.TCPAddr)
-
-	// Control plane: go-control-plane's ADS server with one Listener.
-	const nodeID = "authz-grpc-server"
-	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	snap, err := cachev3.NewSnapshot("1", map[resource.Type][]cachetypes.Resource{
-		resource.ListenerType: {inboundListener(addr, filters)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := snap.Consistent(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cache.SetSnapshot(ctx, nodeID, snap); err != nil {
-		t.Fatal(err)
-	}
-	cpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := grpc.NewServer()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(cp, serverv3.NewServer(ctx, cache, nil))
-	go cp.Serve(cpLis)
-	defer cp.Stop()
-
-	bootstrap, err := json.Marshal(map[string]any{
-		"xds_servers": []any{map[string]any{
-			"server_uri":      cpLis.Addr().String(),
-			"channel_creds":   []any{map[string]any{"type": "insecure"}},
-			"server_features": []string{"xds_v3"},
-		}},
-		"node":                                   map[string]any{"id": nodeID},
-		"server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := xds.NewGRPCServer(grpc.Creds(insecure.NewCredentials()), xds.BootstrapContentsForTesting(bootstrap))
-	if err != nil {
-		t.Fatal(err)
-	}
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	testgrpc.RegisterTestServiceServer(srv, testService{})
-	go srv.Serve(lis)
-	defer srv.Stop()
-
+	addr := serveWithXDS(t, ctx, filters, nil, nil, insecure.NewCredentials())
 	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +137,72 @@ func TestGRPCXDSServerEnforcesRBAC(t *testing.T) {
 			t.Errorf("%s: evaluator allowed=%v (%s), gRPC says %v", c.name, v.allowed, v.by, got)
 		}
 	}
+}
+
+// serveWithXDS starts a go-control-plane ADS server holding the inbound
+// Listener (filters, and transport on its filter chain when not nil) and a
+// gRPC xDS server (health + TestService) configured from it; it returns the
+// server's address. extra is merged into the bootstrap.
+func serveWithXDS(t *testing.T, ctx context.Context, filters []*hcmv3.HttpFilter, transport *corev3.TransportSocket,
+	extra map[string]any, creds credentials.TransportCredentials) *net.TCPAddr {
+	t.Helper()
+	// The server's listening socket comes first: its address names the
+	// Listener resource.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().(*net.TCPAddr)
+	l := inboundListener(addr, filters)
+	l.FilterChains[0].TransportSocket = transport
+	if err := l.ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	nodeID := "authz-grpc-server-" + t.Name()
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	snap, err := cachev3.NewSnapshot("1", map[resource.Type][]cachetypes.Resource{resource.ListenerType: {l}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.Consistent(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.SetSnapshot(ctx, nodeID, snap); err != nil {
+		t.Fatal(err)
+	}
+	cpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(cp, serverv3.NewServer(ctx, cache, nil))
+	go cp.Serve(cpLis)
+	t.Cleanup(cp.Stop)
+	b := map[string]any{
+		"xds_servers": []any{map[string]any{
+			"server_uri":      cpLis.Addr().String(),
+			"channel_creds":   []any{map[string]any{"type": "insecure"}},
+			"server_features": []string{"xds_v3"},
+		}},
+		"node":                                   map[string]any{"id": nodeID},
+		"server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
+	}
+	for k, v := range extra {
+		b[k] = v
+	}
+	bootstrap, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.NewGRPCServer(grpc.Creds(creds), xds.BootstrapContentsForTesting(bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	testgrpc.RegisterTestServiceServer(srv, testService{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return addr
 }
 
 // inboundListener is the Listener gRPC's xDS server asks for: named after
