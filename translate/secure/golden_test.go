@@ -1,0 +1,103 @@
+package secure
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/nodemesh/nodemesh/translate"
+)
+
+// Golden tests pin the secured bookinfo config under each
+// PeerAuthentication mode. Refresh with
+// UPDATE_GOLDEN=1 go test ./translate/secure/ -run Golden.
+
+var goldenProxies = map[string]translate.Proxy{
+	"node-a":       {Node: "node-a"},
+	"node-b":       {Node: "node-b"},
+	"grpc-default": {Kind: translate.ProxylessGRPC, Namespace: "default"},
+}
+
+const (
+	paStrict = `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+`
+	paDisable = `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec:
+  mtls: {mode: DISABLE}
+`
+	// Namespace STRICT; ratings inherits it but disables mTLS on 9080,
+	// reviews is PERMISSIVE except STRICT on 9080 (its only port).
+	paPortLevel = `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ratings, namespace: default}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  portLevelMtls:
+    9080: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    9080: {mode: STRICT}
+`
+)
+
+var goldenCases = map[string]string{
+	"permissive": "",
+	"strict":     paStrict,
+	"disable":    paDisable,
+	"port-level": paPortLevel,
+}
+
+func TestGolden(t *testing.T) {
+	update := os.Getenv("UPDATE_GOLDEN") == "1"
+	for name, yaml := range goldenCases {
+		t.Run(name, func(t *testing.T) {
+			snap := decode(t, yaml)
+			for pname, proxy := range goldenProxies {
+				nc, diags := secured(t, snap, proxy)
+				got := goldenJSON(t, nc, diags)
+				nc2, diags2 := secured(t, snap, proxy)
+				if !bytes.Equal(got, goldenJSON(t, nc2, diags2)) {
+					t.Fatalf("%s: two passes over the same snapshot differ", pname)
+				}
+				path := filepath.Join("testdata", "golden", name, pname+".json")
+				if update {
+					if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(path, got, 0o644); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				want, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatalf("%v (run with UPDATE_GOLDEN=1 to create it)", err)
+				}
+				if diff := cmp.Diff(string(want), string(got)); diff != "" {
+					t.Errorf("%s differs from golden (-want +got; UPDATE_GOLDEN=1 refreshes):\n%s", path, diff)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,70 @@
+package secure
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// DefaultRootNamespace is where mesh-wide policies live, as in Istio.
+const DefaultRootNamespace = "istio-system"
+
+// DefaultCertProviderInstance is the gRPC certificate provider instance
+// proxyless clients are told to use when Options does not name one.
+const DefaultCertProviderInstance = "default"
+
+// Options configure Apply. The zero value is not usable: TrustDomain is
+// required.
+type Options struct {
+	// TrustDomain of every workload identity, e.g. cluster.local.
+	TrustDomain spiffeid.TrustDomain
+	// RootNamespace holds mesh-wide PeerAuthentication; default istio-system.
+	RootNamespace string
+	// CertProviderInstance is the gRPC bootstrap certificate provider
+	// instance (identity and roots) used for ProxylessGRPC clients;
+	// default "default".
+	CertProviderInstance string
+}
+
+// Validate reports missing or malformed options.
+func (o Options) Validate() error {
+	if o.TrustDomain.IsZero() {
+		return errors.New("secure options: trust domain is required")
+	}
+	return nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.RootNamespace == "" {
+		o.RootNamespace = DefaultRootNamespace
+	}
+	if o.CertProviderInstance == "" {
+		o.CertProviderInstance = DefaultCertProviderInstance
+	}
+	return o
+}
+
+// WorkloadID is spiffe://<td>/ns/<namespace>/sa/<serviceAccount> (the
+// same form as identity.WorkloadID, which this pure package cannot import).
+func WorkloadID(td spiffeid.TrustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {
+	if serviceAccount == "" {
+		serviceAccount = "default"
+	}
+	id, err := spiffeid.FromSegments(td, "ns", namespace, "sa", serviceAccount)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("workload identity of %s/%s: %w", namespace, serviceAccount, err)
+	}
+	return id, nil
+}
+
+// SecretName is the SDS name of a workload's certificate and key: its
+// SPIFFE ID.
+func SecretName(id spiffeid.ID) string { return id.String() }
+
+// BundleSecretName is the SDS name of the trust bundle (validation
+// context) of a trust domain: spiffe://<td>.
+func BundleSecretName(td spiffeid.TrustDomain) string { return td.IDString() }
+
+func portString(p uint32) string { return strconv.FormatUint(uint64(p), 10) }

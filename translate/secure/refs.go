@@ -1,0 +1,159 @@
+package secure
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/nodemesh/nodemesh/translate"
+)
+
+// refs are the names a NodeConfig's resources refer to.
+type refs struct {
+	routes   map[string]bool
+	clusters map[string]bool
+	secrets  map[string]bool
+	errs     []error
+}
+
+func collect(nc *translate.NodeConfig) *refs {
+	r := &refs{routes: map[string]bool{}, clusters: map[string]bool{}, secrets: map[string]bool{}}
+	for _, l := range nc.Listeners {
+		chains := slices.Clone(l.GetFilterChains())
+		if d := l.GetDefaultFilterChain(); d != nil {
+			chains = append(chains, d)
+		}
+		for _, fc := range chains {
+			r.transport(l.GetName(), fc.GetTransportSocket())
+			for _, f := range fc.GetFilters() {
+				r.filter(f)
+			}
+		}
+		if api := l.GetApiListener().GetApiListener(); api != nil {
+			hcm := &hcmv3.HttpConnectionManager{}
+			if api.UnmarshalTo(hcm) == nil && hcm.GetRds() != nil {
+				r.routes[hcm.GetRds().GetRouteConfigName()] = true
+			}
+		}
+	}
+	for _, rc := range nc.Routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			for _, rt := range vh.GetRoutes() {
+				ra := rt.GetRoute()
+				if c := ra.GetCluster(); c != "" {
+					r.clusters[c] = true
+				}
+				for _, w := range ra.GetWeightedClusters().GetClusters() {
+					r.clusters[w.GetName()] = true
+				}
+				for _, mp := range ra.GetRequestMirrorPolicies() {
+					r.clusters[mp.GetCluster()] = true
+				}
+			}
+		}
+	}
+	for _, c := range nc.Clusters {
+		r.transport(c.GetName(), c.GetTransportSocket())
+		for _, m := range c.GetTransportSocketMatches() {
+			r.transport(c.GetName(), m.GetTransportSocket())
+		}
+	}
+	return r
+}
+
+func (r *refs) filter(f *listenerv3.Filter) {
+	tc := f.GetTypedConfig()
+	switch {
+	case tc == nil:
+	case tc.MessageIs(&tcpv3.TcpProxy{}):
+		tp := &tcpv3.TcpProxy{}
+		if tc.UnmarshalTo(tp) == nil {
+			if c := tp.GetCluster(); c != "" {
+				r.clusters[c] = true
+			}
+			for _, w := range tp.GetWeightedClusters().GetClusters() {
+				r.clusters[w.GetName()] = true
+			}
+		}
+	case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
+		hcm := &hcmv3.HttpConnectionManager{}
+		if tc.UnmarshalTo(hcm) == nil && hcm.GetRds() != nil {
+			r.routes[hcm.GetRds().GetRouteConfigName()] = true
+		}
+	}
+}
+
+// transport records the SDS secrets of a TLS transport socket.
+func (r *refs) transport(owner string, ts *corev3.TransportSocket) {
+	tc := ts.GetTypedConfig()
+	if tc == nil {
+		return
+	}
+	var common *tlsv3.CommonTlsContext
+	switch {
+	case tc.MessageIs(&tlsv3.UpstreamTlsContext{}):
+		u := &tlsv3.UpstreamTlsContext{}
+		if err := tc.UnmarshalTo(u); err != nil {
+			r.errs = append(r.errs, fmt.Errorf("%s: transport socket: %w", owner, err))
+			return
+		}
+		common = u.GetCommonTlsContext()
+	case tc.MessageIs(&tlsv3.DownstreamTlsContext{}):
+		d := &tlsv3.DownstreamTlsContext{}
+		if err := tc.UnmarshalTo(d); err != nil {
+			r.errs = append(r.errs, fmt.Errorf("%s: transport socket: %w", owner, err))
+			return
+		}
+		common = d.GetCommonTlsContext()
+	default:
+		return
+	}
+	if err := common.Validate(); err != nil {
+		r.errs = append(r.errs, fmt.Errorf("%s: tls context: %w", owner, err))
+	}
+	for _, s := range common.GetTlsCertificateSdsSecretConfigs() {
+		r.secrets[s.GetName()] = true
+	}
+	if s := common.GetValidationContextSdsSecretConfig(); s != nil {
+		r.secrets[s.GetName()] = true
+	}
+	if s := common.GetCombinedValidationContext().GetValidationContextSdsSecretConfig(); s != nil {
+		r.secrets[s.GetName()] = true
+	}
+}
+
+// SecretNames lists, sorted, every SDS secret nc's listeners and clusters
+// refer to: what the node must receive over SDS.
+func SecretNames(nc *translate.NodeConfig) []string {
+	r := collect(nc)
+	out := make([]string, 0, len(r.secrets))
+	for n := range r.secrets {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// CheckSecrets is translate.Check's reference check for SDS: every secret
+// nc refers to must be among have (what the node is served), and every TLS
+// transport socket must decode and validate.
+func CheckSecrets(nc *translate.NodeConfig, have []string) error {
+	r := collect(nc)
+	errs := r.errs
+	got := map[string]bool{}
+	for _, h := range have {
+		got[h] = true
+	}
+	for _, n := range SecretNames(nc) {
+		if !got[n] {
+			errs = append(errs, fmt.Errorf("secret %q is referenced but not served to node %q", n, nc.Proxy.Node))
+		}
+	}
+	return errors.Join(errs...)
+}
