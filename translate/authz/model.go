@@ -18,7 +18,17 @@ const (
 )
 
 func (a Action) String() string {
-	return [...]string{"ALLOW", "DENY", "AUDIT", "CUSTOM"}[a]
+	switch a {
+	case ActionAllow:
+		return "ALLOW"
+	case ActionDeny:
+		return "DENY"
+	case ActionAudit:
+		return "AUDIT"
+	case ActionCustom:
+		return "CUSTOM"
+	}
+	return "SMI-ALLOW"
 }
 
 // Policy is one authorization policy in nodemesh's own model (no Envoy

@@ -192,3 +192,44 @@ spec:
 		t.Error("without a ServiceSelector targetRefs must select nothing")
 	}
 }
+
+func TestSplit(t *testing.T) {
+	objs := decode(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l4, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/a/sa/b"], namespaces: ["x"], ipBlocks: ["10.0.0.0/8"]}}]
+    to: [{operation: {ports: ["80"]}}]
+    when: [{key: source.namespace, values: ["x"]}, {key: destination.port, values: ["80"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l7, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {ports: ["80"]}}]
+  - to: [{operation: {methods: ["GET"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all-l4, namespace: foo}
+spec: {action: DENY, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: foo}
+spec: {action: AUDIT, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: foo}
+spec: {rules: [{to: [{operation: {ports: ["x"]}}]}]}
+`)
+	want := map[string]bool{"l4": true, "l7": false, "deny-all-l4": true, "audit": false, "broken": false}
+	for _, o := range objs {
+		if got := SplitObject(o, Options{}); got != want[o.Name] {
+			t.Errorf("SplitObject(%s) = %v, want %v", o.Name, got, want[o.Name])
+		}
+	}
+}
