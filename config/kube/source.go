@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -231,6 +232,11 @@ func (s *Source) rebuild() {
 			delete(s.decoded, k)
 		}
 	}
+	// Informer caches list in no particular order: sort, so that an
+	// unchanged set of problems is recognised (and not logged again).
+	slices.SortStableFunc(diags, func(a, b config.Diagnostic) int {
+		return strings.Compare(a.Object.String(), b.Object.String())
+	})
 	err := s.cfg.Store.Replace(s.cfg.Source, objs)
 	if err != nil {
 		// The store keeps this source's last good objects.
