@@ -39,13 +39,22 @@ type DataplaneView interface {
 	Dataplane(node string) ([]TypedResources, []config.Diagnostic)
 }
 
+// CheckView is implemented by a View that checks the NodeConfigs it
+// translated, cheaper than a check that knows nothing of how they were
+// built (translate.Mesh.Check validates shared resources once).
+type CheckView interface {
+	Check(nc *translate.NodeConfig) error
+}
+
 // Config configures a Server. The zero value of every field but Source is
 // useful.
 type Config struct {
 	Source Source
 	// Check validates a NodeConfig before it is served (translate.Check in
 	// meshd); a failing config is not served and the node keeps its last
-	// good snapshot. Nil means CheckNodeConfig.
+	// good snapshot. Nil means the View's own check if it is a CheckView
+	// (StoreSource's views check with their prepared translate.Mesh), else
+	// CheckNodeConfig.
 	Check func(*translate.NodeConfig) error
 	// Debounce is how long the server waits after a change signal for more
 	// changes before it rebuilds every node (default 20ms).
@@ -77,9 +86,6 @@ func (c *Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Check == nil {
-		c.Check = CheckNodeConfig
-	}
 	if c.Debounce == 0 {
 		c.Debounce = 20 * time.Millisecond
 	}

@@ -24,12 +24,8 @@ import (
 // PrepareFunc readies a store snapshot for translation and returns the
 // function that builds one proxy's configuration from it; the work shared
 // by all proxies is done once per snapshot. The default is
-// translate.Prepare(snap).Translate.
+// translate.PrepareNext(previous, snap).Translate.
 type PrepareFunc func(*config.Snapshot) func(translate.Proxy) *translate.NodeConfig
-
-func preparedTranslate(snap *config.Snapshot) func(translate.Proxy) *translate.NodeConfig {
-	return translate.Prepare(snap).Translate
-}
 
 // DataplanePrepareFunc readies a store snapshot for dataplane translation
 // and returns the function that builds one node's dataplane resources.
@@ -60,24 +56,26 @@ func typed[M proto.Message](typeURL string, items []M) TypedResources {
 }
 
 // StoreSource adapts a config.Store and the translators to a Source.
-// prepare defaults to translate.Prepare; dp may be nil (no dataplane
-// resources). Views are cached per store version, so all proxies
-// translated from one version share one prepared model.
+// prepare defaults to translate.PrepareNext from the previous generation's
+// Mesh (an endpoint-only change reuses listeners, routes and clusters), and
+// its views then check NodeConfigs with that Mesh's Check (shared resources
+// are validated once per Mesh); dp may be nil (no dataplane resources).
+// Views are cached per store version, so all proxies translated from one
+// version share one prepared model.
 func StoreSource(store *config.Store, prepare PrepareFunc, dp DataplanePrepareFunc) Source {
-	if prepare == nil {
-		prepare = preparedTranslate
-	}
 	return &storeSource{store: store, prepare: prepare, dp: dp, changed: store.Watch()}
 }
 
 type storeSource struct {
 	store   *config.Store
-	prepare PrepareFunc
+	prepare PrepareFunc // nil: translate.PrepareNext
 	dp      DataplanePrepareFunc
 	changed <-chan struct{}
 
 	mu   sync.Mutex
 	last *storeView
+	mesh *translate.Mesh // newest prepared Mesh, for PrepareNext
+	gen  uint64          // its store version
 }
 
 func (s *storeSource) Current() View {
@@ -85,37 +83,72 @@ func (s *storeSource) Current() View {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.last == nil || s.last.snap.Version() != snap.Version() {
-		s.last = &storeView{snap: snap, prepare: s.prepare, dp: s.dp}
+		s.last = &storeView{src: s, snap: snap}
 	}
 	return s.last
 }
 
 func (s *storeSource) Changed() <-chan struct{} { return s.changed }
 
+// prepareMesh prepares snap from the newest Mesh prepared so far.
+func (s *storeSource) prepareMesh(snap *config.Snapshot) *translate.Mesh {
+	s.mu.Lock()
+	prev := s.mesh
+	s.mu.Unlock()
+	m := translate.PrepareNext(prev, snap)
+	s.mu.Lock()
+	if s.mesh == nil || snap.Version() > s.gen {
+		s.mesh, s.gen = m, snap.Version()
+	}
+	s.mu.Unlock()
+	return m
+}
+
 // storeView prepares its snapshot on first use.
 type storeView struct {
-	snap    *config.Snapshot
-	prepare PrepareFunc
-	dp      DataplanePrepareFunc
-	once    sync.Once
-	fn      func(translate.Proxy) *translate.NodeConfig
-	dpOnce  sync.Once
-	dpFn    func(string) ([]TypedResources, []config.Diagnostic)
+	src    *storeSource
+	snap   *config.Snapshot
+	once   sync.Once
+	mesh   *translate.Mesh // with the default prepare
+	fn     func(translate.Proxy) *translate.NodeConfig
+	dpOnce sync.Once
+	dpFn   func(string) ([]TypedResources, []config.Diagnostic)
 }
 
 func (v *storeView) Generation() uint64 { return v.snap.Version() }
 
+func (v *storeView) prepared() {
+	v.once.Do(func() {
+		if v.src.prepare != nil {
+			v.fn = v.src.prepare(v.snap)
+			return
+		}
+		v.mesh = v.src.prepareMesh(v.snap)
+		v.fn = v.mesh.Translate
+	})
+}
+
 func (v *storeView) Translate(p translate.Proxy) *translate.NodeConfig {
-	v.once.Do(func() { v.fn = v.prepare(v.snap) })
+	v.prepared()
 	return v.fn(p)
+}
+
+// Check implements CheckView: the prepared Mesh's Check with the default
+// prepare, else translate.Check.
+func (v *storeView) Check(nc *translate.NodeConfig) error {
+	v.prepared()
+	if v.mesh != nil {
+		return v.mesh.Check(nc)
+	}
+	return translate.Check(nc)
 }
 
 // Dataplane implements DataplaneView.
 func (v *storeView) Dataplane(node string) ([]TypedResources, []config.Diagnostic) {
-	if v.dp == nil {
+	if v.src.dp == nil {
 		return nil, nil
 	}
-	v.dpOnce.Do(func() { v.dpFn = v.dp(v.snap) })
+	v.dpOnce.Do(func() { v.dpFn = v.src.dp(v.snap) })
 	return v.dpFn(node)
 }
 
@@ -130,8 +163,9 @@ type ControlPlaneConfig struct {
 	DebugAddr string
 	// PollInterval is how often the directory is checked (default 200ms).
 	PollInterval time.Duration
-	// Prepare defaults to translate.Prepare(snap).Translate; Check to
-	// translate.Check; Dataplane to translate/dataplane with TrustDomain.
+	// Prepare defaults to translate.PrepareNext (from the previous
+	// generation); Check to that Mesh's Check (translate.Check with a
+	// custom Prepare); Dataplane to translate/dataplane with TrustDomain.
 	// Tests set them to fakes.
 	Prepare   PrepareFunc
 	Check     func(*translate.NodeConfig) error
@@ -192,9 +226,6 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
-	}
-	if cfg.Check == nil {
-		cfg.Check = translate.Check
 	}
 	if cfg.Dataplane == nil {
 		cfg.Dataplane = PreparedDataplane(dataplane.Options{TrustDomain: cfg.TrustDomain})

@@ -54,13 +54,25 @@ func (s *Server) build(view View, proxy translate.Proxy, served Versions) (b bui
 		return b
 	}
 	if served == nil || !served.Equal(snap.versions) {
-		if err := s.cfg.Check(nc); err != nil {
+		if err := s.check(view, nc); err != nil {
 			b.err = fmt.Errorf("check: %w", err)
 			return b
 		}
 	}
 	b.snap, b.versions = snap, snap.versions
 	return b
+}
+
+// check runs Config.Check, else the view's own check, else CheckNodeConfig.
+func (s *Server) check(view View, nc *translate.NodeConfig) error {
+	switch cv, ok := view.(CheckView); {
+	case s.cfg.Check != nil:
+		return s.cfg.Check(nc)
+	case ok:
+		return cv.Check(nc)
+	default:
+		return CheckNodeConfig(nc)
+	}
 }
 
 // servedVersions returns the versions all of nodes serve, or nil.
@@ -88,7 +100,14 @@ func (s *Server) memoFor(generation uint64) *hashMemo {
 	case s.memo != nil && s.memo.generation == generation:
 		return s.memo
 	case s.memo == nil || generation > s.memo.generation:
-		s.memo = &hashMemo{generation: generation}
+		// The previous generation's hashes stay reachable for one more
+		// generation: PrepareNext reuses its unchanged messages.
+		next := &hashMemo{generation: generation}
+		if s.memo != nil {
+			s.memo.prev.Store(nil) // keep one generation back, not all
+			next.prev.Store(s.memo)
+		}
+		s.memo = next
 		return s.memo
 	default:
 		return &hashMemo{generation: generation}

@@ -24,7 +24,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nodemesh/nodemesh/config"
-	"github.com/nodemesh/nodemesh/translate"
 )
 
 var (
@@ -148,7 +147,7 @@ func TestScaleMesh(t *testing.T) {
 	if err := store.Replace("scale", objs); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewServer(Config{Source: StoreSource(store, nil, nil), Check: translate.Check,
+	s, err := NewServer(Config{Source: StoreSource(store, nil, nil),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -199,20 +200,30 @@ func buildSnapshot(nc *translate.NodeConfig, extra []TypedResources, memo *hashM
 // snapshot share their messages, so each is marshalled and hashed once,
 // not once per node. Messages are read-only, so a pointer always has the
 // content it was hashed with. A nil memo remembers nothing.
+//
+// prev is the memo of the previous generation: translate.PrepareNext
+// reuses the messages that an endpoint change left alone, so their hashes
+// are found there and carried over.
 type hashMemo struct {
 	generation uint64
 	sums       sync.Map // types.Resource -> [sha256.Size]byte
+	prev       atomic.Pointer[hashMemo]
 }
 
 func (m *hashMemo) get(r types.Resource) ([sha256.Size]byte, bool) {
 	if m == nil {
 		return [sha256.Size]byte{}, false
 	}
-	v, ok := m.sums.Load(r)
-	if !ok {
-		return [sha256.Size]byte{}, false
+	if v, ok := m.sums.Load(r); ok {
+		return v.([sha256.Size]byte), true
 	}
-	return v.([sha256.Size]byte), true
+	if p := m.prev.Load(); p != nil {
+		if v, ok := p.sums.Load(r); ok {
+			m.sums.Store(r, v)
+			return v.([sha256.Size]byte), true
+		}
+	}
+	return [sha256.Size]byte{}, false
 }
 
 func (m *hashMemo) put(r types.Resource, sum [sha256.Size]byte) {
