@@ -18,6 +18,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,8 @@ import (
 	_ "google.golang.org/grpc/credentials/tls/certprovider/pemfile" // file_watcher certificate provider
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -56,6 +59,34 @@ spec:
 	if len(diags) > 0 {
 		t.Fatal(diags)
 	}
+	addr, pki, dir := serveMTLS(t, ctx, filters)
+
+	for _, c := range []struct {
+		ns, sa string
+		want   codes.Code
+	}{
+		{"default", "sleep", codes.OK},
+		{"default", "web", codes.PermissionDenied},
+		{"test", "t", codes.OK},
+		{"dev", "x", codes.PermissionDenied}, // allowed by namespace, denied by DENY
+	} {
+		id := spiffe(c.ns, c.sa)
+		conn := dialAs(t, addr, pki, dir, c.ns, c.sa)
+		_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		conn.Close()
+		if got := status.Code(err); got != c.want {
+			t.Errorf("%s: gRPC xDS server answered %v (%v), want %v", id, got, err, c.want)
+		}
+		v := evalHTTP(t, filters, request{principal: id, sourceIP: "127.0.0.1", method: "POST", path: "/grpc.health.v1.Health/Check"})
+		if v.allowed != (c.want == codes.OK) {
+			t.Errorf("%s: evaluator allowed=%v (%s), gRPC wants %v", id, v.allowed, v.by, c.want)
+		}
+	}
+}
+
+// serveMTLS serves the filters behind mTLS (certificates from the
+// file_watcher provider).
+func serveMTLS(t *testing.T, ctx context.Context, filters []*hcmv3.HttpFilter) (*net.TCPAddr, *testPKI, string) {
 	pki := newTestPKI(t)
 	dir := t.TempDir()
 	serverCert, serverKey := pki.issue(t, dir, "server", nil)
@@ -83,36 +114,93 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := serveWithXDS(t, ctx, filters, transport, extra, creds)
+	return serveWithXDS(t, ctx, filters, transport, extra, creds), pki, dir
 
+}
+
+// dialAs connects with a client certificate for ns/sa.
+func dialAs(t *testing.T, addr *net.TCPAddr, pki *testPKI, dir, ns, sa string) *grpc.ClientConn {
+	certFile, keyFile := pki.issue(t, dir, ns+"-"+sa, &url.URL{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/" + ns + "/sa/" + sa})
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert}, RootCAs: pki.pool, ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// An SMI TrafficTarget with an HTTPRouteGroup (pathRegex, methods, header
+// regex), enforced by gRPC's xDS server.
+func TestGRPCXDSServerEnforcesSMI(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	snap := snapshot(t, decode(t, `apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: grpc, namespace: foo}
+spec:
+  destination: {kind: ServiceAccount, name: httpbin, namespace: foo}
+  rules: [{kind: HTTPRouteGroup, name: grpc-routes}]
+  sources: [{kind: ServiceAccount, name: sleep, namespace: default}]
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: grpc-routes, namespace: foo}
+spec:
+  matches:
+  - name: health
+    pathRegex: "/grpc[.]health[.]v1[.]Health/"
+    methods: ["POST"]
+  - name: tests-for-insiders
+    pathRegex: "/grpc.testing.TestService/Unary"
+    headers: {x-group: "insider(s)?"}
+`))
+	f := Build(snap, httpbin, Options{})
+	if len(f.Diagnostics) > 0 {
+		t.Fatal(f.Diagnostics)
+	}
+	addr, pki, dir := serveMTLS(t, ctx, f.HTTP)
 	for _, c := range []struct {
-		ns, sa string
-		want   codes.Code
+		name, sa, method, group string
+		want                    codes.Code
 	}{
-		{"default", "sleep", codes.OK},
-		{"default", "web", codes.PermissionDenied},
-		{"test", "t", codes.OK},
-		{"dev", "x", codes.PermissionDenied}, // allowed by namespace, denied by DENY
+		{"sleep Health/Check", "sleep", "health", "", codes.OK},
+		{"sleep UnaryCall", "sleep", "unary", "", codes.PermissionDenied},
+		{"sleep UnaryCall as insider", "sleep", "unary", "insider", codes.OK},
+		{"sleep UnaryCall as outsider", "sleep", "unary", "outsider", codes.PermissionDenied},
+		{"sleep EmptyCall as insider", "sleep", "empty", "insiders", codes.PermissionDenied},
+		{"web Health/Check", "web", "health", "", codes.PermissionDenied},
 	} {
-		id := spiffe(c.ns, c.sa)
-		certFile, keyFile := pki.issue(t, dir, c.ns+"-"+c.sa, &url.URL{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/" + c.ns + "/sa/" + c.sa})
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
+		conn := dialAs(t, addr, pki, dir, "default", c.sa)
+		cctx := ctx
+		headers := map[string]string{}
+		if c.group != "" {
+			cctx = metadata.AppendToOutgoingContext(ctx, "x-group", c.group)
+			headers["x-group"] = c.group
 		}
-		conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			Certificates: []tls.Certificate{cert}, RootCAs: pki.pool, ServerName: "localhost"})))
-		if err != nil {
-			t.Fatal(err)
+		var err error
+		var path string
+		switch c.method {
+		case "health":
+			path = "/grpc.health.v1.Health/Check"
+			_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		case "unary":
+			path = "/grpc.testing.TestService/UnaryCall"
+			_, err = testgrpc.NewTestServiceClient(conn).UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		case "empty":
+			path = "/grpc.testing.TestService/EmptyCall"
+			_, err = testgrpc.NewTestServiceClient(conn).EmptyCall(cctx, &testgrpc.Empty{}, grpc.WaitForReady(true))
 		}
-		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
 		conn.Close()
 		if got := status.Code(err); got != c.want {
-			t.Errorf("%s: gRPC xDS server answered %v (%v), want %v", id, got, err, c.want)
+			t.Errorf("%s: gRPC xDS server answered %v (%v), want %v", c.name, got, err, c.want)
 		}
-		v := evalHTTP(t, filters, request{principal: id, sourceIP: "127.0.0.1", method: "POST", path: "/grpc.health.v1.Health/Check"})
+		v := evalHTTP(t, f.HTTP, request{principal: spiffe("default", c.sa), method: "POST", path: path, headers: headers})
 		if v.allowed != (c.want == codes.OK) {
-			t.Errorf("%s: evaluator allowed=%v (%s), gRPC wants %v", id, v.allowed, v.by, c.want)
+			t.Errorf("%s: evaluator allowed=%v (%s), gRPC wants %v", c.name, v.allowed, v.by, c.want)
 		}
 	}
 }
