@@ -227,6 +227,8 @@ spec:
 `,
 		checks: []check{
 			{"all match", request{sourceIP: "10.1.1.1", host: "HTTPBIN.foo.svc.cluster.local", port: 8000, headers: map[string]string{"X-Token": "admin"}}, true},
+			{"host with port", request{sourceIP: "10.1.1.1", host: "httpbin.foo.svc.cluster.local:8000", port: 8000, headers: map[string]string{"X-Token": "admin"}}, true},
+			{"other host", request{sourceIP: "10.1.1.1", host: "httpbin.foo.svc.cluster.local.evil", port: 8000, headers: map[string]string{"X-Token": "admin"}}, false},
 			{"wildcard host", request{sourceIP: "10.1.1.1", host: "a.example.com", port: 8000, headers: map[string]string{"x-token": "admin"}}, true},
 			{"excluded ip", request{sourceIP: "10.1.2.3", host: "a.example.com", port: 8000, headers: map[string]string{"x-token": "admin"}}, false},
 			{"wrong port", request{sourceIP: "10.1.1.1", host: "a.example.com", port: 9000, headers: map[string]string{"x-token": "admin"}}, false},

@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"regexp"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -81,7 +82,7 @@ func urlPath(m *matcherv3.StringMatcher) *rbacv3.Permission {
 func valuePermission(key, v string) *rbacv3.Permission {
 	switch {
 	case key == keyHost:
-		return headerPermission(headerMatch(":authority", v, true))
+		return headerPermission(hostMatch(v))
 	case key == keyMethod:
 		return headerPermission(headerMatch(":method", v, false))
 	case key == keyPath:
@@ -108,6 +109,26 @@ func valuePermission(key, v string) *rbacv3.Permission {
 	}
 	// keyNever, or anything checkAttr rejected: match nothing.
 	return &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: anyPermission()}}
+}
+
+// hostMatch matches :authority case-insensitively, with or without a port
+// (as Istio's host matcher does): "*" any host, "*.a.b" a suffix, "a.*" a
+// prefix.
+func hostMatch(v string) *routev3.HeaderMatcher {
+	if v == "*" {
+		return headerMatch(":authority", v, false)
+	}
+	var re string
+	switch {
+	case strings.HasPrefix(v, "*"):
+		re = ".*" + regexp.QuoteMeta(v[1:]) + "(:[0-9]+)?"
+	case strings.HasSuffix(v, "*"):
+		re = regexp.QuoteMeta(v[:len(v)-1]) + ".*"
+	default:
+		re = regexp.QuoteMeta(v) + "(:[0-9]+)?"
+	}
+	return &routev3.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+		StringMatch: regexMatch("(?i)" + re)}}
 }
 
 // uriTemplate turns an Istio path template (/a/{*}/b, /a/{**}) into Envoy's
