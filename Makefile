@@ -6,7 +6,7 @@ BIN     ?= bin
 # Generated files are excluded from the format check.
 GOFILES  = $(shell git ls-files '*.go' | grep -v '_bpfel\.go$$')
 
-.PHONY: all build test lint generate check-generate bench bench-maps bench-dataplane demo clean
+.PHONY: all build test lint generate check-generate bench bench-maps bench-dataplane bench-xds demo clean
 
 all: build
 
@@ -43,6 +43,12 @@ bench-maps:
 # Tune with BENCH_FLAGS='-bench-qps 5000 -bench-rounds 1'.
 bench-dataplane:
 	$(GO) test -count=1 -timeout 30m -run '^TestBenchDataplane$$' -v ./e2e -bench-dataplane $(BENCH_FLAGS)
+
+# DESIGN.md's xDS scenario (1,000 services, 10,000 pods, 50 namespaces, 50
+# Envoy-like SotW nodes over real gRPC): cold start, CPU, heap/RSS, route
+# and endpoint change latency and bytes per node. Not part of go test ./...
+bench-xds:
+	$(GO) test -count=1 -timeout 20m -run '^TestScaleMesh$$' -v ./xds -xds-scale
 
 demo: build
 	@echo "demo: wired up by cmd/meshd and cmd/mesh-agent"

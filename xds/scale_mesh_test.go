@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -34,8 +35,14 @@ var (
 // scaleYAML is the mesh of DESIGN.md's targets: 50 namespaces of 20
 // services, 10 pods each (10,000) spread over 50 nodes, and an 80/20
 // VirtualService on every fifth service.
-func scaleYAML(weightV1 int) string {
+//
+// extraPod adds one pod of svc-0 in ns-0 on node-x, which no proxy serves:
+// an endpoint change that touches one load assignment and no listener.
+func scaleYAML(weightV1 int, extraPod bool) string {
 	var b strings.Builder
+	if extraPod {
+		b.WriteString("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-0-extra\n  namespace: ns-0\n  labels: {app: svc-0, version: v1}\nspec:\n  nodeName: node-x\n  containers: [{name: c, image: c}]\nstatus:\n  phase: Running\n  podIP: 10.200.0.1\n")
+	}
 	pod := 0
 	for ns := range 50 {
 		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-%d\n", ns)
@@ -139,7 +146,7 @@ func TestScaleMesh(t *testing.T) {
 	if !*scaleMesh {
 		t.Skip("opt-in: go test ./xds -run TestScaleMesh -xds-scale -v")
 	}
-	objs, diags := config.Decode("scale.yaml", []byte(scaleYAML(80)))
+	objs, diags := config.Decode("scale.yaml", []byte(scaleYAML(80, false)))
 	if config.HasErrors(diags) {
 		t.Fatalf("scale mesh: %v", diags[0])
 	}
@@ -168,8 +175,9 @@ func TestScaleMesh(t *testing.T) {
 	var mu sync.Mutex
 	got := map[string]map[string]string{} // node -> type -> version
 	bytesTo := map[string]int{}
-	seenAt := map[string]time.Time{} // node -> when its RDS changed after the edit
+	seenAt := map[string]time.Time{} // node -> when its watched type changed after the edit
 	var editing bool
+	var watchType string
 	before := map[string]string{}
 	cond := sync.NewCond(&mu)
 	seen := func(id, typeURL, version string, n int) {
@@ -181,7 +189,7 @@ func TestScaleMesh(t *testing.T) {
 		got[id][typeURL] = version
 		if editing {
 			bytesTo[id] += n
-			if typeURL == resourcev3.RouteType && version != before[id] {
+			if typeURL == watchType && version != before[id] {
 				if _, ok := seenAt[id]; !ok {
 					seenAt[id] = time.Now()
 				}
@@ -249,30 +257,61 @@ func TestScaleMesh(t *testing.T) {
 	t.Logf("cold start: %d nodes have CDS+EDS+LDS+RDS after %v; process CPU %.2fs (server and %d clients); heap in use %d MiB, %d MiB live after GC",
 		nodes, cold.Round(time.Millisecond), cpuSeconds()-cpu0, nodes, peak>>20, ms.HeapAlloc>>20)
 
-	// A VirtualService weight change reaches every node.
-	mu.Lock()
-	for id, m := range got {
-		before[id] = m[resourcev3.RouteType]
+	t.Logf("peak RSS so far %d MiB", peakRSS()>>20)
+
+	// change applies yaml and waits until every node got a new version of
+	// typeURL, then reports latencies and bytes sent.
+	change := func(what, typeURL, yaml string) {
+		mu.Lock()
+		for id, m := range got {
+			before[id] = m[typeURL]
+		}
+		clear(seenAt)
+		clear(bytesTo)
+		watchType, editing = typeURL, true
+		mu.Unlock()
+		objs, _ := config.Decode("scale.yaml", []byte(yaml))
+		cpu0, start := cpuSeconds(), time.Now()
+		if err := store.Replace("scale", objs); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(func() bool { return len(seenAt) == nodes })
+		time.Sleep(200 * time.Millisecond) // let any other push of this change arrive
+		var lat []time.Duration
+		mu.Lock()
+		editing = false
+		for _, at := range seenAt {
+			lat = append(lat, at.Sub(start))
+		}
+		maxBytes, total := 0, 0
+		for _, n := range bytesTo {
+			maxBytes = max(maxBytes, n)
+			total += n
+		}
+		mu.Unlock()
+		slices.Sort(lat)
+		t.Logf("%s: %s at all %d nodes, p50 %v, p99 %v; at most %d KiB sent to one node (%d KiB to all); CPU %.2fs",
+			what, typeShort(typeURL), nodes, lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond),
+			maxBytes>>10, total>>10, cpuSeconds()-cpu0)
 	}
-	editing = true
-	mu.Unlock()
-	objs2, _ := config.Decode("scale.yaml", []byte(scaleYAML(50)))
-	start = time.Now()
-	if err := store.Replace("scale", objs2); err != nil {
-		t.Fatal(err)
+	change("weight change", resourcev3.RouteType, scaleYAML(50, false))
+	change("endpoint change (SotW sends all of EDS; see TestDeltaEndpointChangeSendsOneAssignment for Delta)",
+		resourcev3.EndpointType, scaleYAML(50, true))
+	t.Logf("peak RSS %d MiB", peakRSS()>>20)
+}
+
+// peakRSS is the process's peak resident set size (Linux VmHWM), or 0.
+func peakRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
 	}
-	waitFor(func() bool { return len(seenAt) == nodes })
-	var lat []time.Duration
-	mu.Lock()
-	for _, at := range seenAt {
-		lat = append(lat, at.Sub(start))
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb uint64
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
+			return kb << 10
+		}
 	}
-	maxBytes := 0
-	for _, n := range bytesTo {
-		maxBytes = max(maxBytes, n)
-	}
-	mu.Unlock()
-	slices.Sort(lat)
-	t.Logf("weight change: RDS at all %d nodes, p50 %v, p99 %v; at most %d KiB sent to one node",
-		nodes, lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond), maxBytes>>10)
+	return 0
 }
