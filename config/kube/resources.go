@@ -95,3 +95,20 @@ func discover(dc discovery.DiscoveryInterface) (discovered, error) {
 	}
 	return d, nil
 }
+
+// coreResources are the typed kinds the Source watches.
+var coreResources = []schema.GroupResource{
+	{Resource: "namespaces"}, {Resource: "services"}, {Resource: "pods"}, {Resource: "serviceaccounts"},
+	{Group: "discovery.k8s.io", Resource: "endpointslices"},
+}
+
+// WatchedResources lists every resource a Source may get, list and watch
+// (the custom ones only when served): what meshd's RBAC must allow. Writes
+// are Events (create) and the leader election Lease.
+func WatchedResources() []schema.GroupResource {
+	out := slices.Clone(coreResources)
+	for _, ck := range customKinds {
+		out = append(out, schema.GroupResource{Group: ck.group, Resource: ck.resource})
+	}
+	return out
+}

@@ -66,17 +66,22 @@ func Objects(data []byte) ([]*unstructured.Unstructured, error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	var objs []*unstructured.Unstructured
 	for {
-		var m map[string]any
-		if err := dec.Decode(&m); err != nil {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
 			if errors.Is(err, io.EOF) {
 				return objs, nil
 			}
 			return nil, fmt.Errorf("decode document %d: %w", len(objs), err)
 		}
-		if len(m) == 0 {
+		if t := bytes.TrimSpace(raw); len(t) == 0 || bytes.Equal(t, []byte("null")) || bytes.Equal(t, []byte("{}")) {
 			continue
 		}
-		objs = append(objs, &unstructured.Unstructured{Object: m})
+		// Through unstructured's own decoder: integers stay int64.
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(raw); err != nil {
+			return nil, fmt.Errorf("decode document %d: %w", len(objs), err)
+		}
+		objs = append(objs, u)
 	}
 }
 

@@ -1,0 +1,208 @@
+package deploy_test
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/common/util"
+	"helm.sh/helm/v4/pkg/chart/loader"
+	"helm.sh/helm/v4/pkg/engine"
+	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nodemesh/nodemesh/e2e/kubeapi"
+)
+
+const (
+	chartDir      = "helm/nodemesh"
+	manifestsFile = "manifests/nodemesh.yaml"
+	releaseNS     = "nodemesh"
+)
+
+// manifestValues are the values manifests/nodemesh.yaml is rendered with.
+var manifestValues = map[string]any{"createNamespace": true}
+
+// render renders the chart with the Helm Go SDK, as `helm template nodemesh
+// deploy/helm/nodemesh -n nodemesh` does: every template in file name order,
+// each behind a "# Source:" line.
+func render(t *testing.T, vals map[string]any) (string, error) {
+	t.Helper()
+	ch, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatalf("load chart: %v", err)
+	}
+	rv, err := util.ToRenderValues(ch, vals,
+		common.ReleaseOptions{Name: "nodemesh", Namespace: releaseNS, Revision: 1, IsInstall: true}, nil)
+	if err != nil {
+		return "", err
+	}
+	files, err := engine.Render(ch, rv)
+	if err != nil {
+		return "", err
+	}
+	for name := range files {
+		if strings.HasSuffix(name, ".txt") {
+			delete(files, name)
+		}
+	}
+	// Helm's own install order (Namespace, ServiceAccount, RBAC, ...
+	// workloads), so that `kubectl apply -f` works in one pass.
+	_, manifests, err := releaseutil.SortManifests(files, nil, releaseutil.InstallOrder)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	b.WriteString("# Rendered from deploy/helm/nodemesh with default values and createNamespace=true.\n")
+	b.WriteString("# Do not edit: NODEMESH_UPDATE_MANIFESTS=1 go test ./deploy/ regenerates it.\n")
+	for _, m := range manifests {
+		b.WriteString("---\n# Source: " + m.Name + "\n" + strings.TrimSpace(m.Content) + "\n")
+	}
+	return b.String(), nil
+}
+
+func mustRender(t *testing.T, vals map[string]any) []*unstructured.Unstructured {
+	t.Helper()
+	out, err := render(t, vals)
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	objs, err := kubeapi.Objects([]byte(out))
+	if err != nil {
+		t.Fatalf("rendered YAML: %v", err)
+	}
+	return objs
+}
+
+// The checked-in manifests are exactly what the chart renders now.
+func TestManifestsUpToDate(t *testing.T) {
+	got, err := render(t, manifestValues)
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	// kubectl parses strictly: a duplicate key (say, a label set twice by
+	// two helpers) is an error there.
+	for i, doc := range strings.Split(got, "\n---\n") {
+		if _, err := yaml.YAMLToJSONStrict([]byte(doc)); err != nil {
+			t.Errorf("rendered document %d is not strict YAML: %v\n%s", i, err, doc)
+		}
+	}
+	if os.Getenv("NODEMESH_UPDATE_MANIFESTS") != "" {
+		if err := os.WriteFile(manifestsFile, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", manifestsFile)
+		return
+	}
+	want, err := os.ReadFile(manifestsFile)
+	if err != nil {
+		t.Fatalf("%v (create it with NODEMESH_UPDATE_MANIFESTS=1 go test ./deploy/)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s is not the chart's output: run NODEMESH_UPDATE_MANIFESTS=1 go test ./deploy/ and commit", manifestsFile)
+	}
+}
+
+func find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			return o
+		}
+	}
+	return nil
+}
+
+func TestRenderDefaults(t *testing.T) {
+	objs := mustRender(t, nil)
+	var kinds []string
+	for _, o := range objs {
+		kinds = append(kinds, o.GetKind()+"/"+o.GetName())
+		if o.GetKind() != "ClusterRole" && o.GetKind() != "ClusterRoleBinding" && o.GetNamespace() != releaseNS {
+			t.Errorf("%s/%s in namespace %q, want %q", o.GetKind(), o.GetName(), o.GetNamespace(), releaseNS)
+		}
+	}
+	for _, want := range []string{"Deployment/meshd", "PodDisruptionBudget/meshd", "DaemonSet/mesh-agent",
+		"Service/meshd", "Service/meshd-debug", "ServiceAccount/meshd", "ServiceAccount/mesh-agent",
+		"ClusterRole/nodemesh-meshd", "ClusterRoleBinding/nodemesh-meshd", "Role/meshd-leader-election",
+		"RoleBinding/meshd-leader-election"} {
+		if !slices.Contains(kinds, want) {
+			t.Errorf("rendered objects %v lack %s", kinds, want)
+		}
+	}
+	if slices.Contains(kinds, "Namespace/nodemesh") {
+		t.Error("Namespace rendered without createNamespace")
+	}
+	d := find(objs, "Deployment", "meshd")
+	if n, _, _ := unstructured.NestedInt64(d.Object, "spec", "replicas"); n != 2 {
+		t.Errorf("meshd replicas %d, want 2", n)
+	}
+	ds := find(objs, "DaemonSet", "mesh-agent")
+	spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	if spec["hostNetwork"] != true {
+		t.Error("mesh-agent not on the host network")
+	}
+	c := spec["containers"].([]any)[0].(map[string]any)
+	sc := c["securityContext"].(map[string]any)
+	add, _, _ := unstructured.NestedStringSlice(sc, "capabilities", "add")
+	if sc["privileged"] != false || !slices.Contains(add, "BPF") || !slices.Contains(add, "NET_ADMIN") || !slices.Contains(add, "SYS_ADMIN") {
+		t.Errorf("mesh-agent securityContext %v: want not privileged, with BPF, NET_ADMIN and SYS_ADMIN", sc)
+	}
+	var paths []string
+	for _, v := range spec["volumes"].([]any) {
+		if p, ok, _ := unstructured.NestedString(v.(map[string]any), "hostPath", "path"); ok {
+			paths = append(paths, p)
+		}
+	}
+	if !slices.Contains(paths, "/sys/fs/bpf") || !slices.Contains(paths, "/sys/fs/cgroup") {
+		t.Errorf("mesh-agent hostPaths %v, want /sys/fs/bpf and /sys/fs/cgroup", paths)
+	}
+	if !strings.Contains(yamlOf(t, d), "secretName: nodemesh-ca") {
+		t.Error("meshd does not mount the CA Secret nodemesh-ca")
+	}
+}
+
+func TestRenderSPIRE(t *testing.T) {
+	objs := mustRender(t, map[string]any{"ca": map[string]any{"mode": "spire"},
+		"spire": map[string]any{"adminSocketDir": "/var/run/spire-admin"}})
+	d, ds := yamlOf(t, find(objs, "Deployment", "meshd")), yamlOf(t, find(objs, "DaemonSet", "mesh-agent"))
+	for _, c := range []struct {
+		what, doc, want string
+		present         bool
+	}{
+		{"meshd SPIRE socket", d, "--spire-socket=unix:///run/spire/sockets/agent.sock", true},
+		{"meshd CA secret", d, "nodemesh-ca", false},
+		{"agent admin socket flag", ds, "--spire-admin-socket=unix:///run/spire/admin/admin.sock", true},
+		{"agent admin socket hostPath", ds, "path: /var/run/spire-admin", true},
+	} {
+		if strings.Contains(c.doc, c.want) != c.present {
+			t.Errorf("%s: %q present=%v, want %v", c.what, c.want, !c.present, c.present)
+		}
+	}
+	if _, err := render(t, map[string]any{"ca": map[string]any{"mode": "vault"}}); err == nil || !strings.Contains(err.Error(), "ca.mode") {
+		t.Errorf("ca.mode=vault: err %v, want one naming ca.mode", err)
+	}
+}
+
+func yamlOf(t *testing.T, o *unstructured.Unstructured) string {
+	t.Helper()
+	if o == nil {
+		t.Fatal("object not rendered")
+	}
+	js, err := o.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := yamlFromJSON(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func yamlFromJSON(js []byte) (string, error) {
+	out, err := yaml.JSONToYAML(js)
+	return string(out), err
+}
