@@ -181,13 +181,21 @@ func (m *meshADS) stopMeshd() {
 // startAgent starts node n's agent (adopting the pins of a previous one).
 func (m *meshADS) startAgent(n *Node) *runningAgent {
 	m.t.Helper()
-	a, err := meshagent.New(meshagent.Config{
+	return m.startAgentWith(n, func(*meshagent.Config) {})
+}
+
+// startAgentWith is startAgent with a config changed by edit.
+func (m *meshADS) startAgentWith(n *Node, edit func(*meshagent.Config)) *runningAgent {
+	m.t.Helper()
+	cfg := meshagent.Config{
 		Node: n.Name, ControlPlane: m.xdsAddr, CgroupPath: n.Cgroup, PinDir: m.c.PinDir(n), NodeIP: n.IP,
 		EnvoySocket: filepath.Join(m.c.RunDir, "meshads-"+n.Name, "xds.sock"),
 		StatusAddr:  "127.0.0.1:0",
 		Backoff:     ads.Backoff{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond},
 		Logger:      testLogger(),
-	})
+	}
+	edit(&cfg)
+	a, err := meshagent.New(cfg)
 	if err != nil {
 		m.t.Fatalf("agent on %s: %v", n.Name, err)
 	}

@@ -16,7 +16,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/nodeagent"
+	meshagent "github.com/nodemesh/nodemesh/nodeagent/agent"
 )
 
 // TestMeshADS runs the whole system with the real node agent
@@ -172,6 +174,44 @@ func TestMeshADS(t *testing.T) {
 		if res.Failed != 0 || res.OK != res.Attempts {
 			t.Errorf("connections failed while the agent restarted: %+v", res)
 		}
+		m.compareDump(t, n)
+	})
+
+	t.Run("nack-keeps-last-state", func(t *testing.T) {
+		// Translation already drops what no node could hold (clashing
+		// VIPs, IPs), so the rejected resource here is one this agent
+		// cannot hold: restarted without the node IP, it cannot point
+		// namespace listeners (L7 redirects) anywhere and NACKs them. The
+		// maps pinned by the agent before keep forwarding.
+		n := c.Nodes[0]
+		before, err := m.agents[n.Name].a.Dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.stopAgent(n)
+		ra := m.startAgentWith(n, func(cfg *meshagent.Config) { cfg.NodeIP = netip.Addr{} })
+		detail := m.waitNACK(t, n.Name, "NamespaceListener", 10*time.Second)
+		t.Logf("meshd shows %s's NACK: %s", n.Name, detail)
+		if !strings.Contains(detail, "no node proxy address") {
+			t.Errorf("NACK detail %q does not say what is wrong", detail)
+		}
+		if ts := ra.a.Status().ADS.Types[dataplanev1.NamespaceListenerType]; ts.LastNack == "" || ts.Nacks == 0 {
+			t.Errorf("the agent's status shows no NACK: %+v", ts)
+		}
+		if ra.a.Ready() == nil {
+			t.Errorf("the agent is ready although it applied nothing")
+		}
+		after, err := ra.a.Dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(before, after, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+			t.Errorf("the rejected update changed the maps (-before +after):\n%s", diff)
+		}
+		m.checkBackendsServed(ctx, t, echo) // the last applied state keeps forwarding
+		m.stopAgent(n)
+		m.startAgent(n)
+		m.waitReady(10 * time.Second)
 		m.compareDump(t, n)
 	})
 
@@ -406,6 +446,28 @@ func (l *load) wait(t *testing.T) ClientResult {
 	return l.res
 }
 
+// waitNACK waits until meshd's sync status shows a NACK of typ from node
+// and returns its detail.
+func (m *meshADS) waitNACK(t *testing.T, node, typ string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		rows, table := m.syncz(t)
+		for _, r := range rows {
+			for _, ts := range r.Types {
+				if r.ID == node && ts.Type == typ && ts.State == "NACK" && ts.NACK != nil {
+					t.Logf("meshd sync status:\n%s", table)
+					return ts.NACK.Detail
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no NACK of %s from %s after %v:\n%s", typ, node, timeout, table)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // checkSyncStatus checks that meshd's /debug/syncz shows every node's agent
 // (dataplane types ACKed at the versions meshd holds) and, once an
 // Envoy-like ADS client connects through the agent's xDS socket, the
@@ -464,6 +526,9 @@ type syncRow struct {
 		State   string `json:"state"`
 		Desired string `json:"desired_version"`
 		Acked   string `json:"acked_version"`
+		NACK    *struct {
+			Detail string `json:"Detail"`
+		} `json:"nack"`
 	} `json:"types"`
 }
 
