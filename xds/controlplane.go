@@ -174,6 +174,9 @@ type ControlPlaneConfig struct {
 	TrustDomain string
 	// ShutdownTimeout bounds the graceful stop (default 5s).
 	ShutdownTimeout time.Duration
+	// Security turns on workload identity, SDS and ADS over mTLS (see
+	// secure_controlplane.go); nil serves plaintext ADS without secrets.
+	Security *ControlPlaneSecurity
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -206,6 +209,9 @@ type ControlPlane struct {
 	errOnce sync.Once
 	err     error
 	done    chan struct{}
+
+	secureSrc *SecureSource // nil without Security
+	guard     *ADSGuard
 }
 
 // StartControlPlane loads ConfigDir once (a load with errors is logged and
@@ -240,8 +246,12 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	}
 	cp.files = files
 	_ = files.Sync() // the first load, before any client can connect; errors are in Status
+	src, grpcOpts, err := cp.secure(StoreSource(store, cfg.Prepare, cfg.Dataplane))
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
 	cp.xds, err = NewServer(Config{
-		Source:            StoreSource(store, cfg.Prepare, cfg.Dataplane),
+		Source:            src,
 		Check:             cfg.Check,
 		SourceDiagnostics: func() []config.Diagnostic { return files.Status().Diagnostics },
 		Logger:            cfg.Logger,
@@ -256,12 +266,12 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 		cp.xdsLis.Close()
 		return nil, fmt.Errorf("start control plane: listen debug: %w", err)
 	}
-	cp.grpc = grpc.NewServer(
+	cp.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		// Clients may ping every 10s; the server pings idle connections so
 		// that a vanished node's streams (and status) go within a minute.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	}, grpcOpts...)...)
 	cp.xds.Register(cp.grpc)
 	cp.http = &http.Server{Handler: cp.debugMux(), ReadHeaderTimeout: 5 * time.Second}
 	cp.run()
@@ -275,6 +285,7 @@ func (cp *ControlPlane) run() {
 	for _, f := range []func() error{
 		func() error { return cp.files.Run(ctx) },
 		func() error { return cp.xds.Run(ctx) },
+		func() error { return cp.runSecure(ctx) },
 		func() error { return cp.grpc.Serve(cp.xdsLis) },
 		func() error {
 			if err := cp.http.Serve(cp.httpLis); !errors.Is(err, http.ErrServerClosed) {

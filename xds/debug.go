@@ -133,7 +133,7 @@ func (s *Server) serveConfigDump(w http.ResponseWriter, r *http.Request) {
 		for _, e := range extra {
 			dp[typeShort(e.TypeURL)] = []json.RawMessage{}
 			for _, item := range e.Items {
-				b, err := protojson.Marshal(item)
+				b, err := protojson.Marshal(redactSecret(item))
 				if err != nil {
 					http.Error(w, err.Error(), http.StatusInternalServerError)
 					return

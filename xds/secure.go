@@ -1,0 +1,251 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/nodemesh/nodemesh/config"
+	"github.com/nodemesh/nodemesh/translate"
+	"github.com/nodemesh/nodemesh/translate/secure"
+)
+
+// Issuer signs workload SVIDs and hands out the trust bundle; identity.CA
+// implements it (and a SPIRE-backed issuer could).
+type Issuer interface {
+	NewSVID(id spiffeid.ID) (*x509svid.SVID, error)
+	Bundle() *x509bundle.Bundle
+}
+
+// SecurityConfig turns on workload identity: every NodeConfig goes through
+// translate/secure (mTLS per service account, PeerAuthentication), and
+// every SharedEnvoy node gets, over SDS, the SVIDs of the service accounts
+// of its own pods and the trust bundle, and nothing else.
+type SecurityConfig struct {
+	Issuer Issuer
+	// Options of translate/secure; TrustDomain is required.
+	Options secure.Options
+	// RotationCheck is how often SVIDs are checked for rotation (renewed
+	// once half their lifetime has passed) and the bundle for changes
+	// (default 1m).
+	RotationCheck time.Duration
+	// Logger defaults to slog.Default(); Now to time.Now.
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Validate reports a configuration the secure source cannot run with.
+func (c *SecurityConfig) Validate() error {
+	var errs []error
+	if c.Issuer == nil {
+		errs = append(errs, errors.New("xds security: Issuer is required"))
+	}
+	if err := c.Options.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.RotationCheck < 0 {
+		errs = append(errs, errors.New("xds security: RotationCheck must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c SecurityConfig) withDefaults() SecurityConfig {
+	if c.RotationCheck == 0 {
+		c.RotationCheck = time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// SnapshotView is a View that exposes the config snapshot it translates
+// (StoreSource's views do); the secure source needs it for pods and
+// PeerAuthentication.
+type SnapshotView interface {
+	View
+	Snapshot() *config.Snapshot
+}
+
+// Snapshot implements SnapshotView.
+func (v *storeView) Snapshot() *config.Snapshot { return v.snap }
+
+// SecureSource wraps a Source whose views are SnapshotViews: its views
+// apply translate/secure to every NodeConfig and add the node's SDS
+// secrets to its extra resources. Run it: it re-issues SVIDs before half
+// their lifetime and signals Changed, so that nodes get the new ones.
+type SecureSource struct {
+	inner   Source
+	cfg     SecurityConfig
+	secrets *secretCache
+	changed chan struct{}
+
+	mu   sync.Mutex
+	last *secureView
+}
+
+// NewSecureSource wraps inner.
+func NewSecureSource(inner Source, cfg SecurityConfig) (*SecureSource, error) {
+	if inner == nil {
+		return nil, errors.New("xds security: inner Source is required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	return &SecureSource{inner: inner, cfg: cfg, secrets: newSecretCache(cfg.Issuer, cfg.Options.TrustDomain, cfg.Now),
+		changed: make(chan struct{}, 1)}, nil
+}
+
+// Current implements Source.
+func (s *SecureSource) Current() View {
+	v := s.inner.Current()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil || s.last.inner != v || s.last.epoch != s.secrets.epoch() {
+		s.last = &secureView{src: s, inner: v, epoch: s.secrets.epoch()}
+	}
+	return s.last
+}
+
+// Changed implements Source: the inner source's changes and rotations.
+func (s *SecureSource) Changed() <-chan struct{} { return s.changed }
+
+func (s *SecureSource) signal() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run forwards the inner source's changes and rotates SVIDs until ctx ends.
+func (s *SecureSource) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.RotationCheck)
+	defer t.Stop()
+	inner := s.inner.Changed()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-inner:
+			s.signal()
+		case <-t.C:
+			s.Rotate()
+		}
+	}
+}
+
+// Rotate re-issues every cached SVID past half its lifetime and picks up
+// a changed trust bundle; when anything changed it signals Changed (nodes
+// then get a push) and reports true. Run calls it every RotationCheck.
+func (s *SecureSource) Rotate() bool {
+	n, err := s.secrets.rotate()
+	if err != nil {
+		s.cfg.Logger.Error("xds security: SVID rotation failed; retrying at the next check", "err", err)
+	}
+	if n > 0 {
+		s.cfg.Logger.Info("xds security: rotated", "secrets", n)
+		s.signal()
+	}
+	return n > 0
+}
+
+// AllowedSecrets lists the SDS secrets node may receive: the SVIDs of the
+// service accounts of its own pods, and the trust bundle.
+func (s *SecureSource) AllowedSecrets(node string) []string {
+	v, ok := s.inner.Current().(SnapshotView)
+	if !ok {
+		return nil
+	}
+	return allowedSecrets(v.Snapshot(), node, s.cfg.Options.TrustDomain)
+}
+
+func allowedSecrets(snap *config.Snapshot, node string, td spiffeid.TrustDomain) []string {
+	names := []string{secure.BundleSecretName(td)}
+	for _, id := range secure.Identities(snap, node, td) {
+		names = append(names, secure.SecretName(id))
+	}
+	slices.Sort(names)
+	return names
+}
+
+// secureView is one generation of the inner view with one generation of
+// secrets.
+type secureView struct {
+	src   *SecureSource
+	inner View
+	epoch uint64
+}
+
+// Generation implements View. A rotation re-serves the same generation
+// with new secrets; the server compares content versions, so nodes get
+// them.
+func (v *secureView) Generation() uint64 { return v.inner.Generation() }
+
+// Translate implements View: the inner NodeConfig, copied, with
+// translate/secure applied and its diagnostics added.
+func (v *secureView) Translate(p translate.Proxy) *translate.NodeConfig {
+	nc := v.inner.Translate(p)
+	sv, ok := v.inner.(SnapshotView)
+	if nc == nil || !ok {
+		return nc
+	}
+	cp := *nc
+	cp.Listeners = slices.Clone(nc.Listeners)
+	cp.Routes = slices.Clone(nc.Routes)
+	cp.Clusters = slices.Clone(nc.Clusters)
+	cp.Endpoints = slices.Clone(nc.Endpoints)
+	diags := secure.Apply(&cp, sv.Snapshot(), v.src.cfg.Options)
+	cp.Diagnostics = append(slices.Clone(nc.Diagnostics), diags...)
+	return &cp
+}
+
+// Check implements CheckView: the inner check, then every SDS secret the
+// config refers to must be one the node is served.
+func (v *secureView) Check(nc *translate.NodeConfig) error {
+	var err error
+	if cv, ok := v.inner.(CheckView); ok {
+		err = cv.Check(nc)
+	} else {
+		err = CheckNodeConfig(nc)
+	}
+	var have []string
+	if sv, ok := v.inner.(SnapshotView); ok && nc.Proxy.Kind == translate.SharedEnvoy {
+		have = v.src.secrets.have(secure.Identities(sv.Snapshot(), nc.Proxy.Node, v.src.cfg.Options.TrustDomain))
+	}
+	return errors.Join(err, secure.CheckSecrets(nc, have))
+}
+
+// Dataplane implements DataplaneView: the inner view's resources plus the
+// node's SDS secrets.
+func (v *secureView) Dataplane(node string) ([]TypedResources, []config.Diagnostic) {
+	var out []TypedResources
+	var diags []config.Diagnostic
+	if dv, ok := v.inner.(DataplaneView); ok {
+		out, diags = dv.Dataplane(node)
+	}
+	sv, ok := v.inner.(SnapshotView)
+	if !ok {
+		return out, diags
+	}
+	ids := secure.Identities(sv.Snapshot(), node, v.src.cfg.Options.TrustDomain)
+	secrets, err := v.src.secrets.forNode(ids)
+	if err != nil {
+		// No secret rather than a wrong one; the check then refuses the
+		// config (its references are missing) and the node keeps its last.
+		v.src.cfg.Logger.Error("xds security: issuing SVIDs", "node", node, "err", err)
+		diags = append(slices.Clone(diags), config.Diagnostic{Severity: config.SeverityError, Message: fmt.Sprintf("issuing SVIDs for node %s: %v", node, err)})
+	}
+	return append(slices.Clone(out), secrets), diags
+}
