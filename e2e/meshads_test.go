@@ -67,6 +67,44 @@ func TestMeshADS(t *testing.T) {
 		t.Logf("backends: %v", res.Backends)
 	})
 
+	t.Run("l7-service-to-node-proxy", func(t *testing.T) {
+		// Service web is routed by a VirtualService: the kernel sends its
+		// connects to the client namespace's listener on the node proxy. An
+		// echo server on the node stands in for Envoy and reports the
+		// original destination it reads with SO_ORIGINAL_DST.
+		n := c.Nodes[0]
+		st, err := m.agents[n.Name].a.Dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var port uint16
+		for _, r := range st.Redirects {
+			if r.Namespace == "shop" && r.ProxyIP == n.IP {
+				port = r.ProxyPort
+			}
+		}
+		l7 := false
+		for _, s := range st.Services {
+			l7 = l7 || s.VIP == m.webVIP && s.L7ProxyPort != 0
+		}
+		if port == 0 || !l7 {
+			t.Fatalf("no redirect of namespace shop to %s, or web is not L7: %+v %+v", n.IP, st.Redirects, st.Services)
+		}
+		if _, err := n.StartEcho("nodeproxy", EchoConfig{TCPPorts: []int{int(port)}, OrigDst: true}); err != nil {
+			t.Fatal(err)
+		}
+		web := netip.AddrPortFrom(m.webVIP, 80).String()
+		const k = 50
+		res, err := m.client().Connect(ctx, ClientConfig{Addr: web, Count: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "nodeproxy " + web; res.OK != k || res.Backends[want] != k {
+			t.Fatalf("connects to %s: want all %d at the node proxy port %d with original destination %s: %+v", web, k, port, web, res)
+		}
+		t.Logf("%d connects to the L7 service %s reached the node proxy port %s:%d with SO_ORIGINAL_DST %s", k, web, n.IP, port, web)
+	})
+
 	t.Run("scale", func(t *testing.T) {
 		long := m.startLongConn(t, m.client(), addr)
 		// Scale up: a third pod (node 2).
