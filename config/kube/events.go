@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
@@ -193,6 +194,13 @@ func (w *eventWriter) send(ctx context.Context, d decoded) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err := w.kube.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
+	// A previous leader may have reported this revision already.
+	sel := fields.Set{"involvedObject.uid": string(d.ref.UID),
+		"involvedObject.resourceVersion": d.ref.ResourceVersion, "reason": EventReason}.AsSelector().String()
+	list, err := w.kube.CoreV1().Events(ev.Namespace).List(ctx, metav1.ListOptions{FieldSelector: sel, Limit: 1})
+	if err == nil && len(list.Items) > 0 {
+		return nil
+	}
+	_, err = w.kube.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
 	return err
 }
