@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"maps"
 	"slices"
 
 	"github.com/nodemesh/nodemesh/config"
@@ -77,6 +78,9 @@ func PrepareNext(prev *Mesh, snap *config.Snapshot) *Mesh {
 			next.checks.facts.Store(k, v)
 		}
 	}
+	prev.m.share.mu.Lock()
+	next.m.share.byName = maps.Clone(prev.m.share.byName)
+	prev.m.share.mu.Unlock()
 	prev.checks.vhosts.Range(func(k, v any) bool {
 		next.checks.vhosts.Store(k, v)
 		return true

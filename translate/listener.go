@@ -7,6 +7,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -26,31 +27,24 @@ func outboundRouteName(ns string, p uint32) string { return "outbound_" + ns + "
 
 // outboundChains is what the outbound listener of one namespace matches.
 type outboundChains struct {
-	httpVIPs     map[uint32][]string // port -> VIPs of HTTP services
+	httpVIPs     map[uint32][]string // port -> VIPs of other namespaces' HTTP services
+	localVIPs    map[uint32][]string // port -> VIPs of the namespace's own HTTP services
+	allVIPs      map[uint32][]string // port -> both, in service order
 	httpHeadless map[uint32]bool     // port has an HTTP service without VIP
 	tcp          []*listenerv3.FilterChain
 	taken        map[string]string // "prefix|port" -> host that matches it
 }
 
-// outboundListener builds the namespace's outbound listener and returns the
-// route configurations its HTTP chains refer to.
-func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHostGroup) {
+// outboundListener builds the namespace's outbound listener and the route
+// configurations its HTTP chains refer to (see routeshare.go).
+func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []*routev3.RouteConfiguration) {
 	stat := outboundListenerName(s.ns)
-	oc := &outboundChains{httpVIPs: map[uint32][]string{}, httpHeadless: map[uint32]bool{}, taken: map[string]string{}}
-	groups := map[uint32]*virtualHostGroup{}
+	oc := &outboundChains{httpVIPs: map[uint32][]string{}, localVIPs: map[uint32][]string{}, allVIPs: map[uint32][]string{}, httpHeadless: map[uint32]bool{}, taken: map[string]string{}}
+	shared, local, full := map[uint32]*virtualHostGroup{}, map[uint32]*virtualHostGroup{}, map[uint32]*virtualHostGroup{}
 	for _, svc := range s.services {
 		for _, sp := range svc.Ports {
 			if sp.Protocol.isHTTP() {
-				g := groups[sp.Port]
-				if g == nil {
-					g = &virtualHostGroup{Name: outboundRouteName(s.ns, sp.Port)}
-					groups[sp.Port] = g
-				}
-				g.VirtualHosts = append(g.VirtualHosts, s.virtualHost(svc, sp))
-				if len(svc.VIPs) == 0 {
-					oc.httpHeadless[sp.Port] = true
-				}
-				oc.httpVIPs[sp.Port] = append(oc.httpVIPs[sp.Port], s.claim(oc, svc, sp.Port)...)
+				s.addHTTP(oc, shared, local, full, svc, sp)
 				continue
 			}
 			if vips := s.claim(oc, svc, sp.Port); len(vips) > 0 {
@@ -60,8 +54,8 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHo
 			}
 		}
 	}
-	ports := make([]uint32, 0, len(groups))
-	for p := range groups {
+	ports := make([]uint32, 0, len(shared))
+	for p := range shared {
 		ports = append(ports, p)
 	}
 	slices.Sort(ports)
@@ -75,21 +69,83 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []virtualHo
 			Filters: []*listenerv3.Filter{tcpProxyFilter(stat, []weightedCluster{{Cluster: s.unknownDestination(), Weight: 1}})},
 		},
 	}
-	var out []virtualHostGroup
+	var routes []*routev3.RouteConfiguration
+	view := ""
+	if len(oc.httpVIPs) > 0 {
+		view = s.viewKey()
+	}
+	allowAny := !s.m.sidecarFor(s.ns).registryOnly
 	for _, p := range ports {
-		hcm := hcmFilter(stat, groups[p].Name)
-		if vips := oc.httpVIPs[p]; len(vips) > 0 {
-			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p), p, vips, hcm))
-		}
 		if oc.httpHeadless[p] {
-			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p)+"_any", p, nil, hcm))
+			// Connections to pods of headless services match by port
+			// alone and may use short names: one route configuration of
+			// this namespace's own for the port, as before sharing.
+			g := *full[p]
+			g.AllowAny = allowAny
+			rc := routeConfiguration(g)
+			routes = append(routes, rc)
+			if vips := oc.allVIPs[p]; len(vips) > 0 {
+				l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p), p, vips, hcmFilter(stat, rc.Name)))
+			}
+			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p)+"_any", p, nil, hcmFilter(stat, rc.Name)))
+			continue
 		}
-		g := *groups[p]
-		g.AllowAny = !s.m.sidecarFor(s.ns).registryOnly
-		out = append(out, g)
+		if vips := oc.httpVIPs[p]; len(vips) > 0 {
+			g := *shared[p]
+			g.Name, g.AllowAny = sharedRouteName(p, view, s.m.defaultViewKey()), allowAny
+			rc, ok := s.m.shareRoute(routeConfiguration(g))
+			if !ok { // the view key missed a difference: do not share
+				rc.Name = g.Name + "~" + s.ns
+			}
+			routes = append(routes, rc)
+			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p), p, vips, hcmFilter(stat, rc.Name)))
+		}
+		if vips := oc.localVIPs[p]; len(vips) > 0 {
+			lg := *local[p]
+			lg.AllowAny = allowAny
+			lrc := routeConfiguration(lg)
+			routes = append(routes, lrc)
+			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p)+"_local", p, vips, hcmFilter(stat, lrc.Name)))
+		}
 	}
 	l.FilterChains = append(l.FilterChains, oc.tcp...)
-	return l, out
+	return l, routes
+}
+
+// addHTTP adds an HTTP service port: its virtual host (without short name)
+// to the shared group of the port, and, for the namespace's own services,
+// with its short name to the local group; its VIPs to the chain of either.
+// The full group has every virtual host as this namespace names them (for
+// ports with headless services).
+func (s *scope) addHTTP(oc *outboundChains, shared, local, full map[uint32]*virtualHostGroup, svc *service, sp servicePort) {
+	group := func(m map[uint32]*virtualHostGroup, name string) *virtualHostGroup {
+		g := m[sp.Port]
+		if g == nil {
+			g = &virtualHostGroup{Name: name}
+			m[sp.Port] = g
+		}
+		return g
+	}
+	vh := s.virtualHost(svc, sp)
+	fg := group(full, outboundRouteName(s.ns, sp.Port))
+	fg.VirtualHosts = append(fg.VirtualHosts, vh)
+	sg := group(shared, "")
+	if svc.Namespace == s.ns {
+		lg := group(local, localRouteName(s.ns, sp.Port))
+		lg.VirtualHosts = append(lg.VirtualHosts, vh)
+		vh.Domains = domains(svc, sp.Port, "")
+	}
+	sg.VirtualHosts = append(sg.VirtualHosts, vh)
+	if len(svc.VIPs) == 0 {
+		oc.httpHeadless[sp.Port] = true
+	}
+	vips := s.claim(oc, svc, sp.Port)
+	oc.allVIPs[sp.Port] = append(oc.allVIPs[sp.Port], vips...)
+	if svc.Namespace == s.ns {
+		oc.localVIPs[sp.Port] = append(oc.localVIPs[sp.Port], vips...)
+	} else {
+		oc.httpVIPs[sp.Port] = append(oc.httpVIPs[sp.Port], vips...)
+	}
 }
 
 // virtualHostGroup is one route configuration to build.

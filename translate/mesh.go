@@ -34,6 +34,7 @@ type mesh struct {
 	drWildcard []*destinationRule
 	sidecars   map[string]sidecar // namespace -> its namespace-wide Sidecar
 	endpoints  map[endpointKey][]endpoint
+	share      routeShare // shared outbound route configurations
 }
 
 // endpointKey names a service port by content, so that a Mesh prepared

@@ -153,6 +153,7 @@ func (p *Mesh) shared(kind ProxyKind, namespaces []string) *sharedOutput {
 		out := &sharedOutput{}
 		diags := &diagnostics{list: slices.Clone(p.m.diags.list)}
 		refs := map[string]*clusterRef{}
+		routeNames := map[string]bool{}
 		for _, ns := range namespaces {
 			var o *nsOutput
 			if kind == ProxylessGRPC {
@@ -161,7 +162,12 @@ func (p *Mesh) shared(kind ProxyKind, namespaces []string) *sharedOutput {
 				o = get(&p.mu, p.outbound, ns, func() *nsOutput { return p.buildOutbound(ns, p.m.ports[ns].Outbound) })
 			}
 			out.listeners = append(out.listeners, o.listeners...)
-			out.routes = append(out.routes, o.routes...)
+			for _, r := range o.routes {
+				if !routeNames[r.GetName()] { // shared by namespaces of one view
+					routeNames[r.GetName()] = true
+					out.routes = append(out.routes, r)
+				}
+			}
 			diags.list = append(diags.list, o.diags...)
 			for _, r := range o.clusters {
 				if _, ok := refs[r.Name]; !ok {
@@ -238,22 +244,23 @@ func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) *sharedOutput {
 func (p *Mesh) buildOutbound(ns string, port uint32) *nsOutput {
 	s := p.m.scope(ns)
 	s.wantAllClusters()
-	l, groups := s.outboundListener(port)
-	return s.output([]*listenerv3.Listener{l}, groups)
+	l, routes := s.outboundListener(port)
+	return s.output([]*listenerv3.Listener{l}, routes)
 }
 
 func (p *Mesh) buildProxyless(ns string) *nsOutput {
 	s := p.m.scope(ns)
 	s.wantAllClusters()
 	ls, groups := s.proxyless()
-	return s.output(ls, groups)
+	var routes []*routev3.RouteConfiguration
+	for _, g := range groups {
+		routes = append(routes, routeConfiguration(g))
+	}
+	return s.output(ls, routes)
 }
 
-func (s *scope) output(ls []*listenerv3.Listener, groups []virtualHostGroup) *nsOutput {
-	out := &nsOutput{listeners: ls, diags: s.diags.list}
-	for _, g := range groups {
-		out.routes = append(out.routes, routeConfiguration(g))
-	}
+func (s *scope) output(ls []*listenerv3.Listener, routes []*routev3.RouteConfiguration) *nsOutput {
+	out := &nsOutput{listeners: ls, routes: routes, diags: s.diags.list}
 	for _, name := range sortedKeys(s.clusters.byName) {
 		out.clusters = append(out.clusters, s.clusters.byName[name])
 	}

@@ -1,0 +1,133 @@
+package translate
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"sync"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
+)
+
+// A node proxy serves many namespaces, and most namespaces see the mesh
+// alike (no Sidecar, no exportTo restriction, no namespace-local
+// VirtualService or DestinationRule): their outbound route configurations
+// would be identical but for the short names of their own services. So each
+// namespace's outbound listener routes:
+//
+//   - connections to the VIPs of its own services through a small local
+//     route configuration, outbound_<ns>_<port>, holding those services with
+//     their short names;
+//   - every other HTTP connection through a route configuration shared by
+//     all namespaces with the same view of the mesh: outbound_<port> for the
+//     view of a namespace without any objects of its own (the mesh
+//     default), outbound_<port>~<hash> for others, the hash being that of
+//     the view (see viewKey), not of the content, so a route change keeps
+//     the name.
+//
+// A node then gets one copy of each view instead of one per namespace.
+
+// sharedRouteName names the shared route configuration of a view on port.
+func sharedRouteName(port uint32, view, defaultView string) string {
+	if view == defaultView {
+		return "outbound_" + portString(port)
+	}
+	return "outbound_" + portString(port) + "~" + view[:8]
+}
+
+// localRouteName names a namespace's route configuration for its own VIPs.
+func localRouteName(ns string, port uint32) string { return outboundRouteName(ns, port) }
+
+// viewKey hashes everything the shared route configurations of this
+// namespace depend on: the services it sees (with their VIPs and ports),
+// which VirtualService and DestinationRule apply to each, the client
+// namespace when a VirtualService matches on source namespace, and whether
+// unknown hosts are allowed. Namespaces with equal keys get equal content
+// (routeShare checks that).
+func (s *scope) viewKey() string {
+	h := sha256.New()
+	field := func(h hash.Hash, parts ...string) {
+		for _, p := range parts {
+			fmt.Fprintf(h, "%d:%s", len(p), p)
+		}
+	}
+	field(h, fmt.Sprint(s.m.sidecarFor(s.ns).registryOnly))
+	for _, svc := range s.services {
+		field(h, "svc", svc.Hostname, svc.Namespace, fmt.Sprint(svc.VIPs, svc.ServiceEntry))
+		for _, sp := range svc.Ports {
+			field(h, portString(sp.Port), fmt.Sprint(sp.Protocol))
+		}
+		if o, vs := s.virtualServiceFor(svc); o != nil {
+			field(h, "vs", o.Namespace, o.Name)
+			if usesSourceNamespace(vs) {
+				field(h, "client", s.ns)
+			}
+		}
+		if dr := s.m.destinationRuleFor(svc.Hostname, svc.Namespace, s.ns); dr != nil {
+			field(h, "dr", dr.obj.Namespace, dr.obj.Name)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// usesSourceNamespace reports whether a VirtualService matches on the
+// client's namespace (then its routes differ per client namespace).
+func usesSourceNamespace(vs *networking.VirtualService) bool {
+	for _, r := range vs.GetHttp() {
+		for _, m := range r.GetMatch() {
+			if m.GetSourceNamespace() != "" {
+				return true
+			}
+		}
+	}
+	for _, r := range vs.GetTcp() {
+		for _, m := range r.GetMatch() {
+			if m.GetSourceNamespace() != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// routeShare hands out one message per shared route configuration name,
+// so namespaces (and nodes) with the same view share it.
+type routeShare struct {
+	once        sync.Once
+	defaultView string
+	mu          sync.Mutex
+	byName      map[string]*routev3.RouteConfiguration
+}
+
+// defaultViewKey is the view of a namespace with no objects of its own.
+func (m *mesh) defaultViewKey() string {
+	m.share.once.Do(func() {
+		m.share.defaultView = m.scope("").viewKey()
+	})
+	return m.share.defaultView
+}
+
+// shareRoute returns the message to serve under name: an equal one built
+// for another namespace, else rc. ok is false when a different
+// configuration already has that name (a view the key failed to tell
+// apart); the caller must then not share rc.
+func (m *mesh) shareRoute(rc *routev3.RouteConfiguration) (_ *routev3.RouteConfiguration, ok bool) {
+	m.share.mu.Lock()
+	defer m.share.mu.Unlock()
+	if m.share.byName == nil {
+		m.share.byName = map[string]*routev3.RouteConfiguration{}
+	}
+	have, found := m.share.byName[rc.GetName()]
+	switch {
+	case !found:
+		m.share.byName[rc.GetName()] = rc
+		return rc, true
+	case proto.Equal(have, rc):
+		return have, true
+	default:
+		return rc, false
+	}
+}
