@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConfigValidate(t *testing.T) {
+	good := Config{Node: "n1", ControlPlane: "127.0.0.1:15010", CgroupPath: "/sys/fs/cgroup/node"}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want string // substring of the error; "" = valid
+	}{
+		{"minimal", func(*Config) {}, ""},
+		{"with envoy", func(c *Config) { c.EnvoySocket = "/run/nodemesh/xds.sock"; c.NodeIP = netip.MustParseAddr("10.0.0.1") }, ""},
+		{"no node", func(c *Config) { c.Node = "" }, "node is required"},
+		{"no control plane", func(c *Config) { c.ControlPlane = "" }, "control plane address is required"},
+		{"no cgroup", func(c *Config) { c.CgroupPath = "" }, "cgroup path"},
+		{"relative cgroup", func(c *Config) { c.CgroupPath = "node" }, "must be an absolute path"},
+		{"relative socket", func(c *Config) { c.EnvoySocket = "xds.sock" }, "envoy socket"},
+		{"bootstrap without socket", func(c *Config) { c.EnvoyBootstrapPath = "/tmp/b.json" }, "needs an envoy socket"},
+		{"bad jitter", func(c *Config) { c.Backoff.Jitter = 1 }, "jitter"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			tc.edit(&c)
+			err := c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("want valid, got %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("want an error containing %q, got %v", tc.want, err)
+			}
+		})
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c := Config{Node: "n1", ControlPlane: "x:1", CgroupPath: "/cg", EnvoySocket: "/run/nm/xds.sock",
+		NodeIP: netip.MustParseAddr("::ffff:10.0.0.1")}.withDefaults()
+	if c.EnvoyBootstrapPath != "/run/nm/envoy-bootstrap.json" || c.EnvoyBinary != "envoy" || c.Logger == nil || c.PodCgroup == nil {
+		t.Errorf("defaults not filled: %+v", c)
+	}
+	if c.NodeIP != netip.MustParseAddr("10.0.0.1") {
+		t.Errorf("node IP %s not unmapped", c.NodeIP)
+	}
+}
+
+func TestCgroupLayout(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"shop_web-0", "db-0", "shop_db-0"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "file"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resolve := CgroupLayout(root)
+	for _, tc := range []struct{ ns, pod, want string }{
+		{"shop", "web-0", "shop_web-0"}, // <namespace>_<pod>
+		{"other", "db-0", "db-0"},       // falls back to <pod>
+		{"shop", "db-0", "shop_db-0"},   // the namespaced name wins
+		{"shop", "missing", ""},
+		{"shop", "file", ""}, // not a directory
+		{"shop", "..", ""},   // never leaves root
+		{"..", "x", ""},
+		{"shop", "a/b", ""},
+		{"shop", "", ""},
+	} {
+		t.Run(tc.ns+"/"+tc.pod, func(t *testing.T) {
+			want := ""
+			if tc.want != "" {
+				want = filepath.Join(root, tc.want)
+			}
+			if got := resolve(tc.ns, tc.pod); got != want {
+				t.Errorf("got %q, want %q", got, want)
+			}
+		})
+	}
+}
