@@ -10,16 +10,27 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
 func main() {
 	var (
-		cfg      xds.ControlPlaneConfig
-		logLevel slog.Level
+		cfg         xds.ControlPlaneConfig
+		logLevel    slog.Level
+		mtls        bool
+		xdsInsecure bool
+		caDir       string
+		svidTTL     time.Duration
+		agentCerts  string
+		agentsDir   string
 	)
 	flag.StringVar(&cfg.ConfigDir, "config", "", "directory of Kubernetes and Istio YAML to serve (required)")
 	flag.StringVar(&cfg.XDSAddr, "xds-addr", "127.0.0.1:15010", "ADS gRPC listen address")
@@ -28,13 +39,34 @@ func main() {
 	flag.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "graceful shutdown deadline")
 	flag.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	flag.BoolVar(&mtls, "mtls", true, "workload identity: mTLS per service account in every config, SVIDs over SDS; false serves plaintext configs")
+	flag.BoolVar(&xdsInsecure, "xds-insecure", false, "serve ADS without TLS (demos and tests only: any client can claim any node)")
+	flag.StringVar(&caDir, "ca-dir", defaultCADir(), "directory of the built-in CA (Istio cacerts layout); a root is generated and persisted there on first start")
+	flag.DurationVar(&svidTTL, "svid-ttl", identity.DefaultSVIDTTL, "lifetime of workload SVIDs (renewed at half)")
+	flag.StringVar(&agentCerts, "bootstrap-agents", "", "comma-separated node names: write an agent certificate for each under --agent-certs-dir at start (tests and demos; production agents get theirs from SPIRE or a one-time bootstrap token)")
+	flag.StringVar(&agentsDir, "agent-certs-dir", "", "where --bootstrap-agents writes <node>/{cert-chain.pem,key.pem,root-cert.pem}")
 	flag.Parse()
 	if cfg.ConfigDir == "" || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: meshd --config DIR [--xds-addr ADDR] [--debug-addr ADDR] [--log-level LEVEL]")
+		fmt.Fprintln(os.Stderr, "usage: meshd --config DIR [--xds-addr ADDR] [--debug-addr ADDR] [--ca-dir DIR] [--xds-insecure] [--mtls=false] [--log-level LEVEL]")
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg.Logger = log
+	if mtls {
+		ca, err := newCA(caDir, cfg.TrustDomain, svidTTL)
+		if err != nil {
+			log.Error("meshd failed to start its CA", "dir", caDir, "err", err)
+			os.Exit(1)
+		}
+		cfg.Security = &xds.ControlPlaneSecurity{CA: ca, InsecureXDS: xdsInsecure}
+		if err := bootstrapAgents(ca, agentCerts, agentsDir); err != nil {
+			log.Error("meshd failed to write agent certificates", "err", err)
+			os.Exit(1)
+		}
+	} else if !xdsInsecure {
+		log.Error("--mtls=false needs --xds-insecure: without the CA, ADS cannot be served over TLS")
+		os.Exit(2)
+	}
 
 	cp, err := xds.StartControlPlane(cfg)
 	if err != nil {
@@ -53,4 +85,56 @@ func main() {
 		os.Exit(1)
 	}
 	log.Info("meshd stopped")
+}
+
+// defaultCADir is under the user cache directory, else the temp directory.
+func defaultCADir() string {
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "nodemesh", "ca")
+	}
+	return filepath.Join(os.TempDir(), "nodemesh-ca")
+}
+
+func newCA(dir, trustDomain string, ttl time.Duration) (*identity.CA, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("trust domain %q: %w", trustDomain, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return identity.NewCA(identity.CAConfig{TrustDomain: td, Dir: dir, SVIDTTL: ttl})
+}
+
+// bootstrapAgents writes an agent SVID per node (the test and demo path;
+// see xds/secure_controlplane.go for production).
+func bootstrapAgents(ca *identity.CA, nodes, dir string) error {
+	if nodes == "" {
+		return nil
+	}
+	if dir == "" {
+		return fmt.Errorf("--bootstrap-agents needs --agent-certs-dir")
+	}
+	for _, node := range strings.Split(nodes, ",") {
+		svid, err := ca.NewAgentSVID(strings.TrimSpace(node))
+		if err != nil {
+			return err
+		}
+		chain, key, err := svid.Marshal()
+		if err != nil {
+			return err
+		}
+		nd := filepath.Join(dir, strings.TrimSpace(node))
+		if err := os.MkdirAll(nd, 0o700); err != nil {
+			return err
+		}
+		for name, b := range map[string][]byte{
+			"cert-chain.pem": chain, "key.pem": key, "root-cert.pem": identity.EncodeCertsPEM(ca.Bundle().X509Authorities()),
+		} {
+			if err := os.WriteFile(filepath.Join(nd, name), b, 0o600); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

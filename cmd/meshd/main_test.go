@@ -45,7 +45,7 @@ func TestMeshdServesAndStopsOnSIGTERM(t *testing.T) {
 	xdsAddr, debugAddr := freeAddr(t), freeAddr(t)
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "MESHD_TEST_RUN_MAIN=1",
-		"MESHD_TEST_ARGS=--config "+dir+" --xds-addr "+xdsAddr+" --debug-addr "+debugAddr+" --log-level debug")
+		"MESHD_TEST_ARGS=--config "+dir+" --xds-addr "+xdsAddr+" --debug-addr "+debugAddr+" --log-level debug --ca-dir "+t.TempDir())
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
