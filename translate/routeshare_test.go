@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -44,6 +45,18 @@ spec:
   egress: [{hosts: ["./*"]}]
 `, w, 100-w)
 	return b.String()
+}
+
+// TestMain verifies every route configuration shared in any test: equal
+// view keys must mean equal content.
+func TestMain(m *testing.M) {
+	verifySharing = true
+	code := m.Run()
+	if n := sharingMismatches.Load(); n > 0 && code == 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: %d route configurations shared under one view key differ in content\n", n)
+		code = 1
+	}
+	os.Exit(code)
 }
 
 func routeNames(nc *NodeConfig) []string {
