@@ -134,8 +134,15 @@ func TestAgent(t *testing.T) {
 	}
 	checkSyncz(t, cp)
 
-	// Stop: the maps stay pinned and keep their entries.
+	// Stop: the maps stay pinned and keep their entries. The next agent
+	// finds an "envoy" and supervises it.
 	a.stop(t)
+	fake := filepath.Join(t.TempDir(), "envoy")
+	args := filepath.Join(t.TempDir(), "args")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$@\" > "+args+"\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg.EnvoyBinary = fake
 	a2 := start(t, cfg)
 	defer func() {
 		a2.stop(t)
@@ -153,6 +160,18 @@ func TestAgent(t *testing.T) {
 	}
 	checkDump(t, before, cgroup)
 	waitReady(t, a2)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, _ := os.ReadFile(args)
+		e := a2.Status().Envoy
+		if e != nil && e.Process != nil && e.Process.Running && strings.Contains(string(data), "-c "+filepath.Join(run, "envoy-bootstrap.json")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("envoy not started with the bootstrap: status %+v, args %q", e, data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 type started struct {
