@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+
 	"github.com/nodemesh/nodemesh/config"
 )
 
@@ -71,6 +73,15 @@ func PrepareNext(prev *Mesh, snap *config.Snapshot) *Mesh {
 			reused = append(reused, c)
 		}
 	}
+	// Load assignments of service ports whose endpoints did not change are
+	// reused too (the maps, not prev, are kept: no chain of Meshes).
+	next.prev = &prevEndpoints{endpoints: prev.m.endpoints, clas: map[string]*endpointv3.ClusterLoadAssignment{}}
+	for k, l := range prev.clas {
+		if c, ok := l.value(); ok {
+			next.prev.clas[k] = c
+			reused = append(reused, c)
+		}
+	}
 	// Keep what checking found about reused resources only, so the cache
 	// does not grow with every endpoint change.
 	for _, k := range reused {
@@ -97,4 +108,17 @@ func (o *nsOutput) messages() []any {
 		out = append(out, r)
 	}
 	return out
+}
+
+// prevEndpoints is what PrepareNext keeps of the previous Mesh to reuse its
+// load assignments.
+type prevEndpoints struct {
+	endpoints map[endpointKey][]endpoint
+	clas      map[string]*endpointv3.ClusterLoadAssignment // by clusterRef key
+}
+
+func endpointsEqual(a, b []endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y endpoint) bool {
+		return x.Address == y.Address && x.Port == y.Port && maps.Equal(x.Labels, y.Labels)
+	})
 }

@@ -3,6 +3,7 @@ package translate
 import (
 	"bytes"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -54,6 +55,14 @@ func TestPrepareNext(t *testing.T) {
 		for j, r := range nc.Routes {
 			if r != prevNC[p].Routes[j] {
 				t.Errorf("%+v: route configuration %s rebuilt for an endpoint change", p, r.GetName())
+			}
+		}
+		// Only the load assignments of reviews (the service's and its
+		// subsets') are new messages; the others are prev's.
+		for j, e := range nc.Endpoints {
+			name, same := e.GetClusterName(), e == prevNC[p].Endpoints[j]
+			if want := !strings.Contains(name, "reviews.default"); same != want {
+				t.Errorf("%+v: load assignment %s reused %v, want %v", p, name, same, want)
 			}
 		}
 	}

@@ -93,9 +93,11 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []*routev3.
 		if vips := oc.httpVIPs[p]; len(vips) > 0 {
 			g := *shared[p]
 			g.Name, g.AllowAny = sharedRouteName(p, view, s.m.defaultViewKey()), allowAny
-			rc, ok := s.m.shareRoute(routeConfiguration(g))
-			if !ok { // the view key missed a difference: do not share
-				rc.Name = g.Name + "~" + s.ns
+			rc, ok := s.m.sharedRoute(g.Name)
+			if !ok {
+				if rc, ok = s.m.shareRoute(routeConfiguration(g)); !ok {
+					rc.Name = g.Name + "~" + s.ns // the view key missed a difference: do not share
+				}
 			}
 			routes = append(routes, rc)
 			l.FilterChains = append(l.FilterChains, filterChain("http_"+portString(p), p, vips, hcmFilter(stat, rc.Name)))

@@ -120,6 +120,18 @@ var verifySharing = false
 // sharingMismatches counts what verifySharing found (the tests want 0).
 var sharingMismatches atomic.Int64
 
+// sharedRoute returns the configuration already built for name, unless
+// verifySharing wants every namespace's built and compared.
+func (m *mesh) sharedRoute(name string) (*routev3.RouteConfiguration, bool) {
+	if verifySharing {
+		return nil, false
+	}
+	m.share.mu.Lock()
+	defer m.share.mu.Unlock()
+	rc, ok := m.share.byName[name]
+	return rc, ok
+}
+
 // shareRoute returns the message to serve under rc's name: the one built
 // for the first namespace of the view, else rc. ok is false when
 // verifySharing found a different configuration under that name (a view the

@@ -51,6 +51,7 @@ type Mesh struct {
 	sharedOut map[string]*lazy[*sharedOutput]
 	checks    *checkCache // for Mesh.Check
 	inputs    routingInputs
+	prev      *prevEndpoints // set by PrepareNext
 }
 
 // Prepare builds the model of a snapshot.
@@ -203,7 +204,14 @@ func (p *Mesh) cluster(ref *clusterRef, kind ProxyKind) *clusterv3.Cluster {
 // loadAssignment builds (once per Mesh) the endpoints of an EDS cluster.
 func (p *Mesh) loadAssignment(ref *clusterRef) *endpointv3.ClusterLoadAssignment {
 	return get(&p.mu, p.clas, ref.key(), func() *endpointv3.ClusterLoadAssignment {
-		return loadAssignment(ref, p.m.endpoints[ref.svc.endpointKey(ref.port.Port)])
+		ek := ref.svc.endpointKey(ref.port.Port)
+		eps := p.m.endpoints[ek]
+		if p.prev != nil { // PrepareNext: keep what did not change
+			if old, ok := p.prev.clas[ref.key()]; ok && endpointsEqual(p.prev.endpoints[ek], eps) {
+				return old
+			}
+		}
+		return loadAssignment(ref, eps)
 	})
 }
 
