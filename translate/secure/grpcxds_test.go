@@ -1,0 +1,433 @@
+package secure_test
+
+// Proof with a real xDS client nobody here wrote: gRPC-Go with
+// xDS-managed security. meshd (xds.StartControlPlane with Security: the
+// built-in CA, translate/secure on every config, ADS over mTLS) serves a
+// proxyless gRPC client whose cluster carries the UpstreamTlsContext that
+// translate/secure builds for proxyless clients (certificate provider
+// instances, SAN matching of the destination's service accounts). The
+// gRPC server is gRPC-Go's xDS server, its inbound Listener built with
+// secure.DownstreamProvider and an RBAC filter on the principal. All
+// certificates come from gRPC's file_watcher certificate provider, from
+// files written here as the node agent would write them. Bootstraps are
+// passed per client/server (NewXDSResolverWithConfigForTesting,
+// BootstrapContentsForTesting), so GRPC_XDS_BOOTSTRAP is not needed.
+//
+// The clients reach meshd's ADS over mTLS with their workload SVIDs
+// ("tls" channel credentials, gRFC A65). meshd's certificate is an SVID
+// (URI SAN only), so hostname verification cannot apply: the clients
+// verify it against the SPIFFE trust bundle map (gRFC A87), which gRPC
+// reads only with GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true at init. So the
+// test runs its body in a child process with that variable set.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	grpcxds "google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/translate/secure"
+	"github.com/nodemesh/nodemesh/xds"
+)
+
+const (
+	gNS   = "grpcsec"
+	gPort = 7070
+)
+
+var gTD = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+func gID(t *testing.T, sa string) spiffeid.ID {
+	t.Helper()
+	id, err := identity.WorkloadID(gTD, gNS, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func anyOf(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// writeSVID writes what the node agent hands a proxyless workload: its
+// chain, its key and the trust bundle, for gRPC's file_watcher plugin.
+func writeSVID(t *testing.T, ca *identity.CA, id spiffeid.ID) map[string]any {
+	t.Helper()
+	svid, err := ca.NewSVID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFiles(t, svid, ca)
+}
+
+func writeFiles(t *testing.T, svid *x509svid.SVID, ca *identity.CA) map[string]any {
+	t.Helper()
+	chain, key, err := svid.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := map[string][]byte{"cert-chain.pem": chain, "key.pem": key, "root-cert.pem": identity.EncodeCertsPEM(ca.Bundle().X509Authorities())}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return map[string]any{
+		"certificate_file":    filepath.Join(dir, "cert-chain.pem"),
+		"private_key_file":    filepath.Join(dir, "key.pem"),
+		"ca_certificate_file": filepath.Join(dir, "root-cert.pem"),
+		"refresh_interval":    "1s",
+	}
+}
+
+// adsCreds are the "tls" channel credentials of a proxyless client: its
+// SVID, and meshd verified against the SPIFFE bundle map of the trust
+// domain.
+func adsCreds(t *testing.T, files map[string]any, ca *identity.CA) map[string]any {
+	t.Helper()
+	b, err := spiffebundle.FromX509Authorities(gTD, ca.Bundle().X509Authorities()).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := json.Marshal(map[string]any{"trust_domains": map[string]json.RawMessage{gTD.Name(): b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "spiffe-bundle-map.json")
+	if err := os.WriteFile(path, m, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]any{
+		"certificate_file":             files["certificate_file"],
+		"private_key_file":             files["private_key_file"],
+		"spiffe_trust_bundle_map_file": path,
+	}
+}
+
+func bootstrap(t *testing.T, server string, ads map[string]any, node map[string]any, files map[string]any) []byte {
+	t.Helper()
+	creds := []any{map[string]any{"type": "insecure"}}
+	if ads != nil {
+		creds = []any{map[string]any{"type": "tls", "config": ads}}
+	}
+	b, err := json.Marshal(map[string]any{
+		"xds_servers": []any{map[string]any{"server_uri": server, "channel_creds": creds, "server_features": []string{"xds_v3"}}},
+		"node":        node,
+		"certificate_providers": map[string]any{
+			secure.DefaultCertProviderInstance: map[string]any{"plugin_name": "file_watcher", "config": files},
+		},
+		"server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// echo answers with the SPIFFE ID of the caller, as the server's TLS saw it.
+type echo struct {
+	testgrpc.UnimplementedTestServiceServer
+}
+
+func (echo) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Internal, "no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return nil, status.Errorf(codes.Unauthenticated, "no client certificate (auth info %T)", p.AuthInfo)
+	}
+	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return &testgrpc.SimpleResponse{Hostname: id.String()}, nil
+}
+
+// serverListener is what gRPC's xDS server asks for: named after its
+// address, mTLS through secure.DownstreamProvider, RBAC allowing only
+// principal, a non-forwarding route.
+func serverListener(t *testing.T, addr *net.TCPAddr, principal spiffeid.ID) *listenerv3.Listener {
+	t.Helper()
+	rbac := &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{
+		Action: rbacconfigv3.RBAC_ALLOW,
+		Policies: map[string]*rbacconfigv3.Policy{"client": {
+			Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}},
+			Principals: []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_Authenticated_{Authenticated: &rbacconfigv3.Principal_Authenticated{
+				PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: principal.String()}},
+			}}}},
+		}},
+	}}
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: "inbound",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: "inbound",
+			VirtualHosts: []*routev3.VirtualHost{{Name: "inbound", Domains: []string{"*"}, Routes: []*routev3.Route{{
+				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
+			}}}},
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: "rbac", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(t, rbac)}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(t, &routerv3.Router{})}},
+		},
+	}
+	l := &listenerv3.Listener{
+		Name: "grpc/server?xds.resource.listening_address=" + addr.String(),
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: addr.IP.String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(addr.Port)}}}},
+		FilterChains: []*listenerv3.FilterChain{{
+			Name:            "inbound-mtls",
+			TransportSocket: secure.DownstreamProvider(secure.DefaultCertProviderInstance),
+			Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(t, hcm)}}},
+		}},
+	}
+	if err := l.ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// startServer runs a gRPC xDS server on addr with the SVID in files,
+// configured by its own small ADS server holding only its Listener.
+func startServer(t *testing.T, ctx context.Context, lis net.Listener, files map[string]any, principal spiffeid.ID) {
+	t.Helper()
+	addr := lis.Addr().(*net.TCPAddr)
+	nodeID := "grpcsec-server-" + addr.String()
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]cachetypes.Resource{resourcev3.ListenerType: {serverListener(t, addr, principal)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.SetSnapshot(ctx, nodeID, snap); err != nil {
+		t.Fatal(err)
+	}
+	adsLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ads := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(ads, serverv3.NewServer(ctx, cache, nil))
+	go ads.Serve(adsLis)
+	t.Cleanup(ads.Stop)
+	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := grpcxds.NewGRPCServer(grpc.Creds(creds),
+		grpcxds.BootstrapContentsForTesting(bootstrap(t, adsLis.Addr().String(), nil, map[string]any{"id": nodeID}, files)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testgrpc.RegisterTestServiceServer(srv, echo{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+}
+
+// listenPods listens on n loopback addresses 127.78.B.(11+i) on one port.
+func listenPods(t *testing.T, n int) []net.Listener {
+	t.Helper()
+	for attempt := 0; attempt < 10; attempt++ {
+		block := 1 + rand.IntN(254)
+		port := 20000 + rand.IntN(20000)
+		var out []net.Listener
+		for i := range n {
+			l, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.78.%d.%d", block, 11+i), strconv.Itoa(port)))
+			if err != nil {
+				break
+			}
+			out = append(out, l)
+		}
+		if len(out) == n {
+			return out
+		}
+		for _, l := range out {
+			l.Close()
+		}
+	}
+	t.Fatal("no free loopback addresses")
+	return nil
+}
+
+// meshYAML: two services in grpcsec, each with one pod of service account
+// "echo-server": echo (a real echo-server pod) and impostor (whose pod
+// claims echo-server but whose process holds another SA's SVID).
+func meshYAML(echoAddr, impostorAddr *net.TCPAddr) string {
+	var out string
+	for _, s := range []struct {
+		name string
+		addr *net.TCPAddr
+	}{{"echo", echoAddr}, {"impostor", impostorAddr}} {
+		out += fmt.Sprintf(`---
+apiVersion: v1
+kind: Service
+metadata: {name: %[1]s, namespace: %[2]s}
+spec:
+  selector: {app: %[1]s}
+  ports: [{name: grpc, port: %[3]d, targetPort: %[4]d}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s-0, namespace: %[2]s, labels: {app: %[1]s}}
+spec: {nodeName: node-1, serviceAccountName: echo-server, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: %[5]s}
+`, s.name, gNS, gPort, s.addr.Port, s.addr.IP.String())
+	}
+	return out
+}
+
+const childEnv = "NODEMESH_GRPCXDS_SECURE_CHILD"
+
+func TestGRPCXDSMutualTLS(t *testing.T) {
+	if os.Getenv(childEnv) != "1" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestGRPCXDSMutualTLS$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), childEnv+"=1", "GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true")
+		out, err := cmd.CombinedOutput()
+		t.Logf("child process (GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true):\n%s", out)
+		if err != nil {
+			t.Fatalf("child: %v", err)
+		}
+		if !strings.Contains(string(out), "--- PASS: TestGRPCXDSMutualTLS") || strings.Contains(string(out), "--- SKIP") {
+			t.Fatal("the child did not run the test")
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	ca, err := identity.NewCA(identity.CAConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := listenPods(t, 2)
+	echoAddr, impostorAddr := pods[0].Addr().(*net.TCPAddr), pods[1].Addr().(*net.TCPAddr)
+	clientID, otherID := gID(t, "client"), gID(t, "other")
+
+	// The servers: the real echo-server, and an impostor with another SVID.
+	startServer(t, ctx, pods[0], writeSVID(t, ca, gID(t, "echo-server")), clientID)
+	startServer(t, ctx, pods[1], writeSVID(t, ca, gID(t, "impostor")), clientID)
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(meshYAML(echoAddr, impostorAddr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{
+		ConfigDir: dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0", PollInterval: 50 * time.Millisecond,
+		Security: &xds.ControlPlaneSecurity{CA: ca},
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Stop() })
+
+	// A proxyless client: ADS over mTLS with its workload SVID, the same
+	// files feeding the file_watcher provider for its calls.
+	client := func(t *testing.T, id spiffeid.ID, nodeID, service string) testgrpc.TestServiceClient {
+		t.Helper()
+		files := writeSVID(t, ca, id)
+		node := map[string]any{"id": nodeID, "metadata": map[string]string{xds.MetaProxy: xds.ProxyValueGRPC, xds.MetaNamespace: gNS}}
+		res, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap(t, cp.XDSAddr(), adsCreds(t, files, ca), node, files))
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(fmt.Sprintf("xds:///%s.%s.svc.cluster.local:%d", service, gNS, gPort), grpc.WithTransportCredentials(creds), grpc.WithResolvers(res))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return testgrpc.NewTestServiceClient(conn)
+	}
+	t.Run("mTLS call with the right identities", func(t *testing.T) {
+		c := client(t, clientID, "grpcsec-client", "echo")
+		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+		defer ccancel()
+		r, err := c.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		if err != nil {
+			t.Fatalf("call: %v", err)
+		}
+		if r.GetHostname() != clientID.String() {
+			t.Fatalf("server saw caller %q, want %s", r.GetHostname(), clientID)
+		}
+		t.Logf("call over mTLS: server authenticated %s", r.GetHostname())
+	})
+
+	t.Run("a client with another identity is refused by RBAC", func(t *testing.T) {
+		c := client(t, otherID, "grpcsec-other", "echo")
+		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+		defer ccancel()
+		_, err := c.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("call as %s: %v; want PermissionDenied", otherID, err)
+		}
+	})
+
+	t.Run("a server with another identity is refused by SAN matching", func(t *testing.T) {
+		// Service impostor's pod runs as echo-server, so the client expects
+		// that identity; the process there holds impostor's SVID.
+		c := client(t, clientID, "grpcsec-client-2", "impostor")
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		defer ccancel()
+		_, err := c.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		if err == nil {
+			t.Fatal("the client accepted a server with the wrong SPIFFE ID")
+		}
+		if !strings.Contains(err.Error(), "do not match any of the accepted SANs") {
+			t.Fatalf("refused, but not by SAN matching: %v", err)
+		}
+		t.Logf("refused: %v", err)
+	})
+}
