@@ -44,6 +44,8 @@ type meshADS struct {
 	cp      *xds.ControlPlane
 	agents  map[string]*runningAgent // by node name
 	echoes  map[string]*Echo         // by pod name
+
+	longConns int // long connections started, to name their stop files
 }
 
 type runningAgent struct {

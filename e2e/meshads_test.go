@@ -106,7 +106,19 @@ func TestMeshADS(t *testing.T) {
 	})
 
 	t.Run("scale", func(t *testing.T) {
-		long := m.startLongConn(t, m.client(), addr)
+		// A connection to the pod that the scale-down removes.
+		var long *longConn
+		for i := 0; i < 20 && long == nil; i++ {
+			lc := m.startLongConn(t, m.client(), addr)
+			if lc.backend == cands[0].Name {
+				long = lc
+			} else {
+				lc.stop(t)
+			}
+		}
+		if long == nil {
+			t.Fatalf("no connection reached %s in 20 tries", cands[0].Name)
+		}
 		// Scale up: a third pod (node 2).
 		echo = cands
 		at := time.Now()
@@ -125,7 +137,7 @@ func TestMeshADS(t *testing.T) {
 			t.Errorf("backend change took more than 1s: add %v, remove %v", up, down)
 		}
 		exchanges := long.stop(t)
-		t.Logf("a connection opened before scaling kept working through both changes (%d exchanges)", exchanges)
+		t.Logf("a connection to %s opened before scaling kept working through both changes and its pod's removal (%d exchanges)", long.backend, exchanges)
 	})
 
 	t.Run("l4-policy", func(t *testing.T) {
@@ -402,13 +414,14 @@ func (m *meshADS) compareDump(t *testing.T, n *Node) {
 // longConn is a TCP connection held open by bash in a pod, exchanging a
 // line every 50 ms until stopped.
 type longConn struct {
-	proc *Proc
-	stop func(t *testing.T) int
+	backend string // the greeting: which pod answered
+	stop    func(t *testing.T) int
 }
 
 func (m *meshADS) startLongConn(t *testing.T, p *Pod, addr string) *longConn {
 	t.Helper()
-	stopFile := filepath.Join(m.c.RunDir, "meshads-long-stop")
+	m.longConns++
+	stopFile := filepath.Join(m.c.RunDir, fmt.Sprintf("meshads-long-stop-%d", m.longConns))
 	host, port, _ := strings.Cut(addr, ":")
 	script := fmt.Sprintf(`exec 3<>/dev/tcp/%s/%s || exit 2
 read -r -t 5 g <&3 || { echo "FAIL greeting"; exit 3; }
@@ -434,8 +447,8 @@ echo "OK $i"
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Logf("long connection: %s", strings.TrimSpace(proc.Output()))
-	return &longConn{proc: proc, stop: func(t *testing.T) int {
+	greeting, _, _ := strings.Cut(proc.Output(), "\n")
+	return &longConn{backend: strings.TrimPrefix(greeting, "greeting "), stop: func(t *testing.T) int {
 		t.Helper()
 		if err := os.WriteFile(stopFile, nil, 0o644); err != nil {
 			t.Fatal(err)
