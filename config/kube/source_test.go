@@ -167,6 +167,33 @@ func TestSource(t *testing.T) {
 		})
 	})
 
+	t.Run("namespace filter", func(t *testing.T) {
+		apply(t, srv, []byte(`{apiVersion: v1, kind: Namespace, metadata: {name: shop}}`))
+		apply(t, srv, []byte(`{apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop}, spec: {ports: [{port: 80}]}}`))
+		shop := config.NewStore()
+		only, err := kube.New(kube.Config{RESTConfig: srv.Config, Store: shop, Namespace: "shop",
+			Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runSource(t, only)
+		syncCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := only.WaitForSync(syncCtx); err != nil {
+			t.Fatal(err)
+		}
+		snap := shop.Snapshot()
+		var keys []string
+		for _, kind := range []config.Kind{config.KindNamespace, config.KindService, config.KindPod, config.KindTrafficSplit} {
+			for _, o := range snap.List(kind) {
+				keys = append(keys, o.Key.String())
+			}
+		}
+		if want := []string{"Namespace/shop", "Service/shop/web"}; !slices.Equal(keys, want) {
+			t.Errorf("namespace-filtered store holds %v, want %v", keys, want)
+		}
+	})
+
 	t.Run("pod deleted", func(t *testing.T) {
 		if err := kc.CoreV1().Pods("default").Delete(ctx, "ratings-v1", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 			t.Fatal(err)
