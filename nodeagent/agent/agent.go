@@ -131,7 +131,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		part("envoy xds proxy", a.proxy.Run)
 	}
 	if a.sup != nil {
-		part("envoy supervisor", a.sup.Run)
+		part("envoy supervisor", func(ctx context.Context) error {
+			err := a.sup.Run(ctx)
+			if errors.Is(err, envoy.ErrEnvoyNotFound) {
+				// Removed since New looked: the kernel half carries on.
+				a.log.Warn("envoy not found: not starting it", "error", err)
+				return nil
+			}
+			return err
+		})
 	}
 	if a.status != nil {
 		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
