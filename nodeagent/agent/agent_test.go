@@ -5,16 +5,24 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/nodeagent"
@@ -133,6 +141,7 @@ func TestAgent(t *testing.T) {
 		t.Errorf("xds socket: %v", err)
 	}
 	checkSyncz(t, cp)
+	checkOneUpstream(t, cp, cfg.EnvoySocket)
 
 	// Stop: the maps stay pinned and keep their entries. The next agent
 	// finds an "envoy" and supervises it.
@@ -291,4 +300,59 @@ func checkSyncz(t *testing.T, cp *xds.ControlPlane) {
 		return
 	}
 	t.Errorf("meshd does not list node-a: %+v", cp.Server().Status())
+}
+
+// checkOneUpstream opens an Envoy's ADS stream through the agent's xDS
+// socket and checks that it is served while the agent still holds exactly
+// one TCP connection to meshd.
+func checkOneUpstream(t *testing.T, cp *xds.ControlPlane, socket string) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType,
+		ResourceNamesSubscribe: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("envoy stream through the agent: %v", err)
+	}
+	if len(resp.GetResources()) == 0 {
+		t.Errorf("no clusters for the envoy of node-a")
+	}
+	_, port, _ := strings.Cut(cp.XDSAddr(), ":")
+	if n := establishedTo(t, port); n != 1 {
+		t.Errorf("%d TCP connections to meshd with the agent's and the envoy's streams open, want 1", n)
+	}
+}
+
+// establishedTo counts established TCP connections (in this netns) whose
+// remote port is port.
+func establishedTo(t *testing.T, port string) int {
+	t.Helper()
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("/proc/self/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[3] == "01" && strings.HasSuffix(f[2], fmt.Sprintf(":%04X", p)) {
+			n++
+		}
+	}
+	return n
 }
