@@ -45,13 +45,15 @@ bench-dataplane:
 	$(GO) test -count=1 -timeout 30m -run '^TestBenchDataplane$$' -v ./e2e -bench-dataplane $(BENCH_FLAGS)
 
 # DESIGN.md's xDS scenario (1,000 services, 10,000 pods, 50 namespaces, 50
-# Envoy-like SotW nodes over real gRPC): cold start, CPU, heap/RSS, route
-# and endpoint change latency and bytes per node. Not part of go test ./...
+# Envoy-like nodes over real gRPC, SotW then Delta ADS): cold start, CPU,
+# heap/RSS, route and endpoint change latency and bytes per node. Not part
+# of go test ./...
 bench-xds:
 	$(GO) test -count=1 -timeout 20m -run '^TestScaleMesh$$' -v ./xds -xds-scale
+	$(GO) test -count=1 -timeout 20m -run '^TestScaleMesh$$' -v ./xds -xds-scale -xds-scale-delta
 
 demo: build
-	@echo "demo: wired up by cmd/meshd and cmd/mesh-agent"
+	e2e/demo.sh
 
 # Builds spire-server and spire-agent v1.13.3 into NODEMESH_CACHE (default ~/.cache/nodemesh)/spire-1.13.3/bin
 # (reused when present; ~5 min and 4 GiB cold). e2e/spire tests find them there.

@@ -142,3 +142,25 @@ func TestDeltaEndpointChangeSendsOneAssignment(t *testing.T) {
 	a.expectNothing(quiet)
 	b.expectNothing(quiet)
 }
+
+// TestPremarshaledEncodesAsTheOriginal: the message served in place of a
+// resource encodes to the resource's own bytes and decodes to it.
+func TestPremarshaledEncodesAsTheOriginal(t *testing.T) {
+	c := &clusterv3.Cluster{Name: "outbound|80||web.a.svc.cluster.local", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := premarshaled(c, b)
+	got, err := proto.MarshalOptions{Deterministic: true}.Marshal(served)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(b) {
+		t.Fatalf("premarshaled encodes to %x, want %x", got, b)
+	}
+	back := &clusterv3.Cluster{}
+	if err := proto.Unmarshal(got, back); err != nil || !proto.Equal(back, c) {
+		t.Fatalf("decoded %v (%v), want %v", back, err, c)
+	}
+}

@@ -77,8 +77,8 @@ func TestContentVersion(t *testing.T) {
 	a := nc.Clusters[0]
 	b := proto.Clone(a).(*clusterv3.Cluster)
 	b.Name = "outbound|9090||other"
-	x, _, _ := contentVersion([]namedResource{{a.Name, a}, {b.Name, b}}, nil)
-	y, _, _ := contentVersion([]namedResource{{b.Name, b}, {a.Name, a}}, nil)
+	x, _, _, _ := contentVersion([]namedResource{{a.Name, a}, {b.Name, b}}, nil)
+	y, _, _, _ := contentVersion([]namedResource{{b.Name, b}, {a.Name, a}}, nil)
 	if x != y {
 		t.Fatalf("order changed the version: %s vs %s", x, y)
 	}

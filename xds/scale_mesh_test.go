@@ -30,6 +30,7 @@ import (
 var (
 	scaleMesh  = flag.Bool("xds-scale", false, "run TestScaleMesh: 1,000 services, 10,000 pods, Envoy-like nodes over real gRPC (minutes: translate takes ~1.5 s per node)")
 	scaleNodes = flag.Int("xds-scale-nodes", 50, "TestScaleMesh: how many of the 50 nodes connect")
+	scaleDelta = flag.Bool("xds-scale-delta", false, "TestScaleMesh: nodes use Delta ADS (only changed resources are sent) instead of SotW")
 )
 
 // scaleYAML is the mesh of DESIGN.md's targets: 50 namespaces of 20
@@ -136,6 +137,71 @@ func (e *envoySim) run() error {
 	}
 }
 
+// deltaSim is envoySim over Delta ADS: wildcard CDS and LDS, then EDS and
+// RDS subscriptions for the names they reference, ACKing all.
+type deltaSim struct {
+	id     string
+	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	seen   func(id, typeURL, version string, bytes int)
+}
+
+func (e *deltaSim) run() error {
+	subscribed := map[string]map[string]bool{resourcev3.EndpointType: {}, resourcev3.RouteType: {}}
+	for i, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t}
+		if i == 0 {
+			req.Node = envoyNode(e.id)
+		}
+		if err := e.stream.Send(req); err != nil {
+			return err
+		}
+	}
+	for {
+		r, err := e.stream.Recv()
+		if err != nil {
+			return err
+		}
+		t := r.GetTypeUrl()
+		if err := e.stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: r.GetNonce()}); err != nil {
+			return err
+		}
+		var dep string
+		var want []string
+		for _, res := range r.GetResources() {
+			switch t {
+			case resourcev3.ClusterType:
+				c := &clusterv3.Cluster{}
+				if err := res.GetResource().UnmarshalTo(c); err != nil {
+					return err
+				}
+				if dep = resourcev3.EndpointType; c.GetType() == clusterv3.Cluster_EDS {
+					want = append(want, c.GetName())
+				}
+			case resourcev3.ListenerType:
+				l := &listenerv3.Listener{}
+				if err := res.GetResource().UnmarshalTo(l); err != nil {
+					return err
+				}
+				dep, want = resourcev3.RouteType, append(want, listenerRouteNames(l)...)
+			}
+		}
+		var add []string
+		for _, n := range want {
+			if !subscribed[dep][n] {
+				subscribed[dep][n] = true
+				add = append(add, n)
+			}
+		}
+		if len(add) > 0 {
+			slices.Sort(add)
+			if err := e.stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: dep, ResourceNamesSubscribe: add}); err != nil {
+				return err
+			}
+		}
+		e.seen(e.id, t, r.GetSystemVersionInfo(), proto.Size(r))
+	}
+}
+
 func cpuSeconds() float64 {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -222,14 +288,24 @@ func TestScaleMesh(t *testing.T) {
 	simErr = make(chan error, nodes)
 	var sims sync.WaitGroup
 	for i := range nodes {
-		stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
-		if err != nil {
-			t.Fatal(err)
+		id := fmt.Sprintf("node-%d", i)
+		var run func() error
+		if *scaleDelta {
+			stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(sctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			run = (&deltaSim{id: id, stream: stream, seen: seen}).run
+		} else {
+			stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			run = (&envoySim{id: id, stream: stream, seen: seen}).run
 		}
-		sim := &envoySim{id: fmt.Sprintf("node-%d", i), stream: stream, seen: seen}
 		sims.Go(func() {
-			if err := sim.run(); err != nil && sctx.Err() == nil {
-				simErr <- fmt.Errorf("%s: %w", sim.id, err)
+			if err := run(); err != nil && sctx.Err() == nil {
+				simErr <- fmt.Errorf("%s: %w", id, err)
 				mu.Lock()
 				cond.Broadcast()
 				mu.Unlock()
@@ -254,14 +330,19 @@ func TestScaleMesh(t *testing.T) {
 	peak := ms.HeapInuse
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
-	t.Logf("cold start: %d nodes have CDS+EDS+LDS+RDS after %v; process CPU %.2fs (server and %d clients); heap in use %d MiB, %d MiB live after GC",
-		nodes, cold.Round(time.Millisecond), cpuSeconds()-cpu0, nodes, peak>>20, ms.HeapAlloc>>20)
+	mode := "SotW"
+	if *scaleDelta {
+		mode = "Delta"
+	}
+	t.Logf("cold start (%s): %d nodes have CDS+EDS+LDS+RDS after %v; process CPU %.2fs (server and %d clients); heap in use %d MiB, %d MiB live after GC",
+		mode, nodes, cold.Round(time.Millisecond), cpuSeconds()-cpu0, nodes, peak>>20, ms.HeapAlloc>>20)
 
 	t.Logf("peak RSS so far %d MiB", peakRSS()>>20)
 
 	// change applies yaml and waits until every node got a new version of
 	// typeURL, then reports latencies and bytes sent.
-	change := func(what, typeURL, yaml string) {
+	// Like an informer, the change is applied as the one object it is.
+	change := func(what, typeURL, yaml string, kind config.Kind, name string) {
 		mu.Lock()
 		for id, m := range got {
 			before[id] = m[typeURL]
@@ -271,8 +352,12 @@ func TestScaleMesh(t *testing.T) {
 		watchType, editing = typeURL, true
 		mu.Unlock()
 		objs, _ := config.Decode("scale.yaml", []byte(yaml))
+		i := slices.IndexFunc(objs, func(o *config.Object) bool { return o.Kind == kind && o.Namespace == "ns-0" && o.Name == name })
+		if i < 0 {
+			t.Fatalf("no %s ns-0/%s", kind, name)
+		}
 		cpu0, start := cpuSeconds(), time.Now()
-		if err := store.Replace("scale", objs); err != nil {
+		if err := store.Apply("scale", objs[i:i+1], nil); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(func() bool { return len(seenAt) == nodes })
@@ -290,13 +375,12 @@ func TestScaleMesh(t *testing.T) {
 		}
 		mu.Unlock()
 		slices.Sort(lat)
-		t.Logf("%s: %s at all %d nodes, p50 %v, p99 %v; at most %d KiB sent to one node (%d KiB to all); CPU %.2fs",
+		t.Logf("%s: %s at all %d nodes, p50 %v, p99 %v; at most %d bytes sent to one node (%d KiB to all); CPU %.2fs",
 			what, typeShort(typeURL), nodes, lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond),
-			maxBytes>>10, total>>10, cpuSeconds()-cpu0)
+			maxBytes, total>>10, cpuSeconds()-cpu0)
 	}
-	change("weight change", resourcev3.RouteType, scaleYAML(50, false))
-	change("endpoint change (SotW sends all of EDS; see TestDeltaEndpointChangeSendsOneAssignment for Delta)",
-		resourcev3.EndpointType, scaleYAML(50, true))
+	change("weight change", resourcev3.RouteType, scaleYAML(50, false), config.KindVirtualService, "svc-0")
+	change("endpoint change", resourcev3.EndpointType, scaleYAML(50, true), config.KindPod, "svc-0-extra")
 	t.Logf("peak RSS %d MiB", peakRSS()>>20)
 }
 

@@ -100,34 +100,47 @@ func envoyResources(nc *translate.NodeConfig) map[string][]namedResource {
 
 // contentVersion hashes resources (sorted by name, deterministic proto
 // encoding) into a short version string, and returns each resource's own
-// version (for Delta). Each resource is marshalled once. Equal content
-// gives equal versions whatever the order of the input.
-func contentVersion(rs []namedResource, memo *hashMemo) (string, map[string]string, error) {
+// version (for Delta) and the message to serve for it (see premarshaled).
+// Each resource is marshalled once per generation. Equal content gives
+// equal versions whatever the order of the input.
+func contentVersion(rs []namedResource, memo *hashMemo) (string, map[string]string, map[string]types.Resource, error) {
 	sorted := append([]namedResource(nil), rs...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
 	perResource := make(map[string]string, len(sorted))
+	serve := make(map[string]types.Resource, len(sorted))
 	h := sha256.New()
 	var lenBuf [8]byte
 	opts := proto.MarshalOptions{Deterministic: true}
-	var buf []byte
 	for _, n := range sorted {
-		sum, ok := memo.get(n.res)
+		e, ok := memo.get(n.res)
 		if !ok {
-			var err error
-			buf, err = opts.MarshalAppend(buf[:0], n.res)
+			b, err := opts.Marshal(n.res)
 			if err != nil {
-				return "", nil, fmt.Errorf("marshal %q: %w", n.name, err)
+				return "", nil, nil, fmt.Errorf("marshal %q: %w", n.name, err)
 			}
-			sum = sha256.Sum256(buf)
-			memo.put(n.res, sum)
+			e = memoEntry{sum: sha256.Sum256(b), serve: premarshaled(n.res, b)}
+			memo.put(n.res, e)
 		}
-		perResource[n.name] = hex.EncodeToString(sum[:8])
+		perResource[n.name] = hex.EncodeToString(e.sum[:8])
+		serve[n.name] = e.serve
 		binary.BigEndian.PutUint64(lenBuf[:], uint64(len(n.name)))
 		h.Write(lenBuf[:])
 		h.Write([]byte(n.name))
-		h.Write(sum[:])
+		h.Write(e.sum[:])
 	}
-	return hex.EncodeToString(h.Sum(nil)[:8]), perResource, nil
+	return hex.EncodeToString(h.Sum(nil)[:8]), perResource, serve, nil
+}
+
+// premarshaled returns a message of res's type holding b, res's
+// deterministic encoding, as unknown fields: go-control-plane marshals it
+// by copying b. The ADS server marshals every resource for every response
+// it sends; served this way, a resource shared by many nodes is encoded
+// once, not once per node. Only go-control-plane reads these messages (it
+// takes resource names from the snapshot's maps, not from the messages).
+func premarshaled(res types.Resource, b []byte) types.Resource {
+	m := res.ProtoReflect().Type().New()
+	m.SetUnknown(b)
+	return m.Interface()
 }
 
 // resourceSnapshot is a go-control-plane ResourceSnapshot for any type
@@ -176,7 +189,7 @@ func buildSnapshot(nc *translate.NodeConfig, extra []TypedResources, memo *hashM
 		versionMap: make(map[string]map[string]string, len(byType)),
 	}
 	for typeURL, rs := range byType {
-		v, perResource, err := contentVersion(rs, memo)
+		v, perResource, serve, err := contentVersion(rs, memo)
 		if err != nil {
 			return nil, fmt.Errorf("hash %s: %w", typeShort(typeURL), err)
 		}
@@ -186,8 +199,8 @@ func buildSnapshot(nc *translate.NodeConfig, extra []TypedResources, memo *hashM
 			if _, dup := plain[r.name]; dup {
 				return nil, fmt.Errorf("%s: duplicate name %q", typeShort(typeURL), r.name)
 			}
-			withTTL[r.name] = types.ResourceWithTTL{Resource: r.res}
-			plain[r.name] = r.res
+			withTTL[r.name] = types.ResourceWithTTL{Resource: serve[r.name]}
+			plain[r.name] = serve[r.name]
 		}
 		snap.versions[typeURL], snap.versionMap[typeURL] = v, perResource
 		snap.withTTL[typeURL], snap.plain[typeURL] = withTTL, plain
@@ -206,28 +219,34 @@ func buildSnapshot(nc *translate.NodeConfig, extra []TypedResources, memo *hashM
 // are found there and carried over.
 type hashMemo struct {
 	generation uint64
-	sums       sync.Map // types.Resource -> [sha256.Size]byte
+	sums       sync.Map // types.Resource -> memoEntry
 	prev       atomic.Pointer[hashMemo]
 }
 
-func (m *hashMemo) get(r types.Resource) ([sha256.Size]byte, bool) {
+// memoEntry is a resource's hash and the message served for it.
+type memoEntry struct {
+	sum   [sha256.Size]byte
+	serve types.Resource // premarshaled
+}
+
+func (m *hashMemo) get(r types.Resource) (memoEntry, bool) {
 	if m == nil {
-		return [sha256.Size]byte{}, false
+		return memoEntry{}, false
 	}
 	if v, ok := m.sums.Load(r); ok {
-		return v.([sha256.Size]byte), true
+		return v.(memoEntry), true
 	}
 	if p := m.prev.Load(); p != nil {
 		if v, ok := p.sums.Load(r); ok {
 			m.sums.Store(r, v)
-			return v.([sha256.Size]byte), true
+			return v.(memoEntry), true
 		}
 	}
-	return [sha256.Size]byte{}, false
+	return memoEntry{}, false
 }
 
-func (m *hashMemo) put(r types.Resource, sum [sha256.Size]byte) {
+func (m *hashMemo) put(r types.Resource, e memoEntry) {
 	if m != nil {
-		m.sums.Store(r, sum)
+		m.sums.Store(r, e)
 	}
 }
