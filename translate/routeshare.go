@@ -2,9 +2,10 @@ package translate
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
-	"fmt"
 	"hash"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -50,16 +51,20 @@ func localRouteName(ns string, port uint32) string { return outboundRouteName(ns
 // (routeShare checks that).
 func (s *scope) viewKey() string {
 	h := sha256.New()
+	var buf []byte
 	field := func(h hash.Hash, parts ...string) {
 		for _, p := range parts {
-			fmt.Fprintf(h, "%d:%s", len(p), p)
+			buf = binary.AppendUvarint(buf[:0], uint64(len(p)))
+			h.Write(append(buf, p...))
 		}
 	}
-	field(h, fmt.Sprint(s.m.sidecarFor(s.ns).registryOnly))
+	field(h, strconv.FormatBool(s.m.sidecarFor(s.ns).registryOnly))
 	for _, svc := range s.services {
-		field(h, "svc", svc.Hostname, svc.Namespace, fmt.Sprint(svc.VIPs, svc.ServiceEntry))
+		field(h, "svc", svc.Hostname, svc.Namespace, strconv.FormatBool(svc.ServiceEntry))
+		field(h, strconv.Itoa(len(svc.VIPs)))
+		field(h, svc.VIPs...)
 		for _, sp := range svc.Ports {
-			field(h, portString(sp.Port), fmt.Sprint(sp.Protocol))
+			field(h, portString(sp.Port), strconv.Itoa(int(sp.Protocol)))
 		}
 		if o, vs := s.virtualServiceFor(svc); o != nil {
 			field(h, "vs", o.Namespace, o.Name)

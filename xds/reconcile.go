@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -185,7 +186,15 @@ func (s *Server) rebuildAll(view View) {
 // are per-request chatter, so they go to Debug.
 type gcpLogger struct{ l *slog.Logger }
 
-func (g gcpLogger) Debugf(format string, args ...any) { g.l.Debug(fmt.Sprintf(format, args...)) }
-func (g gcpLogger) Infof(format string, args ...any)  { g.l.Debug(fmt.Sprintf(format, args...)) }
+func (g gcpLogger) Debugf(format string, args ...any) { g.debugf(format, args...) }
+func (g gcpLogger) Infof(format string, args ...any)  { g.debugf(format, args...) }
+
+// debugf formats only when Debug is on: go-control-plane logs every
+// response, with resource names, and formatting them is not free.
+func (g gcpLogger) debugf(format string, args ...any) {
+	if g.l.Enabled(context.Background(), slog.LevelDebug) {
+		g.l.Debug(fmt.Sprintf(format, args...))
+	}
+}
 func (g gcpLogger) Warnf(format string, args ...any)  { g.l.Warn(fmt.Sprintf(format, args...)) }
 func (g gcpLogger) Errorf(format string, args ...any) { g.l.Error(fmt.Sprintf(format, args...)) }
