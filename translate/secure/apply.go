@@ -71,9 +71,9 @@ func applyShared(nc *translate.NodeConfig, m *nodeModel) {
 // plaintext originals of clusters that now exist per account, unless
 // something still refers to them.
 func prune(nc *translate.NodeConfig, o *outbound) {
-	r := collect(nc)
+	r := collect(nc, false)
 	nc.Routes = slices.DeleteFunc(nc.Routes, func(rc *routev3.RouteConfiguration) bool { return !r.routes[rc.GetName()] })
-	r = collect(nc) // clusters of the routes that are left
+	r = collect(nc, false) // clusters of the routes that are left
 	replaced := map[string]bool{}
 	for _, c := range o.newCl {
 		if svc := c.GetEdsClusterConfig().GetServiceName(); svc != "" {

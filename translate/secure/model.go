@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 
@@ -35,6 +36,7 @@ type nodeModel struct {
 	byIP     map[string]*localPod
 	accounts map[string][]*account // namespace -> service accounts, by name
 	dests    map[string]destination
+	sockets  map[string]*corev3.TransportSocket // SPIFFE ID + destination key -> upstream TLS (shared, read-only)
 }
 
 func running(o *config.Object) (*corev1.Pod, bool) {
@@ -54,7 +56,8 @@ func serviceAccount(pod *corev1.Pod) string {
 
 func newNodeModel(snap *config.Snapshot, node string, opts Options, diags *[]config.Diagnostic) *nodeModel {
 	m := &nodeModel{opts: opts, snap: snap, diags: diags, pa: newPeerAuth(snap, opts.RootNamespace, diags),
-		byIP: map[string]*localPod{}, accounts: map[string][]*account{}, dests: map[string]destination{}}
+		byIP: map[string]*localPod{}, accounts: map[string][]*account{}, dests: map[string]destination{},
+		sockets: map[string]*corev3.TransportSocket{}}
 	if node == "" {
 		return m
 	}
@@ -99,8 +102,9 @@ func (m *nodeModel) diag(o *config.Object, field, msg string) {
 // cluster: whether it is in the mesh, whether it accepts mTLS, and whom to
 // expect.
 type destination struct {
-	mesh      bool // a Kubernetes service of the mesh (not a ServiceEntry, not passthrough)
-	plaintext bool // every selected pod DISABLEs mTLS on the target port
+	key       string // namespace/name of the service
+	mesh      bool   // a Kubernetes service of the mesh (not a ServiceEntry, not passthrough)
+	plaintext bool   // every selected pod DISABLEs mTLS on the target port
 	peers     peerMatcher
 }
 
@@ -136,7 +140,7 @@ func (m *nodeModel) resolve(cluster string) destination {
 	if !ok {
 		return destination{}
 	}
-	d := destination{mesh: true, peers: peerMatcher{prefix: namespacePrefix(m.opts.TrustDomain, obj.Namespace)}}
+	d := destination{key: obj.Namespace + "/" + obj.Name, mesh: true, peers: peerMatcher{prefix: namespacePrefix(m.opts.TrustDomain, obj.Namespace)}}
 	target := uint32(port)
 	for _, sp := range svc.Spec.Ports {
 		if uint32(sp.Port) == uint32(port) && sp.TargetPort.IntValue() > 0 {
@@ -189,4 +193,15 @@ func Identities(snap *config.Snapshot, node string, td spiffeid.TrustDomain) []s
 	}
 	slices.SortFunc(out, func(a, b spiffeid.ID) int { return strings.Compare(a.String(), b.String()) })
 	return out
+}
+
+// upstreamSocket is the upstream TLS of id towards d, built once per pair.
+func (m *nodeModel) upstreamSocket(id spiffeid.ID, d destination) *corev3.TransportSocket {
+	k := id.String() + "|" + d.key
+	ts := m.sockets[k]
+	if ts == nil {
+		ts = upstreamSDS(id, d.peers)
+		m.sockets[k] = ts
+	}
+	return ts
 }

@@ -68,7 +68,7 @@ func (o *outbound) secureCluster(name string, id spiffeid.ID) string {
 	if c.GetEdsClusterConfig() != nil && c.EdsClusterConfig.ServiceName == "" {
 		c.EdsClusterConfig.ServiceName = name // share the original's endpoints
 	}
-	c.TransportSocket = upstreamSDS(id, d.peers)
+	c.TransportSocket = o.m.upstreamSocket(id, d)
 	o.newCl[n] = c
 	return n
 }

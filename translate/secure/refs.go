@@ -10,6 +10,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/nodemesh/nodemesh/translate"
 )
@@ -18,12 +19,16 @@ import (
 type refs struct {
 	routes   map[string]bool
 	clusters map[string]bool
-	secrets  map[string]bool
+	secrets  map[string]bool // only when collected withSecrets
 	errs     []error
+
+	withSecrets bool
+	seen        map[*anypb.Any]bool // transport socket configs already read (they are shared)
 }
 
-func collect(nc *translate.NodeConfig) *refs {
-	r := &refs{routes: map[string]bool{}, clusters: map[string]bool{}, secrets: map[string]bool{}}
+func collect(nc *translate.NodeConfig, withSecrets bool) *refs {
+	r := &refs{routes: map[string]bool{}, clusters: map[string]bool{}, secrets: map[string]bool{},
+		withSecrets: withSecrets, seen: map[*anypb.Any]bool{}}
 	for _, l := range nc.Listeners {
 		chains := slices.Clone(l.GetFilterChains())
 		if d := l.GetDefaultFilterChain(); d != nil {
@@ -92,9 +97,10 @@ func (r *refs) filter(f *listenerv3.Filter) {
 // transport records the SDS secrets of a TLS transport socket.
 func (r *refs) transport(owner string, ts *corev3.TransportSocket) {
 	tc := ts.GetTypedConfig()
-	if tc == nil {
+	if tc == nil || !r.withSecrets || r.seen[tc] {
 		return
 	}
+	r.seen[tc] = true
 	var common *tlsv3.CommonTlsContext
 	switch {
 	case tc.MessageIs(&tlsv3.UpstreamTlsContext{}):
@@ -131,7 +137,7 @@ func (r *refs) transport(owner string, ts *corev3.TransportSocket) {
 // SecretNames lists, sorted, every SDS secret nc's listeners and clusters
 // refer to: what the node must receive over SDS.
 func SecretNames(nc *translate.NodeConfig) []string {
-	r := collect(nc)
+	r := collect(nc, true)
 	out := make([]string, 0, len(r.secrets))
 	for n := range r.secrets {
 		out = append(out, n)
@@ -144,13 +150,13 @@ func SecretNames(nc *translate.NodeConfig) []string {
 // nc refers to must be among have (what the node is served), and every TLS
 // transport socket must decode and validate.
 func CheckSecrets(nc *translate.NodeConfig, have []string) error {
-	r := collect(nc)
+	r := collect(nc, true)
 	errs := r.errs
 	got := map[string]bool{}
 	for _, h := range have {
 		got[h] = true
 	}
-	for _, n := range SecretNames(nc) {
+	for n := range r.secrets {
 		if !got[n] {
 			errs = append(errs, fmt.Errorf("secret %q is referenced but not served to node %q", n, nc.Proxy.Node))
 		}
