@@ -160,11 +160,16 @@ func TestPolicyBehaviour(t *testing.T) {
 		conns: []conn{{productpage, ratings, 9080, "proxy"}},
 		diag:  "ext_authz",
 	}, {
-		name: "trust domains",
+		// The kernel knows only the mesh's identities: it cannot tell a
+		// peer of another trust domain, or one without a certificate, from
+		// one of ours, so trustDomains is the proxy's (it checks the peer
+		// certificate), even for a source from outside the mesh.
+		name: "trust domains go to the proxy",
 		yaml: authz("default", "ALLOW", "app: ratings", `
   - from: [{source: {trustDomains: ["cluster.local"]}}]`) + "---\n" + named(authz("default", "ALLOW", "app: details", `
   - from: [{source: {trustDomains: ["other.org"]}}]`), "p2"),
-		conns: []conn{{productpage, ratings, 9080, "allow"}, {"", ratings, 9080, "deny"}, {productpage, details, 9080, "deny"}},
+		conns: []conn{{productpage, ratings, 9080, "proxy"}, {"", ratings, 9080, "proxy"}, {productpage, details, 9080, "proxy"}},
+		diag:  "enforced by Envoy RBAC",
 	}, {
 		name: "fields the kernel does not know go to the proxy",
 		yaml: authz("default", "DENY", "app: ratings", `

@@ -18,12 +18,16 @@ import (
 //
 // A rule is enforced in the kernel only when everything it uses is an L4
 // attribute with positive values: from.source principals, serviceAccounts,
-// namespaces, ipBlocks and trustDomains; to.operation ports; when keys
-// source.principal, source.namespace, source.ip and destination.port with
-// values. Any other field that is set (hosts, methods, paths,
-// requestPrincipals, remoteIpBlocks, every not* form, notValues, fields the
-// API gains later) and the other when keys make it a proxy rule, enforced
-// by Envoy RBAC in the node proxy (issue 6). Unknown when keys are errors.
+// namespaces and ipBlocks; to.operation ports; when keys source.principal,
+// source.namespace, source.ip and destination.port with values. Any other
+// field that is set (hosts, methods, paths, requestPrincipals,
+// remoteIpBlocks, trustDomains, every not* form, notValues, fields the API
+// gains later) and the other when keys make it a proxy rule, enforced by
+// Envoy RBAC in the node proxy (issue 6), as translate/authz.Split decides.
+// trustDomains is the proxy's because the kernel knows only the identities
+// of the mesh: it cannot tell a peer of another trust domain (or one with no
+// certificate) from one of ours, so a rule on it would match any source.
+// Unknown when keys are errors.
 //
 // Sources become sets of numeric identities: principals and namespaces
 // (exact, "*", "prefix*" or "*suffix") and serviceAccounts match the
@@ -105,7 +109,7 @@ var kernelFields = map[protoreflect.FullName]map[protoreflect.Name]bool{
 	"istio.security.v1beta1.Rule.From": {"source": true},
 	"istio.security.v1beta1.Rule.To":   {"operation": true},
 	"istio.security.v1beta1.Source": {"principals": true, "service_accounts": true, "namespaces": true,
-		"ip_blocks": true, "trust_domains": true},
+		"ip_blocks": true},
 	"istio.security.v1beta1.Operation": {"ports": true},
 	"istio.security.v1beta1.Condition": {"key": true, "values": true},
 }
@@ -232,9 +236,6 @@ func (rr *ruleReader) source(s *security.Source, field string) idSet {
 	if len(s.GetIpBlocks()) > 0 {
 		out = out.intersect(rr.ipBlocks(s.GetIpBlocks(), field+".ipBlocks"))
 	}
-	if len(s.GetTrustDomains()) > 0 {
-		out = out.intersect(rr.trustDomains(s.GetTrustDomains(), field+".trustDomains"))
-	}
 	return out
 }
 
@@ -286,18 +287,6 @@ func (rr *ruleReader) serviceAccounts(vals []string, field string) idSet {
 			return idSet{}, "service account " + strconv.Quote(v) + " is not of the form [<namespace>/]<service account>"
 		}
 		return rr.m.identity(ns, sa), ""
-	})
-}
-
-// trustDomains matches every identity of the mesh when one of the values
-// (exact or a "*" pattern) is the mesh's trust domain, else none.
-func (rr *ruleReader) trustDomains(vals []string, field string) idSet {
-	td := rr.m.opts.trustDomain()
-	return rr.values(vals, field, func(v string) (idSet, string) {
-		if v == "" || !validPattern(v) {
-			return idSet{}, "trust domain " + strconv.Quote(v) + ": '*' is only supported alone, as a prefix or as a suffix"
-		}
-		return rr.m.identitiesWhere(func(string, string) bool { return patternMatch(v, td) }), ""
 	})
 }
 
