@@ -237,9 +237,8 @@ func TestSplitAgreesWithDataplane(t *testing.T) {
 		`{when: [{key: connection.sni, values: ["a"]}]}`,
 		`{when: [{key: "request.headers[x]", values: ["a"]}]}`,
 		`{when: [{key: "request.auth.claims[iss]", values: ["a"]}]}`,
-		// Not listed: source.trustDomains. authz leaves it to the proxy;
-		// translate/dataplane (rules.go) ignores the field and would treat
-		// the rule as L4 matching any source — reported to its owner.
+		`{from: [{source: {trustDomains: ["cluster.local"]}}]}`,
+		`{from: [{source: {notTrustDomains: ["other.org"]}}]}`,
 		`{}`,
 	}
 	var b strings.Builder
