@@ -14,6 +14,30 @@ import (
 // ControlPlaneSecurity turns on identity in meshd: translate/secure on
 // every config, SDS secrets per node from CA, and ADS over mutual TLS
 // (unless InsecureXDS) with the node agents authorised by ADSGuard.
+//
+// Who may connect, and how they get their certificate:
+//
+//   - Node agents present identity.AgentID(td)
+//     (spiffe://<td>/ns/nodemesh-system/sa/mesh-agent) with their node name
+//     bound in the certificate (identity.AgentNode); a stream's node.id must
+//     be that name. The node's Envoy reaches meshd through its agent (local
+//     xDS/SDS), so it needs no certificate of its own. In tests and demos
+//     meshd's CA issues agent certificates directly (identity.NewAgentSVID;
+//     meshd --bootstrap-agents writes them to files). In production the
+//     agent gets its SVID either from SPIRE (identity.SPIRE, node
+//     attestation by SPIRE, the node name as a selector-bound registration
+//     entry) or by exchanging a one-time bootstrap token, bound to one node
+//     name and delivered out of band, for a certificate from
+//     identity.CertService with an Authorizer that checks and burns the
+//     token before SignAgentCSR; after that it renews with its own SVID.
+//   - Proxyless gRPC clients present their own workload SVID
+//     (spiffe://<td>/ns/<ns>/sa/<sa>, from the file_watcher files the agent
+//     writes for them, or from SPIRE) and may only connect as a
+//     ProxylessGRPC node of that namespace (node metadata). With gRPC's
+//     "tls" channel credentials they verify meshd against the SPIFFE bundle
+//     map (GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true): meshd's certificate is
+//     an SVID for spiffe://<td>/ns/nodemesh-system/sa/meshd with no DNS or
+//     IP names, so hostname verification cannot succeed.
 type ControlPlaneSecurity struct {
 	// CA issues workload SVIDs, meshd's own SVID and the bundle (identity.CA).
 	CA CA
