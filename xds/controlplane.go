@@ -361,6 +361,7 @@ func (cp *ControlPlane) debugMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", cp.xds.DebugHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /debug/security", cp.securityMetrics)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		st := cp.files.Status()
 		if st.LastApplied.IsZero() {

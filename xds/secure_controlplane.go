@@ -3,6 +3,8 @@ package xds
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"time"
 
 	"google.golang.org/grpc"
@@ -101,3 +103,17 @@ func (cp *ControlPlane) runSecure(ctx context.Context) error {
 
 // Guard is the ADS guard (nil without Security), for its counters.
 func (cp *ControlPlane) Guard() *ADSGuard { return cp.guard }
+
+// securityMetrics serves the ADS guard's counters in the Prometheus text
+// format (all zero without Security).
+func (cp *ControlPlane) securityMetrics(w http.ResponseWriter, _ *http.Request) {
+	var secrets, streams uint64
+	if cp.guard != nil {
+		secrets, streams = cp.guard.RefusedSecretRequests(), cp.guard.RefusedStreams()
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	fmt.Fprintf(w, "# HELP nodemesh_xds_refused_secret_requests_total SDS secret names asked for by nodes that may not have them.\n# TYPE nodemesh_xds_refused_secret_requests_total counter\n")
+	fmt.Fprintf(w, "nodemesh_xds_refused_secret_requests_total %d\n", secrets)
+	fmt.Fprintf(w, "# HELP nodemesh_xds_refused_streams_total ADS streams refused: no client certificate, or a peer speaking for another node.\n# TYPE nodemesh_xds_refused_streams_total counter\n")
+	fmt.Fprintf(w, "nodemesh_xds_refused_streams_total %d\n", streams)
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -294,6 +295,10 @@ func TestSecureControlPlaneSDS(t *testing.T) {
 		}
 		if cp.Guard().RefusedStreams() == before {
 			t.Fatal("refusal not counted")
+		}
+		if got := httpGet(t, "http://"+cp.DebugAddr()+"/debug/security"); !strings.Contains(got, "nodemesh_xds_refused_streams_total ") ||
+			strings.Contains(got, "nodemesh_xds_refused_streams_total 0\n") || strings.Contains(got, "nodemesh_xds_refused_secret_requests_total 0\n") {
+			t.Fatalf("/debug/security:\n%s", got)
 		}
 	})
 
