@@ -9,6 +9,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
@@ -202,14 +203,22 @@ func listenerFacts(f *resourceFacts, l *listenerv3.Listener) {
 	}
 	uniqueMatches(f, what, l.GetFilterChains())
 	for _, fc := range chains {
-		for _, nf := range fc.GetFilters() {
-			networkFilter(f, what+" chain "+fc.GetName()+" filter "+nf.GetName(), nf.GetTypedConfig())
+		nfs := fc.GetFilters()
+		for i, nf := range nfs {
+			fw := what + " chain " + fc.GetName() + " filter " + nf.GetName()
+			if networkFilter(f, fw, nf.GetTypedConfig()) != (i == len(nfs)-1) {
+				f.errorf("%s: a chain ends with its one terminal filter (HTTP connection manager or TCP proxy)", fw)
+			}
 		}
 	}
 }
 
-func networkFilter(f *resourceFacts, what string, a *anypb.Any) {
+// networkFilter checks one network filter and reports whether it is a
+// terminal filter.
+func networkFilter(f *resourceFacts, what string, a *anypb.Any) (terminal bool) {
 	switch m := validateAny(f, what, a).(type) {
+	case *connlimitv3.ConnectionLimit:
+		return false
 	case *hcmv3.HttpConnectionManager:
 		rds := m.GetRds()
 		if rds == nil {
@@ -241,6 +250,7 @@ func networkFilter(f *resourceFacts, what string, a *anypb.Any) {
 	default:
 		f.errorf("%s: unexpected network filter %T", what, m)
 	}
+	return true
 }
 
 func routeFacts(f *resourceFacts, rc *routev3.RouteConfiguration, cache *checkCache) {

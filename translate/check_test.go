@@ -1,14 +1,17 @@
 package translate
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/nodemesh/nodemesh/config"
 )
@@ -54,6 +57,15 @@ func TestCheckFindsBrokenConfig(t *testing.T) {
 			hcm.HttpFilters[0].Name = "first"
 			nc.Listeners[0].ApiListener.ApiListener = mustAny(hcm)
 		}, "router must be the last"},
+		{"terminal filter not last", Proxy{Node: "node-a"}, func(nc *NodeConfig) {
+			fc := findListener(nc, "outbound_shop").DefaultFilterChain
+			slices.Reverse(fc.Filters)
+		}, "ends with its one terminal filter"},
+		{"connection limit of zero", Proxy{Node: "node-a"}, func(nc *NodeConfig) {
+			fc := findListener(nc, "inbound_shop").FilterChains[0]
+			fc.Filters[0] = &listenerv3.Filter{Name: connectionLimitFilterName, ConfigType: &listenerv3.Filter_TypedConfig{
+				TypedConfig: mustAny(&connlimitv3.ConnectionLimit{StatPrefix: "inbound_shop", MaxConnections: wrapperspb.UInt64(0)})}}
+		}, "MaxConnections"},
 		{"overlapping filter chains", Proxy{Node: "node-a"}, func(nc *NodeConfig) {
 			l := findListener(nc, "outbound_shop")
 			l.FilterChains = append(l.FilterChains, proto.Clone(l.FilterChains[0]).(*listenerv3.FilterChain))
@@ -77,7 +89,8 @@ func TestCheckFindsBrokenConfig(t *testing.T) {
 			m := Prepare(snap)
 			nc = m.Translate(tc.proxy)
 			// These change a resource's content rather than the set of resources.
-			mutates := map[string]bool{"resource that fails Validate": true, "router not last": true, "virtual host that fails Validate": true, "overlapping filter chains": true}
+			mutates := map[string]bool{"resource that fails Validate": true, "router not last": true, "virtual host that fails Validate": true, "overlapping filter chains": true,
+				"terminal filter not last": true, "connection limit of zero": true}
 			if !mutates[tc.name] {
 				if err := m.Check(nc); err != nil {
 					t.Fatalf("valid config fails Mesh.Check: %v", err)

@@ -11,6 +11,7 @@ import (
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
@@ -111,8 +112,35 @@ func (s *scope) outboundListener(port uint32) (*listenerv3.Listener, []*routev3.
 		}
 	}
 	l.FilterChains = append(l.FilterChains, oc.tcp...)
+	limitConnections(l, stat)
 	return l, routes
 }
+
+// DefaultMaxConnections is the connection limit of each filter chain of a
+// namespace's listeners (Envoy's connection_limit filter counts per filter
+// chain): one namespace cannot take all of the node proxy's connections.
+const DefaultMaxConnections = 10000
+
+// limitConnections puts a connection_limit filter, with the listener's
+// stat prefix, first in every filter chain of l.
+func limitConnections(l *listenerv3.Listener, stat string) {
+	f := &listenerv3.Filter{
+		Name: connectionLimitFilterName,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&connlimitv3.ConnectionLimit{
+			StatPrefix:     stat,
+			MaxConnections: wrapperspb.UInt64(DefaultMaxConnections),
+		})},
+	}
+	chains := l.FilterChains
+	if l.DefaultFilterChain != nil {
+		chains = append(chains[:len(chains):len(chains)], l.DefaultFilterChain)
+	}
+	for _, fc := range chains {
+		fc.Filters = append([]*listenerv3.Filter{f}, fc.Filters...)
+	}
+}
+
+const connectionLimitFilterName = "envoy.filters.network.connection_limit"
 
 // addHTTP adds an HTTP service port: its virtual host (without short name)
 // to the shared group of the port, and, for the namespace's own services,
@@ -201,7 +229,7 @@ func (s *scope) tcpClusters(svc *service, sp servicePort) []weightedCluster {
 // filter chain and are closed.
 func inboundListener(ns string, port uint32, podIPs []string) *listenerv3.Listener {
 	stat := inboundListenerName(ns)
-	return &listenerv3.Listener{
+	l := &listenerv3.Listener{
 		Name:             inboundListenerName(ns),
 		Address:          socketAddress("0.0.0.0", port),
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
@@ -209,6 +237,8 @@ func inboundListener(ns string, port uint32, podIPs []string) *listenerv3.Listen
 		FilterChains: []*listenerv3.FilterChain{filterChain("inbound_pods", 0, podIPs,
 			tcpProxyFilter(stat, []weightedCluster{{Cluster: inboundClusterName(ns), Weight: 1}}))},
 	}
+	limitConnections(l, stat)
+	return l
 }
 
 // filterChain matches destination port (0: any) and addresses (nil: any).

@@ -88,7 +88,8 @@ func simulate(nc *NodeConfig, req request) (result, error) {
 		return res, fmt.Errorf("no filter chain for %s:%d", req.DestIP, req.Port)
 	}
 	res.FilterChain = fc.GetName()
-	cfg := fc.GetFilters()[0].GetTypedConfig()
+	filters := fc.GetFilters() // the terminal filter decides; connection_limit comes first
+	cfg := filters[len(filters)-1].GetTypedConfig()
 	if strings.HasSuffix(cfg.GetTypeUrl(), "TcpProxy") {
 		tp := &tcpv3.TcpProxy{}
 		if err := cfg.UnmarshalTo(tp); err != nil {
