@@ -220,6 +220,10 @@ func TestScaleMesh(t *testing.T) {
 	if err := store.Replace("scale", objs); err != nil {
 		t.Fatal(err)
 	}
+	objs = nil
+	runtime.GC()
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0) // the store: what any control plane holds
 	s, err := NewServer(Config{Source: StoreSource(store, nil, nil),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -330,6 +334,8 @@ func TestScaleMesh(t *testing.T) {
 	peak := ms.HeapInuse
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
+	t.Logf("live heap: %d MiB for the config store (before serving), %d MiB more while serving (server and clients)",
+		ms0.HeapAlloc>>20, (ms.HeapAlloc-ms0.HeapAlloc)>>20)
 	mode := "SotW"
 	if *scaleDelta {
 		mode = "Delta"
