@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -99,19 +99,20 @@ func envoyResources(nc *translate.NodeConfig) map[string][]namedResource {
 }
 
 // contentVersion hashes resources (sorted by name, deterministic proto
-// encoding) into a short version string, and returns each resource's own
-// version (for Delta) and the message to serve for it (see premarshaled).
-// Each resource is marshalled once per generation. Equal content gives
-// equal versions whatever the order of the input.
-func contentVersion(rs []namedResource, memo *hashMemo) (string, map[string]string, map[string]types.Resource, error) {
-	sorted := append([]namedResource(nil), rs...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
-	perResource := make(map[string]string, len(sorted))
-	serve := make(map[string]types.Resource, len(sorted))
+// encoding) into a short version string; it returns the resources sorted
+// by name and, for each, its hash and the message to serve for it (see
+// premarshaled). Each resource is marshalled once per generation. Equal
+// content gives equal versions whatever the order of the input.
+func contentVersion(rs []namedResource, memo *hashMemo) (string, []namedResource, []memoEntry, error) {
+	byName := func(a, b namedResource) int { return strings.Compare(a.name, b.name) }
+	if !slices.IsSortedFunc(rs, byName) { // translate sorts; extra resources may not be
+		rs = slices.SortedStableFunc(slices.Values(rs), byName)
+	}
+	entries := make([]memoEntry, len(rs))
 	h := sha256.New()
 	var lenBuf [8]byte
 	opts := proto.MarshalOptions{Deterministic: true}
-	for _, n := range sorted {
+	for i, n := range rs {
 		e, ok := memo.get(n.res)
 		if !ok {
 			b, err := opts.Marshal(n.res)
@@ -121,14 +122,39 @@ func contentVersion(rs []namedResource, memo *hashMemo) (string, map[string]stri
 			e = memoEntry{sum: sha256.Sum256(b), serve: premarshaled(n.res, b)}
 			memo.put(n.res, e)
 		}
-		perResource[n.name] = hex.EncodeToString(e.sum[:8])
-		serve[n.name] = e.serve
+		entries[i] = e
 		binary.BigEndian.PutUint64(lenBuf[:], uint64(len(n.name)))
 		h.Write(lenBuf[:])
 		h.Write([]byte(n.name))
 		h.Write(e.sum[:])
 	}
-	return hex.EncodeToString(h.Sum(nil)[:8]), perResource, serve, nil
+	return hex.EncodeToString(h.Sum(nil)[:8]), rs, entries, nil
+}
+
+// typeMaps are what a snapshot serves for one type URL. Nodes whose
+// resources of a type hash alike (most nodes, for CDS, EDS and RDS) share
+// one typeMaps.
+type typeMaps struct {
+	withTTL    map[string]types.ResourceWithTTL
+	plain      map[string]types.Resource
+	versionMap map[string]string // per-resource versions, for Delta
+}
+
+func newTypeMaps(typeURL string, rs []namedResource, entries []memoEntry) (*typeMaps, error) {
+	tm := &typeMaps{
+		withTTL:    make(map[string]types.ResourceWithTTL, len(rs)),
+		plain:      make(map[string]types.Resource, len(rs)),
+		versionMap: make(map[string]string, len(rs)),
+	}
+	for i, r := range rs {
+		if _, dup := tm.plain[r.name]; dup {
+			return nil, fmt.Errorf("%s: duplicate name %q", typeShort(typeURL), r.name)
+		}
+		tm.withTTL[r.name] = types.ResourceWithTTL{Resource: entries[i].serve}
+		tm.plain[r.name] = entries[i].serve
+		tm.versionMap[r.name] = hex.EncodeToString(entries[i].sum[:8])
+	}
+	return tm, nil
 }
 
 // premarshaled returns a message of res's type holding b, res's
@@ -189,21 +215,16 @@ func buildSnapshot(nc *translate.NodeConfig, extra []TypedResources, memo *hashM
 		versionMap: make(map[string]map[string]string, len(byType)),
 	}
 	for typeURL, rs := range byType {
-		v, perResource, serve, err := contentVersion(rs, memo)
+		v, sorted, entries, err := contentVersion(rs, memo)
 		if err != nil {
 			return nil, fmt.Errorf("hash %s: %w", typeShort(typeURL), err)
 		}
-		withTTL := make(map[string]types.ResourceWithTTL, len(rs))
-		plain := make(map[string]types.Resource, len(rs))
-		for _, r := range rs {
-			if _, dup := plain[r.name]; dup {
-				return nil, fmt.Errorf("%s: duplicate name %q", typeShort(typeURL), r.name)
-			}
-			withTTL[r.name] = types.ResourceWithTTL{Resource: serve[r.name]}
-			plain[r.name] = serve[r.name]
+		tm, err := memo.typeMaps(typeURL, v, func() (*typeMaps, error) { return newTypeMaps(typeURL, sorted, entries) })
+		if err != nil {
+			return nil, err
 		}
-		snap.versions[typeURL], snap.versionMap[typeURL] = v, perResource
-		snap.withTTL[typeURL], snap.plain[typeURL] = withTTL, plain
+		snap.versions[typeURL] = v
+		snap.withTTL[typeURL], snap.plain[typeURL], snap.versionMap[typeURL] = tm.withTTL, tm.plain, tm.versionMap
 	}
 	return snap, nil
 }
@@ -220,7 +241,32 @@ func buildSnapshot(nc *translate.NodeConfig, extra []TypedResources, memo *hashM
 type hashMemo struct {
 	generation uint64
 	sums       sync.Map // types.Resource -> memoEntry
+	maps       sync.Map // type URL and version -> *typeMaps
 	prev       atomic.Pointer[hashMemo]
+}
+
+// typeMaps returns the maps of a type URL's resources at version, built
+// once per generation (or taken from the previous one).
+func (m *hashMemo) typeMaps(typeURL, version string, build func() (*typeMaps, error)) (*typeMaps, error) {
+	if m == nil {
+		return build()
+	}
+	key := typeURL + "\x00" + version
+	if v, ok := m.maps.Load(key); ok {
+		return v.(*typeMaps), nil
+	}
+	if p := m.prev.Load(); p != nil {
+		if v, ok := p.maps.Load(key); ok {
+			m.maps.Store(key, v)
+			return v.(*typeMaps), nil
+		}
+	}
+	tm, err := build()
+	if err != nil {
+		return nil, err
+	}
+	v, _ := m.maps.LoadOrStore(key, tm)
+	return v.(*typeMaps), nil
 }
 
 // memoEntry is a resource's hash and the message served for it.
