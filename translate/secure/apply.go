@@ -21,6 +21,10 @@ import (
 // diagnostics about PeerAuthentication and pods; nc stays consistent
 // (translate.Check and CheckSecrets pass) whatever the input.
 func Apply(nc *translate.NodeConfig, snap *config.Snapshot, opts Options) []config.Diagnostic {
+	return apply(nc, snap, opts, newSharedCache())
+}
+
+func apply(nc *translate.NodeConfig, snap *config.Snapshot, opts Options, shared *sharedCache) []config.Diagnostic {
 	if err := opts.Validate(); err != nil {
 		return []config.Diagnostic{{Severity: config.SeverityError, Message: err.Error()}}
 	}
@@ -31,9 +35,9 @@ func Apply(nc *translate.NodeConfig, snap *config.Snapshot, opts Options) []conf
 	var diags []config.Diagnostic
 	switch nc.Proxy.Kind {
 	case translate.SharedEnvoy:
-		applyShared(nc, newNodeModel(snap, nc.Proxy.Node, opts, &diags))
+		applyShared(nc, newNodeModel(snap, nc.Proxy.Node, opts, &diags, shared))
 	case translate.ProxylessGRPC:
-		applyProxyless(nc, newNodeModel(snap, "", opts, &diags))
+		applyProxyless(nc, newNodeModel(snap, "", opts, &diags, shared))
 	}
 	return diags
 }

@@ -36,7 +36,7 @@ type nodeModel struct {
 	byIP     map[string]*localPod
 	accounts map[string][]*account // namespace -> service accounts, by name
 	dests    map[string]destination
-	sockets  map[string]*corev3.TransportSocket // SPIFFE ID + destination key -> upstream TLS (shared, read-only)
+	shared   *sharedCache // per-account resources, shared by the nodes of a Prepared
 }
 
 func running(o *config.Object) (*corev1.Pod, bool) {
@@ -54,10 +54,10 @@ func serviceAccount(pod *corev1.Pod) string {
 	return "default"
 }
 
-func newNodeModel(snap *config.Snapshot, node string, opts Options, diags *[]config.Diagnostic) *nodeModel {
+func newNodeModel(snap *config.Snapshot, node string, opts Options, diags *[]config.Diagnostic, shared *sharedCache) *nodeModel {
 	m := &nodeModel{opts: opts, snap: snap, diags: diags, pa: newPeerAuth(snap, opts.RootNamespace, diags),
 		byIP: map[string]*localPod{}, accounts: map[string][]*account{}, dests: map[string]destination{},
-		sockets: map[string]*corev3.TransportSocket{}}
+		shared: shared}
 	if node == "" {
 		return m
 	}
@@ -197,11 +197,5 @@ func Identities(snap *config.Snapshot, node string, td spiffeid.TrustDomain) []s
 
 // upstreamSocket is the upstream TLS of id towards d, built once per pair.
 func (m *nodeModel) upstreamSocket(id spiffeid.ID, d destination) *corev3.TransportSocket {
-	k := id.String() + "|" + d.key
-	ts := m.sockets[k]
-	if ts == nil {
-		ts = upstreamSDS(id, d.peers)
-		m.sockets[k] = ts
-	}
-	return ts
+	return m.shared.socket(id.String()+"|"+d.key, func() *corev3.TransportSocket { return upstreamSDS(id, d.peers) })
 }

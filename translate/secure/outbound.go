@@ -63,13 +63,15 @@ func (o *outbound) secureCluster(name string, id spiffeid.ID) string {
 	if _, ok := o.newCl[n]; ok {
 		return n
 	}
-	c := proto.Clone(orig).(*clusterv3.Cluster)
-	c.Name = n
-	if c.GetEdsClusterConfig() != nil && c.EdsClusterConfig.ServiceName == "" {
-		c.EdsClusterConfig.ServiceName = name // share the original's endpoints
-	}
-	c.TransportSocket = o.m.upstreamSocket(id, d)
-	o.newCl[n] = c
+	o.newCl[n] = o.m.shared.cluster(accountKey[clusterv3.Cluster]{orig, id.String()}, func() *clusterv3.Cluster {
+		c := proto.Clone(orig).(*clusterv3.Cluster)
+		c.Name = n
+		if c.GetEdsClusterConfig() != nil && c.EdsClusterConfig.ServiceName == "" {
+			c.EdsClusterConfig.ServiceName = name // share the original's endpoints
+		}
+		c.TransportSocket = o.m.upstreamSocket(id, d)
+		return c
+	})
 	return n
 }
 
@@ -143,11 +145,31 @@ func (o *outbound) route(name string, id spiffeid.ID) string {
 	if _, ok := o.newRC[n]; ok {
 		return n
 	}
+	key := accountKey[routev3.RouteConfiguration]{orig, id.String()}
+	e, ok := o.m.shared.route(key)
+	if !ok {
+		e = o.m.shared.putRoute(key, o.buildRoute(orig, n, id))
+	}
+	for _, c := range e.clusters {
+		o.newCl[c.GetName()] = c
+	}
+	if e.rc == nil {
+		return name
+	}
+	o.newRC[n] = e.rc
+	return n
+}
+
+// buildRoute copies orig for account id, named n, with its clusters
+// swapped for the account's; rc is nil when nothing changed.
+func (o *outbound) buildRoute(orig *routev3.RouteConfiguration, n string, id spiffeid.ID) *routeEntry {
 	rc := proto.Clone(orig).(*routev3.RouteConfiguration)
 	changed := false
+	e := &routeEntry{}
 	swap := func(c *string) {
 		if s := o.secureCluster(*c, id); s != "" {
 			*c, changed = s, true
+			e.clusters = append(e.clusters, o.newCl[s])
 		}
 	}
 	for _, vh := range rc.GetVirtualHosts() {
@@ -167,12 +189,11 @@ func (o *outbound) route(name string, id spiffeid.ID) string {
 			}
 		}
 	}
-	if !changed {
-		return name
+	if changed {
+		rc.Name = n
+		e.rc = rc
 	}
-	rc.Name = n
-	o.newRC[n] = rc
-	return n
+	return e
 }
 
 func hostRange(ip string) *corev3.CidrRange {
