@@ -93,6 +93,7 @@ type SecureSource struct {
 
 	mu   sync.Mutex
 	last *secureView
+	prep *secure.Prepared // for last.inner: shared by the views of one inner view
 }
 
 // NewSecureSource wraps inner.
@@ -114,7 +115,14 @@ func (s *SecureSource) Current() View {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.last == nil || s.last.inner != v || s.last.epoch != s.secrets.epoch() {
-		s.last = &secureView{src: s, inner: v, epoch: s.secrets.epoch()}
+		prep := s.prep
+		if s.last == nil || s.last.inner != v {
+			prep = nil
+			if sv, ok := v.(SnapshotView); ok {
+				prep = secure.Prepare(sv.Snapshot(), s.cfg.Options)
+			}
+		}
+		s.last, s.prep = &secureView{src: s, inner: v, epoch: s.secrets.epoch(), prep: prep}, prep
 	}
 	return s.last
 }
@@ -186,6 +194,7 @@ type secureView struct {
 	src   *SecureSource
 	inner View
 	epoch uint64
+	prep  *secure.Prepared // nil when inner is no SnapshotView
 }
 
 // Generation implements View. A rotation re-serves the same generation
@@ -197,8 +206,7 @@ func (v *secureView) Generation() uint64 { return v.inner.Generation() }
 // translate/secure applied and its diagnostics added.
 func (v *secureView) Translate(p translate.Proxy) *translate.NodeConfig {
 	nc := v.inner.Translate(p)
-	sv, ok := v.inner.(SnapshotView)
-	if nc == nil || !ok {
+	if nc == nil || v.prep == nil {
 		return nc
 	}
 	cp := *nc
@@ -206,7 +214,7 @@ func (v *secureView) Translate(p translate.Proxy) *translate.NodeConfig {
 	cp.Routes = slices.Clone(nc.Routes)
 	cp.Clusters = slices.Clone(nc.Clusters)
 	cp.Endpoints = slices.Clone(nc.Endpoints)
-	diags := secure.Apply(&cp, sv.Snapshot(), v.src.cfg.Options)
+	diags := v.prep.Apply(&cp)
 	cp.Diagnostics = append(slices.Clone(nc.Diagnostics), diags...)
 	return &cp
 }
