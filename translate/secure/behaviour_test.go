@@ -1,10 +1,13 @@
 package secure
 
 import (
+	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
@@ -148,4 +151,24 @@ func sa(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return id.String()
+}
+
+func TestCheckSecretsFindsProblems(t *testing.T) {
+	snap := decode(t, paStrict)
+	nc, _ := secured(t, snap, translate.Proxy{Node: "node-a"})
+	all := SecretNames(nc)
+	if len(all) < 2 {
+		t.Fatalf("secrets %v", all)
+	}
+	if err := CheckSecrets(nc, all[1:]); err == nil || !strings.Contains(err.Error(), all[0]) {
+		t.Errorf("a missing secret: %v", err)
+	}
+	for _, l := range nc.Listeners {
+		if l.GetName() == "inbound_default" {
+			l.FilterChains = append(l.FilterChains, proto.Clone(l.FilterChains[0]).(*listenerv3.FilterChain))
+		}
+	}
+	if err := CheckSecrets(nc, all); err == nil || !strings.Contains(err.Error(), "same match") {
+		t.Errorf("duplicate chain: %v", err)
+	}
 }

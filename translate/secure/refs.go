@@ -10,6 +10,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/nodemesh/nodemesh/translate"
@@ -148,10 +149,14 @@ func SecretNames(nc *translate.NodeConfig) []string {
 
 // CheckSecrets is translate.Check's reference check for SDS: every secret
 // nc refers to must be among have (what the node is served), and every TLS
-// transport socket must decode and validate.
+// transport socket must decode and validate. It also checks what
+// translate.Check leaves alone: no two filter chains of a listener have the
+// same match once source ranges and transport protocols count (Envoy
+// rejects such a listener).
 func CheckSecrets(nc *translate.NodeConfig, have []string) error {
 	r := collect(nc, true)
 	errs := r.errs
+	errs = append(errs, uniqueChainMatches(nc)...)
 	got := map[string]bool{}
 	for _, h := range have {
 		got[h] = true
@@ -162,4 +167,24 @@ func CheckSecrets(nc *translate.NodeConfig, have []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func uniqueChainMatches(nc *translate.NodeConfig) []error {
+	var errs []error
+	opts := proto.MarshalOptions{Deterministic: true}
+	for _, l := range nc.Listeners {
+		seen := map[string]string{}
+		for _, fc := range l.GetFilterChains() {
+			b, err := opts.Marshal(fc.GetFilterChainMatch())
+			if err != nil {
+				errs = append(errs, fmt.Errorf("listener %s chain %s: %w", l.GetName(), fc.GetName(), err))
+				continue
+			}
+			if other, dup := seen[string(b)]; dup {
+				errs = append(errs, fmt.Errorf("listener %s: filter chains %s and %s have the same match", l.GetName(), other, fc.GetName()))
+			}
+			seen[string(b)] = fc.GetName()
+		}
+	}
+	return errs
 }
