@@ -68,6 +68,17 @@ var goldenCases = map[string]string{
 	"port-level": paPortLevel,
 }
 
+// behaviour-mesh adds translate's behaviour mesh: a named targetPort, a
+// TCP service with weighted subsets, a Sidecar, ServiceEntries (outside
+// the mesh: no identity) and a second namespace.
+func init() {
+	b, err := os.ReadFile("../testdata/behaviour/mesh.yaml")
+	if err != nil {
+		panic("translate/secure tests: " + err.Error())
+	}
+	goldenCases["behaviour-mesh"] = string(b)
+}
+
 func TestGolden(t *testing.T) {
 	update := os.Getenv("UPDATE_GOLDEN") == "1"
 	for name, yaml := range goldenCases {

@@ -34,6 +34,9 @@ status: {phase: Running, podIP: 10.1.0.99}
 		owner := map[netip.Addr]string{}
 		for _, o := range snap.List(config.KindPod) {
 			pod := o.Spec.(*corev1.Pod)
+			if pod.Status.PodIP == "" {
+				continue
+			}
 			id, err := WorkloadID(td, o.Namespace, pod.Spec.ServiceAccountName)
 			if err != nil {
 				t.Fatal(err)

@@ -141,20 +141,22 @@ func (m *nodeModel) resolve(cluster string) destination {
 		return destination{}
 	}
 	d := destination{key: obj.Namespace + "/" + obj.Name, mesh: true, peers: peerMatcher{prefix: namespacePrefix(m.opts.TrustDomain, obj.Namespace)}}
-	target := uint32(port)
-	for _, sp := range svc.Spec.Ports {
-		if uint32(sp.Port) == uint32(port) && sp.TargetPort.IntValue() > 0 {
-			target = uint32(sp.TargetPort.IntValue())
+	var sport *corev1.ServicePort
+	for i, sp := range svc.Spec.Ports {
+		if uint32(sp.Port) == uint32(port) {
+			sport = &svc.Spec.Ports[i]
 		}
 	}
 	pods := m.snap.PodsMatching(obj.Namespace, svc.Spec.Selector)
 	seen := map[string]bool{}
 	disabled := 0
+	target := uint32(port)
 	for _, o := range pods {
 		pod, ok := running(o)
 		if !ok {
 			continue
 		}
+		target = targetPort(sport, pod, uint32(port))
 		if m.pa.forPod(o).at(target) == Disable {
 			disabled++
 		}
@@ -198,4 +200,25 @@ func Identities(snap *config.Snapshot, node string, td spiffeid.TrustDomain) []s
 // upstreamSocket is the upstream TLS of id towards d, built once per pair.
 func (m *nodeModel) upstreamSocket(id spiffeid.ID, d destination) *corev3.TransportSocket {
 	return m.shared.socket(id.String()+"|"+d.key, func() *corev3.TransportSocket { return upstreamSDS(id, d.peers) })
+}
+
+// targetPort is the pod port a service port forwards to: a number, or a
+// named container port of the pod (the service port when neither).
+func targetPort(sp *corev1.ServicePort, pod *corev1.Pod, port uint32) uint32 {
+	if sp == nil {
+		return port
+	}
+	if n := sp.TargetPort.IntValue(); n > 0 {
+		return uint32(n)
+	}
+	if name := sp.TargetPort.String(); name != "" && name != "0" {
+		for _, c := range pod.Spec.Containers {
+			for _, cp := range c.Ports {
+				if cp.Name == name {
+					return uint32(cp.ContainerPort)
+				}
+			}
+		}
+	}
+	return port
 }
