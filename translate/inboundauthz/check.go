@@ -35,6 +35,9 @@ func Check(nc *translate.NodeConfig, check func(*translate.NodeConfig) error) er
 	for i, l := range nc.Listeners {
 		var rbac []*listenerv3.Filter
 		for _, fc := range l.GetFilterChains() {
+			if fs := fc.GetFilters(); len(fs) > 0 && fs[len(fs)-1].GetTypedConfig().MessageIs((*rbacnetv3.RBAC)(nil)) {
+				errs = append(errs, fmt.Errorf("listener %s chain %s: network RBAC filter %s must come before the chain's terminal filter", l.GetName(), fc.GetName(), fs[len(fs)-1].GetName()))
+			}
 			for _, f := range fc.GetFilters() {
 				switch {
 				case f.GetTypedConfig().MessageIs((*rbacnetv3.RBAC)(nil)):
