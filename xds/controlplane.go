@@ -250,6 +250,7 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
+	src = NewAuthzSource(src, cp.authzOptions()) // after secure: policies on the mTLS chains (authz.go)
 	cp.xds, err = NewServer(Config{
 		Source:            src,
 		Check:             cfg.Check,
