@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 
 	"github.com/nodemesh/nodemesh/config"
@@ -41,57 +42,71 @@ func (a routingInputs) same(b routingInputs) bool {
 	return slices.Equal(a.objs, b.objs) && slices.Equal(a.namespaces, b.namespaces)
 }
 
-// PrepareNext is Prepare(snap) that reuses the per-namespace results,
-// clusters and check results of prev when snap differs from prev's
-// snapshot only in endpoints (Pods, EndpointSlices): then only load
-// assignments and inbound listeners are built anew, and the resources that
-// did not change are the same messages as in prev's NodeConfigs. With a nil
-// prev, or any routing change, it is Prepare(snap).
+// PrepareNext is Prepare(snap) that reuses what it can of prev:
+//
+//   - clusters built from the very same Service (or ServiceEntry) and
+//     DestinationRule objects, and load assignments that also have equal
+//     endpoints, whatever else changed (a VirtualService weight change
+//     keeps every cluster and load assignment);
+//   - when snap differs from prev's snapshot only in endpoints (Pods,
+//     EndpointSlices), the per-namespace results too (listeners and route
+//     configurations): then only changed load assignments and the inbound
+//     listeners are built anew.
+//
+// Reused resources are the same messages as in prev's NodeConfigs, and
+// what Check found about them carries over. With a nil prev it is
+// Prepare(snap).
 func PrepareNext(prev *Mesh, snap *config.Snapshot) *Mesh {
 	next := Prepare(snap)
-	if prev == nil || !prev.inputs.same(next.inputs) {
+	if prev == nil {
 		return next
 	}
 	prev.mu.Lock()
 	defer prev.mu.Unlock()
 	var reused []any // messages whose check results carry over
-	for ns, l := range prev.outbound {
-		next.outbound[ns] = l
-		if o, ok := l.value(); ok {
-			reused = append(reused, o.messages()...)
-		}
-	}
-	for ns, l := range prev.grpc {
-		next.grpc[ns] = l
-		if o, ok := l.value(); ok {
-			reused = append(reused, o.messages()...)
-		}
-	}
+	// The maps, not prev, are kept: no chain of Meshes.
+	next.prev = &prevBuild{endpoints: prev.m.endpoints, clas: map[string]*endpointv3.ClusterLoadAssignment{},
+		clusters: map[string]*clusterv3.Cluster{}, from: map[string]builtFrom{}}
 	for k, l := range prev.clusters {
-		next.clusters[k] = l
 		if c, ok := l.value(); ok {
+			next.prev.clusters[k] = c
 			reused = append(reused, c)
 		}
 	}
-	// Load assignments of service ports whose endpoints did not change are
-	// reused too (the maps, not prev, are kept: no chain of Meshes).
-	next.prev = &prevEndpoints{endpoints: prev.m.endpoints, clas: map[string]*endpointv3.ClusterLoadAssignment{}}
 	for k, l := range prev.clas {
 		if c, ok := l.value(); ok {
 			next.prev.clas[k] = c
 			reused = append(reused, c)
 		}
 	}
-	// Keep what checking found about reused resources only, so the cache
-	// does not grow with every endpoint change.
+	prev.from.Range(func(k, v any) bool {
+		next.prev.from[k.(string)] = v.(builtFrom)
+		return true
+	})
+	if prev.inputs.same(next.inputs) {
+		for ns, l := range prev.outbound {
+			next.outbound[ns] = l
+			if o, ok := l.value(); ok {
+				reused = append(reused, o.messages()...)
+			}
+		}
+		for ns, l := range prev.grpc {
+			next.grpc[ns] = l
+			if o, ok := l.value(); ok {
+				reused = append(reused, o.messages()...)
+			}
+		}
+		prev.m.share.mu.Lock()
+		next.m.share.byName = maps.Clone(prev.m.share.byName)
+		prev.m.share.mu.Unlock()
+	}
+	// Keep what checking found about reusable resources only, so the
+	// cache does not grow with every change.
 	for _, k := range reused {
 		if v, ok := prev.checks.facts.Load(k); ok {
 			next.checks.facts.Store(k, v)
 		}
 	}
-	prev.m.share.mu.Lock()
-	next.m.share.byName = maps.Clone(prev.m.share.byName)
-	prev.m.share.mu.Unlock()
 	prev.checks.vhosts.Range(func(k, v any) bool {
 		next.checks.vhosts.Store(k, v)
 		return true
@@ -110,11 +125,55 @@ func (o *nsOutput) messages() []any {
 	return out
 }
 
-// prevEndpoints is what PrepareNext keeps of the previous Mesh to reuse its
-// load assignments.
-type prevEndpoints struct {
+// prevBuild is what PrepareNext keeps of the previous Mesh.
+type prevBuild struct {
 	endpoints map[endpointKey][]endpoint
 	clas      map[string]*endpointv3.ClusterLoadAssignment // by clusterRef key
+	clusters  map[string]*clusterv3.Cluster                // by Mesh.clusters key
+	from      map[string]builtFrom                         // by Mesh.clusters key or claFromKey
+}
+
+// claFromKey keys what a load assignment was built from.
+func claFromKey(ref *clusterRef) string { return "cla\x00" + ref.key() }
+
+// builtFrom are the objects a cluster and its load assignment are built
+// from (besides endpoints). The store keeps the pointer of an object whose
+// content did not change, so equal pointers mean equal input.
+type builtFrom struct{ svc, dr *config.Object }
+
+func builtFromOf(ref *clusterRef) builtFrom {
+	b := builtFrom{svc: ref.svc.obj}
+	if ref.dr != nil {
+		b.dr = ref.dr.obj
+	}
+	return b
+}
+
+// cluster returns prev's cluster under key if it was built from ref's
+// objects. DNS clusters carry their endpoints and are always rebuilt.
+func (pb *prevBuild) cluster(key string, ref *clusterRef) (*clusterv3.Cluster, bool) {
+	if pb == nil || ref.svc.DNS {
+		return nil, false
+	}
+	c, ok := pb.clusters[key]
+	if f, built := pb.from[key]; !ok || !built || f != builtFromOf(ref) {
+		return nil, false
+	}
+	return c, true
+}
+
+// loadAssignment returns prev's load assignment of ref if it was built
+// from ref's objects and endpoints equal to eps.
+func (pb *prevBuild) loadAssignment(ref *clusterRef, eps []endpoint) (*endpointv3.ClusterLoadAssignment, bool) {
+	if pb == nil {
+		return nil, false
+	}
+	c, ok := pb.clas[ref.key()]
+	if f, built := pb.from[claFromKey(ref)]; !ok || !built || f != builtFromOf(ref) ||
+		!endpointsEqual(pb.endpoints[ref.svc.endpointKey(ref.port.Port)], eps) {
+		return nil, false
+	}
+	return c, true
 }
 
 func endpointsEqual(a, b []endpoint) bool {

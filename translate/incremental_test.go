@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nodemesh/nodemesh/config"
@@ -79,6 +80,16 @@ func TestPrepareNext(t *testing.T) {
 	nc := third.Translate(Proxy{Node: "node-a"})
 	if !bytes.Equal(marshalNodeConfig(t, nc), marshalNodeConfig(t, Prepare(snap).Translate(Proxy{Node: "node-a"}))) {
 		t.Errorf("PrepareNext after a routing change differs from Prepare")
+	}
+	// Clusters and load assignments built from unchanged objects are kept.
+	before := next.Translate(Proxy{Node: "node-a"})
+	if a, b := findCluster(before, reviewsV1), findCluster(nc, reviewsV1); a == nil || a != b {
+		t.Errorf("cluster %s rebuilt for a change that does not touch it", reviewsV1)
+	}
+	for _, e := range nc.Endpoints {
+		if i := slices.IndexFunc(before.Endpoints, func(o *endpointv3.ClusterLoadAssignment) bool { return o.GetClusterName() == e.GetClusterName() }); i < 0 || before.Endpoints[i] != e {
+			t.Errorf("load assignment %s rebuilt for a change that does not touch it", e.GetClusterName())
+		}
 	}
 	if got, err := simulate(nc, request{Namespace: "open", Port: 9080, Host: "reviews.default.svc.cluster.local"}); err != nil || got.only() != BlackHoleCluster {
 		t.Errorf("the new Sidecar of namespace open is not applied: %+v, %v", got, err)

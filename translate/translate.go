@@ -51,7 +51,8 @@ type Mesh struct {
 	sharedOut map[string]*lazy[*sharedOutput]
 	checks    *checkCache // for Mesh.Check
 	inputs    routingInputs
-	prev      *prevEndpoints // set by PrepareNext
+	prev      *prevBuild // set by PrepareNext
+	from      sync.Map   // cluster key, or claFromKey -> builtFrom, for PrepareNext
 }
 
 // Prepare builds the model of a snapshot.
@@ -193,7 +194,12 @@ func (p *Mesh) shared(kind ProxyKind, namespaces []string) *sharedOutput {
 // cluster builds (once per Mesh) the cluster of a ref. Its content depends
 // only on routing inputs (services, DestinationRules), never on endpoints.
 func (p *Mesh) cluster(ref *clusterRef, kind ProxyKind) *clusterv3.Cluster {
-	return get(&p.mu, p.clusters, ref.key()+"\x00"+string(rune('0'+kind)), func() *clusterv3.Cluster {
+	key := ref.key() + "\x00" + string(rune('0'+kind))
+	return get(&p.mu, p.clusters, key, func() *clusterv3.Cluster {
+		p.from.Store(key, builtFromOf(ref))          // what built this very message
+		if old, ok := p.prev.cluster(key, ref); ok { // PrepareNext: keep what did not change
+			return old
+		}
 		if ref.svc.DNS {
 			return dnsCluster(ref, loadAssignment(ref, p.m.endpoints[ref.svc.endpointKey(ref.port.Port)]), kind)
 		}
@@ -204,12 +210,10 @@ func (p *Mesh) cluster(ref *clusterRef, kind ProxyKind) *clusterv3.Cluster {
 // loadAssignment builds (once per Mesh) the endpoints of an EDS cluster.
 func (p *Mesh) loadAssignment(ref *clusterRef) *endpointv3.ClusterLoadAssignment {
 	return get(&p.mu, p.clas, ref.key(), func() *endpointv3.ClusterLoadAssignment {
-		ek := ref.svc.endpointKey(ref.port.Port)
-		eps := p.m.endpoints[ek]
-		if p.prev != nil { // PrepareNext: keep what did not change
-			if old, ok := p.prev.clas[ref.key()]; ok && endpointsEqual(p.prev.endpoints[ek], eps) {
-				return old
-			}
+		p.from.Store(claFromKey(ref), builtFromOf(ref))
+		eps := p.m.endpoints[ref.svc.endpointKey(ref.port.Port)]
+		if old, ok := p.prev.loadAssignment(ref, eps); ok { // PrepareNext: keep what did not change
+			return old
 		}
 		return loadAssignment(ref, eps)
 	})
