@@ -91,7 +91,7 @@ func prune(nc *translate.NodeConfig, o *outbound) {
 
 func applyProxyless(nc *translate.NodeConfig, m *nodeModel) {
 	for i, c := range nc.Clusters {
-		d := m.destinationOf(c.GetName())
+		d := m.destinationOf(c.GetName(), nc.Proxy.Namespace)
 		if !d.mesh || d.plaintext {
 			continue
 		}

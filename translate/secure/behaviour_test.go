@@ -172,3 +172,79 @@ func TestCheckSecretsFindsProblems(t *testing.T) {
 		t.Errorf("duplicate chain: %v", err)
 	}
 }
+
+// A DestinationRule's TLS mode overrides auto mTLS for its clients:
+// DISABLE sends plaintext, ISTIO_MUTUAL mTLS even to a server that says
+// DISABLE; subset settings beat the top level; a rule exported only to its
+// own namespace does not apply to others.
+func TestDestinationRuleTLS(t *testing.T) {
+	dr := func(ns, host, tls, subsetTLS, export string) string {
+		s := "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: tls-" + host + ", namespace: " + ns + "}\nspec:\n  host: " + host + "\n"
+		if export != "" {
+			s += "  exportTo: [\"" + export + "\"]\n"
+		}
+		if tls != "" {
+			s += "  trafficPolicy: {tls: {mode: " + tls + "}}\n"
+		}
+		s += "  subsets:\n  - {name: v1, labels: {version: v1}"
+		if subsetTLS != "" {
+			s += ", trafficPolicy: {tls: {mode: " + subsetTLS + "}}"
+		}
+		s += "}\n"
+		return s
+	}
+	vsV1 := "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: details, namespace: default}\nspec:\n  hosts: [details]\n  http:\n  - route:\n    - destination: {host: details, subset: v1}\n"
+	suffix := "~default/bookinfo-productpage"
+	for _, tc := range []struct {
+		name    string
+		yaml    string
+		cluster string
+		tls     bool
+	}{
+		{"auto mTLS", "", "outbound|9080||details.default.svc.cluster.local", true},
+		{"DISABLE", dr("default", "details", "DISABLE", "", ""), "outbound|9080||details.default.svc.cluster.local", false},
+		{"ISTIO_MUTUAL beats the server's DISABLE", paDisable + dr("default", "details.default.svc.cluster.local", "ISTIO_MUTUAL", "", ""), "outbound|9080||details.default.svc.cluster.local", true},
+		{"subset DISABLE", vsV1 + dr("default", "details", "ISTIO_MUTUAL", "DISABLE", ""), "outbound|9080|v1|details.default.svc.cluster.local", false},
+		{"rule of another namespace exported to itself only", dr("istio-system", "details.default.svc.cluster.local", "DISABLE", "", "."), "outbound|9080||details.default.svc.cluster.local", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The test DestinationRules replace bookinfo's for details.
+			nc, _ := secured(t, decodeWithout(t, tc.yaml, "details"), translate.Proxy{Node: "node-a"})
+			var secured, plain bool
+			for _, c := range nc.Clusters {
+				switch c.Name {
+				case tc.cluster + suffix:
+					secured = c.GetTransportSocket() != nil
+				case tc.cluster:
+					plain = c.GetTransportSocket() == nil
+				}
+			}
+			if tc.tls && !secured {
+				t.Errorf("%s: no per-account mTLS cluster", tc.cluster)
+			}
+			if !tc.tls && (secured || !plain) {
+				t.Errorf("%s: want the plaintext cluster only (secured %v, plain %v)", tc.cluster, secured, plain)
+			}
+		})
+	}
+}
+
+// decodeWithout is decode without bookinfo's DestinationRule for host.
+func decodeWithout(t *testing.T, yaml, host string) *config.Snapshot {
+	t.Helper()
+	snap := decode(t, yaml)
+	st := config.NewStore()
+	var objs []*config.Object
+	for _, k := range []config.Kind{config.KindService, config.KindPod, config.KindPeerAuthentication, config.KindVirtualService, config.KindDestinationRule, config.KindServiceAccount, config.KindEndpointSlice, config.KindNamespace} {
+		for _, o := range snap.List(k) {
+			if k == config.KindDestinationRule && o.Name == host && o.Namespace == "default" {
+				continue
+			}
+			objs = append(objs, o)
+		}
+	}
+	if err := st.Replace("test", objs); err != nil {
+		t.Fatal(err)
+	}
+	return st.Snapshot()
+}

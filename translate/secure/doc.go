@@ -28,7 +28,10 @@
 //     (root namespace), UNSET inheriting, portLevelMtls on workload
 //     policies; PERMISSIVE when nothing says otherwise. Clients follow the
 //     server (Istio's auto mTLS): a destination whose pods all DISABLE the
-//     port is reached in plaintext.
+//     port is reached in plaintext, unless the client's DestinationRule
+//     says otherwise (tls.mode DISABLE: plaintext; ISTIO_MUTUAL: mTLS;
+//     subset and port-level settings first; SIMPLE and MUTUAL with
+//     certificates of the user's own are not supported).
 //
 // A ProxylessGRPC client is the workload itself: its clusters get
 // UpstreamTlsContexts naming gRPC certificate provider instances

@@ -37,6 +37,7 @@ type nodeModel struct {
 	accounts map[string][]*account // namespace -> service accounts, by name
 	dests    map[string]destination
 	shared   *sharedCache // per-account resources, shared by the nodes of a Prepared
+	drList   []*config.Object
 }
 
 func running(o *config.Object) (*corev1.Pod, bool) {
@@ -110,12 +111,24 @@ type destination struct {
 
 // destinationOf parses Istio's cluster name outbound|<port>|<subset>|<host>
 // and looks the host up as <name>.<namespace>.svc.<domain>.
-func (m *nodeModel) destinationOf(cluster string) destination {
-	if d, ok := m.dests[cluster]; ok {
+func (m *nodeModel) destinationOf(cluster, clientNS string) destination {
+	k := cluster + "\x00" + clientNS
+	if d, ok := m.dests[k]; ok {
 		return d
 	}
 	d := m.resolve(cluster)
-	m.dests[cluster] = d
+	if d.mesh {
+		parts := strings.Split(cluster, "|")
+		port, _ := strconv.ParseUint(parts[1], 10, 32)
+		labels := strings.Split(parts[3], ".")
+		switch m.drTLS(labels[0], labels[1], clientNS, parts[2], uint32(port)) {
+		case tlsPlaintext:
+			d.plaintext = true
+		case tlsMesh:
+			d.plaintext = false
+		}
+	}
+	m.dests[k] = d
 	return d
 }
 

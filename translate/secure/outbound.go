@@ -54,7 +54,8 @@ type outbound struct {
 // secureCluster returns the cluster a chain of account id should use
 // instead of name ("" if name needs no identity).
 func (o *outbound) secureCluster(name string, id spiffeid.ID) string {
-	d := o.m.destinationOf(name)
+	ns, _ := nsSA(id)
+	d := o.m.destinationOf(name, ns)
 	orig := o.clusters[name]
 	if !d.mesh || d.plaintext || orig == nil {
 		return ""
