@@ -41,17 +41,16 @@
 // root service's host wins over a TrafficSplit (TrafficSplitWeights reports
 // a Warning diagnostic).
 //
-// Wiring (translate's inbound listener): for each local workload that some
-// policy selects, call Build(snap, Workload{...}, opts) and give the
-// workload its own filter chains on its namespace's inbound listener,
-// matched on its pod IPs (prefix_ranges; the original_dst listener filter
-// restores the destination): for each HTTP port a chain whose HCM has
-// http_filters = Filters.HTTP followed by the router; for each other port a
-// chain with Filters.TCP followed by tcp_proxy. The chains must terminate
-// mTLS with the workload's SVID and require a client certificate, or
-// principal and namespace rules never match (DENY rules would not fire).
-// Filters.JWKSClusters must be added as clusters. Workloads no policy
-// selects keep the shared chain.
+// Wiring: translate/inboundauthz (a post-pass after translate/secure,
+// which imports both translate and this package, so that this package
+// never imports translate) calls Build for each local pod and gives the
+// pods some policy selects their own chains on their namespace's inbound
+// listener: an HTTP connection manager with Filters.HTTP and the router on
+// HTTP/gRPC ports, Filters.TCP before tcp_proxy on the others, keeping
+// secure's mTLS (without a verified peer certificate principal and
+// namespace rules never match, so DENY rules on them would not fire). It
+// adds Filters.JWKSClusters as clusters. Pods no policy selects keep their
+// chains.
 //
 // Files: model.go (model, Split), istio.go (AuthorizationPolicy -> model),
 // selector.go (which policies apply to a workload), matcher.go, principal.go,
