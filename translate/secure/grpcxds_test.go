@@ -107,17 +107,8 @@ func writeSVID(t *testing.T, ca *identity.CA, id spiffeid.ID) map[string]any {
 
 func writeFiles(t *testing.T, svid *x509svid.SVID, ca *identity.CA) map[string]any {
 	t.Helper()
-	chain, key, err := svid.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	files := map[string][]byte{"cert-chain.pem": chain, "key.pem": key, "root-cert.pem": identity.EncodeCertsPEM(ca.Bundle().X509Authorities())}
-	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeInto(t, dir, svid, ca)
 	return map[string]any{
 		"certificate_file":    filepath.Join(dir, "cert-chain.pem"),
 		"private_key_file":    filepath.Join(dir, "key.pem"),
@@ -188,7 +179,27 @@ func (echo) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest) (*testgrpc
 	if err != nil {
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
-	return &testgrpc.SimpleResponse{Hostname: id.String()}, nil
+	return &testgrpc.SimpleResponse{Hostname: id.String(), Username: ti.State.PeerCertificates[0].SerialNumber.String()}, nil
+}
+
+// writeInto writes an SVID's files into dir, each by rename (as the agent
+// does, so that a watcher never reads half a file).
+func writeInto(t *testing.T, dir string, svid *x509svid.SVID, ca *identity.CA) {
+	t.Helper()
+	chain, key, err := svid.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"cert-chain.pem": chain, "key.pem": key, "root-cert.pem": identity.EncodeCertsPEM(ca.Bundle().X509Authorities())}
+	for name, b := range files {
+		tmp := filepath.Join(dir, "."+name+".tmp")
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // serverListener is what gRPC's xDS server asks for: named after its
@@ -370,11 +381,15 @@ func TestGRPCXDSMutualTLS(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cp.Stop() })
 
+	var clientWith func(t *testing.T, files map[string]any, nodeID, service string) testgrpc.TestServiceClient
 	// A proxyless client: ADS over mTLS with its workload SVID, the same
 	// files feeding the file_watcher provider for its calls.
 	client := func(t *testing.T, id spiffeid.ID, nodeID, service string) testgrpc.TestServiceClient {
 		t.Helper()
-		files := writeSVID(t, ca, id)
+		return clientWith(t, writeSVID(t, ca, id), nodeID, service)
+	}
+	clientWith = func(t *testing.T, files map[string]any, nodeID, service string) testgrpc.TestServiceClient {
+		t.Helper()
 		node := map[string]any{"id": nodeID, "metadata": map[string]string{xds.MetaProxy: xds.ProxyValueGRPC, xds.MetaNamespace: gNS}}
 		res, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap(t, cp.XDSAddr(), adsCreds(t, files, ca), node, files))
 		if err != nil {
@@ -392,7 +407,8 @@ func TestGRPCXDSMutualTLS(t *testing.T) {
 		return testgrpc.NewTestServiceClient(conn)
 	}
 	t.Run("mTLS call with the right identities", func(t *testing.T) {
-		c := client(t, clientID, "grpcsec-client", "echo")
+		files := writeSVID(t, ca, clientID)
+		c := clientWith(t, files, "grpcsec-client", "echo")
 		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
 		defer ccancel()
 		r, err := c.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
@@ -402,7 +418,33 @@ func TestGRPCXDSMutualTLS(t *testing.T) {
 		if r.GetHostname() != clientID.String() {
 			t.Fatalf("server saw caller %q, want %s", r.GetHostname(), clientID)
 		}
-		t.Logf("call over mTLS: server authenticated %s", r.GetHostname())
+		t.Logf("call over mTLS: server authenticated %s (certificate serial %s)", r.GetHostname(), r.GetUsername())
+
+		// Rotation as the agent does it: new files under the same names.
+		// The established connection keeps working (with the certificate
+		// of its handshake); a client started from the same files now
+		// presents the new certificate. (That one ClientConn's own new
+		// connections pick the new files up is gRPC's file_watcher
+		// contract; this test does not force a reconnect.)
+		fresh, err := ca.NewSVID(clientID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeInto(t, filepath.Dir(files["certificate_file"].(string)), fresh, ca)
+		time.Sleep(1500 * time.Millisecond) // file_watcher refresh_interval is 1s
+		again, err := c.UnaryCall(cctx, &testgrpc.SimpleRequest{})
+		if err != nil || again.GetUsername() != r.GetUsername() {
+			t.Fatalf("established connection after rotation: %v, serial %s (was %s)", err, again.GetUsername(), r.GetUsername())
+		}
+		c2 := clientWith(t, files, "grpcsec-client-rotated", "echo")
+		r2, err := c2.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		if err != nil {
+			t.Fatalf("new connection after rotation: %v", err)
+		}
+		if r2.GetUsername() != fresh.Certificates[0].SerialNumber.String() || r2.GetHostname() != clientID.String() {
+			t.Fatalf("new connection presented serial %s as %s, want the rotated %s", r2.GetUsername(), r2.GetHostname(), fresh.Certificates[0].SerialNumber)
+		}
+		t.Logf("after rotation: old connection still serial %s, new connection serial %s", again.GetUsername(), r2.GetUsername())
 	})
 
 	t.Run("a client with another identity is refused by RBAC", func(t *testing.T) {
