@@ -260,3 +260,62 @@ func checkInboundRoute(t *testing.T, nc *translate.NodeConfig, l *listenerv3.Lis
 		}
 	}
 }
+
+// portLevelModes: namespace STRICT; details PERMISSIVE but STRICT on 8080
+// and DISABLE on 9080 (its HTTP port); reviews STRICT on 9080 only.
+const portLevelModes = `
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: details, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    8080: {mode: STRICT}
+    9080: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    9080: {mode: STRICT}
+`
+
+// Authorization never changes what secure decided about transport: for
+// every pod address, port and client transport, the chain Envoy selects
+// after inboundauthz terminates (or does not terminate) TLS exactly like
+// the one selected before; pods without policy keep the same filters, and
+// details gets its policy on every one of its chains.
+func TestInboundKeepsPeerAuthenticationModes(t *testing.T) {
+	for name, modes := range map[string]string{"permissive": "", "port-level": portLevelModes} {
+		t.Run(name, func(t *testing.T) {
+			before, after := pipeline(t, bookinfoSnapshot(t, inboundPolicies+modes), true)
+			lb, la := listener(t, before, "inbound_default"), listener(t, after, "inbound_default")
+			for _, ip := range []string{productpageIP, detailsIP, ratingsIP, "10.1.0.13"} {
+				for _, port := range []uint32{9080, 8080, 9999} {
+					for _, transport := range []string{"tls", "raw_buffer"} {
+						b, a := selectChain(t, lb, ip, port, transport), selectChain(t, la, ip, port, transport)
+						if !proto.Equal(b.GetTransportSocket(), a.GetTransportSocket()) || b.GetFilterChainMatch().GetTransportProtocol() != a.GetFilterChainMatch().GetTransportProtocol() {
+							t.Errorf("%s:%d %s: chain %s (TLS %v) became %s (TLS %v)", ip, port, transport,
+								b.GetName(), b.GetTransportSocket() != nil, a.GetName(), a.GetTransportSocket() != nil)
+						}
+						sameFilters := proto.Equal(&listenerv3.FilterChain{Filters: b.Filters}, &listenerv3.FilterChain{Filters: a.Filters})
+						if sameFilters != (ip != detailsIP) {
+							t.Errorf("%s:%d %s: chain %s -> %s: filters unchanged=%v", ip, port, transport, b.GetName(), a.GetName(), sameFilters)
+						}
+					}
+				}
+			}
+		})
+	}
+}

@@ -22,7 +22,7 @@ import (
 // Golden files pin node-a's inbound listeners, inbound routes and the
 // clusters Apply adds or changes, for bookinfo plus testdata/golden/
 // input.yaml, with translate alone and after translate/secure (PERMISSIVE,
-// the default, and STRICT). Refresh with
+// the default, STRICT, and port-level modes). Refresh with
 // UPDATE_GOLDEN=1 go test ./translate/inboundauthz/ -run Golden.
 
 const istioBookinfo = "../../../shared/testdata/istio/samples/bookinfo/platform/kube/bookinfo.yaml"
@@ -34,6 +34,38 @@ kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
 spec:
   mtls: {mode: STRICT}
+`
+
+// portLevel: namespace STRICT, details PERMISSIVE but STRICT on 8080 (a
+// port of no service) and DISABLE on 9080, reviews STRICT on 9080 only.
+// secure gives these pods port-specific chains that Apply must reuse
+// rather than duplicate.
+const portLevel = `
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: details, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    8080: {mode: STRICT}
+    9080: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    9080: {mode: STRICT}
 `
 
 func loadSnapshot(t *testing.T, extra string) *config.Snapshot {
@@ -75,6 +107,7 @@ func TestGolden(t *testing.T) {
 		{"plain", false, ""},
 		{"permissive", true, ""},
 		{"strict", true, strict},
+		{"port-level", true, portLevel},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

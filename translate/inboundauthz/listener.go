@@ -108,16 +108,23 @@ func splitPods(chains []*listenerv3.FilterChain, byIP map[string]*pod) []*listen
 }
 
 // splitPorts adds, for every chain that matches any destination port, a
-// copy on each of ports (unless a chain with that match exists): Envoy
-// picks the destination port first and does not fall back to chains
-// matching any port, so every address keeps being served on those ports.
+// copy on each of ports for the addresses that have no chain on that port
+// yet: Envoy picks the destination port first, then the address, and does
+// not fall back to chains matching any port, so every address keeps being
+// served on those ports. An address that already has chains on a port
+// (secure's port-level modes) keeps exactly those: they decide its
+// transport (STRICT, PERMISSIVE, DISABLE) there.
 func splitPorts(chains []*listenerv3.FilterChain, ports []uint32) []*listenerv3.FilterChain {
 	if len(ports) == 0 {
 		return chains
 	}
-	seen := map[string]bool{}
+	taken := map[string]bool{} // "<port>|<range>" ("" range: any address)
 	for _, fc := range chains {
-		seen[matchKey(fc.GetFilterChainMatch())] = true
+		if port := fc.GetFilterChainMatch().GetDestinationPort().GetValue(); port != 0 {
+			for _, k := range rangeKeys(fc.GetFilterChainMatch()) {
+				taken[strconv.FormatUint(uint64(port), 10)+"|"+k] = true
+			}
+		}
 	}
 	out := slices.Clone(chains)
 	for _, fc := range chains {
@@ -125,27 +132,43 @@ func splitPorts(chains []*listenerv3.FilterChain, ports []uint32) []*listenerv3.
 			continue
 		}
 		for _, port := range ports {
+			p := strconv.FormatUint(uint64(port), 10)
+			ranges := fc.GetFilterChainMatch().GetPrefixRanges()
+			var free []*corev3.CidrRange
+			for i, k := range rangeKeys(fc.GetFilterChainMatch()) {
+				if !taken[p+"|"+k] && len(ranges) > 0 {
+					free = append(free, ranges[i])
+				}
+			}
+			if len(ranges) == 0 && taken[p+"|"] || len(ranges) > 0 && len(free) == 0 {
+				continue
+			}
 			c := proto.Clone(fc).(*listenerv3.FilterChain)
 			if c.FilterChainMatch == nil {
 				c.FilterChainMatch = &listenerv3.FilterChainMatch{}
 			}
 			c.FilterChainMatch.DestinationPort = wrapperspb.UInt32(port)
-			if k := matchKey(c.FilterChainMatch); !seen[k] {
-				seen[k] = true
-				c.Name = fc.GetName() + "_" + strconv.FormatUint(uint64(port), 10)
-				out = append(out, c)
+			if len(ranges) > 0 {
+				c.FilterChainMatch.PrefixRanges = free
 			}
+			c.Name = fc.GetName() + "_" + p
+			out = append(out, c)
 		}
 	}
 	return out
 }
 
-func matchKey(m *listenerv3.FilterChainMatch) string {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		return "unmarshalable " + m.String()
+// rangeKeys are the destination ranges of m as strings; [""] for any.
+func rangeKeys(m *listenerv3.FilterChainMatch) []string {
+	ranges := m.GetPrefixRanges()
+	if len(ranges) == 0 {
+		return []string{""}
 	}
-	return string(b)
+	out := make([]string, len(ranges))
+	for i, r := range ranges {
+		out[i] = r.GetAddressPrefix() + "/" + strconv.FormatUint(uint64(r.GetPrefixLen().GetValue()), 10)
+	}
+	return out
 }
 
 // podOf is the selected pod a chain serves alone, or nil.
