@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -30,6 +31,7 @@ import (
 var (
 	scaleMesh  = flag.Bool("xds-scale", false, "run TestScaleMesh: 1,000 services, 10,000 pods, Envoy-like nodes over real gRPC (minutes: translate takes ~1.5 s per node)")
 	scaleNodes = flag.Int("xds-scale-nodes", 50, "TestScaleMesh: how many of the 50 nodes connect")
+	scaleHeap  = flag.String("xds-scale-heapprofile", "", "TestScaleMesh: write a heap profile after the cold start to this file")
 	scaleDelta = flag.Bool("xds-scale-delta", false, "TestScaleMesh: nodes use Delta ADS (only changed resources are sent) instead of SotW")
 )
 
@@ -334,6 +336,12 @@ func TestScaleMesh(t *testing.T) {
 	peak := ms.HeapInuse
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
+	if *scaleHeap != "" {
+		if f, err := os.Create(*scaleHeap); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 	t.Logf("live heap: %d MiB for the config store (before serving), %d MiB more while serving (server and clients)",
 		ms0.HeapAlloc>>20, (ms.HeapAlloc-ms0.HeapAlloc)>>20)
 	mode := "SotW"
