@@ -77,6 +77,10 @@ func Apply(nc *translate.NodeConfig, snap *config.Snapshot, opts authz.Options) 
 // reported once even when a policy selects many pods.
 func selectedPods(snap *config.Snapshot, node string, opts authz.Options) (map[string][]*pod, []config.Diagnostic) {
 	byNS := map[string][]*pod{}
+	if len(snap.List(config.KindAuthorizationPolicy))+len(snap.List(config.KindRequestAuthentication))+
+		len(snap.List(config.KindTrafficTarget)) == 0 {
+		return byNS, nil // nothing can select a pod: skip building per pod
+	}
 	var diags []config.Diagnostic
 	seen := map[config.Diagnostic]bool{}
 	for _, o := range snap.PodsOnNode(node) {

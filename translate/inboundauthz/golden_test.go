@@ -68,7 +68,7 @@ spec:
     9080: {mode: STRICT}
 `
 
-func loadSnapshot(t *testing.T, extra string) *config.Snapshot {
+func loadSnapshot(t testing.TB, extra string) *config.Snapshot {
 	t.Helper()
 	objs, diags := config.Load(istioBookinfo, "../testdata/pods.yaml", "testdata/golden/input.yaml")
 	more, d2 := config.Decode("inline.yaml", []byte(extra))
