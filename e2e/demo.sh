@@ -43,13 +43,15 @@ wait_http() { # URL SECONDS
 }
 
 echo "== meshd on the embedded bookinfo mesh (logs: $work/meshd.log)"
-"$BIN/meshd" --config cmd/meshd/demo --xds-insecure --ca-dir "$work/ca" \
+# ADS over mTLS: meshd's CA issues the agent's certificate for node demo
+# (production agents get theirs from SPIRE or a bootstrap token).
+"$BIN/meshd" --config cmd/meshd/demo --ca-dir "$work/ca" --bootstrap-agents demo --agent-certs-dir "$work/agents" \
 	--xds-addr 127.0.0.1:15010 --debug-addr 127.0.0.1:15014 >"$work/meshd.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:15014/readyz 30
 
 echo "== mesh-agent for node demo (logs: $work/agent.log)"
-"$BIN/mesh-agent" --node demo --control-plane 127.0.0.1:15010 --cgroup "$cg" --pin-dir "$pins" \
+"$BIN/mesh-agent" --node demo --control-plane 127.0.0.1:15010 --xds-cert-dir "$work/agents/demo" --cgroup "$cg" --pin-dir "$pins" \
 	--node-ip 127.0.0.1 --status-addr 127.0.0.1:15020 >"$work/agent.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:15020/readyz 30

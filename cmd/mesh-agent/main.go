@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/nodemesh/nodemesh/nodeagent"
 	"github.com/nodemesh/nodemesh/nodeagent/agent"
 )
@@ -47,6 +49,8 @@ func run() error {
 	statusAddr := flag.String("status-addr", "", "HTTP status address host:port, e.g. 127.0.0.1:15020 (control-plane mode)")
 	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
+	certDir := flag.String("xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd (control-plane mode); empty: plaintext, for meshd --xds-insecure only")
+	trustDomain := flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of meshd's identity")
 	flag.Parse()
 	modes := 0
 	for _, set := range []bool{*controlPlane != "", *state != "", *uninstall} {
@@ -77,7 +81,17 @@ func run() error {
 				return fmt.Errorf("--node-ip: %w", err)
 			}
 		}
-		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, CgroupPath: *cgroup, PinDir: *pinDir,
+		var dial []grpc.DialOption
+		if *certDir != "" {
+			creds, err := xdsCredentials(*certDir, *trustDomain)
+			if err != nil {
+				return err
+			}
+			dial = append(dial, creds)
+		} else {
+			log.Warn("no --xds-cert-dir: talking to meshd in plaintext (meshd must run with --xds-insecure)")
+		}
+		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
 			StatusAddr: *statusAddr, Logger: log})
 		if err != nil {
