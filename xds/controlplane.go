@@ -152,10 +152,27 @@ func (v *storeView) Dataplane(node string) ([]TypedResources, []config.Diagnosti
 	return v.dpFn(node)
 }
 
-// ControlPlaneConfig configures meshd: a directory of YAML served over ADS.
+// Feed keeps the store filled from a source other than a directory: the
+// Kubernetes API (config/kube).
+type Feed interface {
+	Run(ctx context.Context) error
+	// WaitForSync returns once a complete first load is in the store, so
+	// that no client is ever served an empty mesh at start.
+	WaitForSync(ctx context.Context) error
+	Diagnostics() []config.Diagnostic
+}
+
+// ControlPlaneConfig configures meshd: a directory of YAML (or a Feed)
+// served over ADS.
 type ControlPlaneConfig struct {
-	// ConfigDir holds the Kubernetes and Istio YAML to serve. Required.
+	// ConfigDir holds the Kubernetes and Istio YAML to serve. Required
+	// unless NewFeed is set.
 	ConfigDir string
+	// NewFeed, when set, replaces the file source: it returns the feed
+	// that fills the store. meshd serves once the feed has synced.
+	NewFeed func(*config.Store) (Feed, error)
+	// SyncTimeout bounds the wait for the feed's first sync (default 2m).
+	SyncTimeout time.Duration
 	// XDSAddr is the ADS gRPC listen address (default 127.0.0.1:15010;
 	// port 0 picks a free port, see ControlPlane.XDSAddr).
 	XDSAddr string
@@ -184,8 +201,8 @@ type ControlPlaneConfig struct {
 // Validate reports a configuration meshd cannot start with.
 func (c *ControlPlaneConfig) Validate() error {
 	var errs []error
-	if c.ConfigDir == "" {
-		errs = append(errs, errors.New("control plane: ConfigDir is required"))
+	if (c.ConfigDir == "") == (c.NewFeed == nil) {
+		errs = append(errs, errors.New("control plane: exactly one of ConfigDir and NewFeed is required"))
 	}
 	if c.PollInterval < 0 || c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("control plane: negative PollInterval or ShutdownTimeout"))
@@ -198,7 +215,9 @@ func (c *ControlPlaneConfig) Validate() error {
 type ControlPlane struct {
 	cfg     ControlPlaneConfig
 	log     *slog.Logger
-	files   *config.FileSource
+	files   *config.FileSource // nil with a Feed
+	feed    Feed               // nil with ConfigDir
+	ctx     context.Context
 	xds     *Server
 	grpc    *grpc.Server
 	http    *http.Server
@@ -217,7 +236,7 @@ type ControlPlane struct {
 // StartControlPlane loads ConfigDir once (a load with errors is logged and
 // served from an empty store until fixed), opens the listeners and starts
 // serving. Stop it with Stop.
-func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
+func StartControlPlane(cfg ControlPlaneConfig) (_ *ControlPlane, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -237,15 +256,18 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 		cfg.Dataplane = PreparedDataplane(dataplane.Options{TrustDomain: cfg.TrustDomain})
 	}
 	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	cp.ctx, cp.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil { // stop a feed started before the failure
+			cp.cancel()
+			cp.wg.Wait()
+		}
+	}()
 	store := config.NewStore()
-	files, err := config.NewFileSource(config.FileSourceConfig{
-		Dir: cfg.ConfigDir, Store: store, Interval: cfg.PollInterval, OnStatus: cp.logFileStatus,
-	})
+	diagnostics, err := cp.startFeed(store)
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	cp.files = files
-	_ = files.Sync() // the first load, before any client can connect; errors are in Status
 	src, grpcOpts, err := cp.secure(StoreSource(store, cfg.Prepare, cfg.Dataplane))
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
@@ -254,7 +276,7 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	cp.xds, err = NewServer(Config{
 		Source:            src,
 		Check:             cfg.Check,
-		SourceDiagnostics: func() []config.Diagnostic { return files.Status().Diagnostics },
+		SourceDiagnostics: diagnostics,
 		Logger:            cfg.Logger,
 	})
 	if err != nil {
@@ -280,11 +302,61 @@ func StartControlPlane(cfg ControlPlaneConfig) (*ControlPlane, error) {
 	return cp, nil
 }
 
+// startFeed fills the store before anything is served: the first load of
+// ConfigDir (a load with errors is served from an empty store until fixed),
+// or a Feed run until its first sync.
+func (cp *ControlPlane) startFeed(store *config.Store) (func() []config.Diagnostic, error) {
+	if cp.cfg.NewFeed == nil {
+		files, err := config.NewFileSource(config.FileSourceConfig{
+			Dir: cp.cfg.ConfigDir, Store: store, Interval: cp.cfg.PollInterval, OnStatus: cp.logFileStatus,
+		})
+		if err != nil {
+			return nil, err
+		}
+		cp.files = files
+		_ = files.Sync() // errors are in Status
+		return func() []config.Diagnostic { return files.Status().Diagnostics }, nil
+	}
+	feed, err := cp.cfg.NewFeed(store)
+	if err != nil {
+		return nil, err
+	}
+	cp.feed = feed
+	failed := make(chan error, 1)
+	cp.wg.Go(func() {
+		if err := feed.Run(cp.ctx); err != nil && cp.ctx.Err() == nil {
+			failed <- err
+			cp.fail(err)
+		}
+	})
+	timeout := cp.cfg.SyncTimeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(cp.ctx, timeout)
+	defer cancel()
+	synced := make(chan error, 1)
+	go func() { synced <- feed.WaitForSync(ctx) }()
+	select {
+	case err := <-failed:
+		return nil, fmt.Errorf("config feed: %w", err)
+	case err := <-synced:
+		if err != nil {
+			return nil, fmt.Errorf("config feed did not sync: %w", err)
+		}
+	}
+	return feed.Diagnostics, nil
+}
+
 func (cp *ControlPlane) run() {
-	ctx, cancel := context.WithCancel(context.Background())
-	cp.cancel = cancel
+	ctx := cp.ctx
 	for _, f := range []func() error{
-		func() error { return cp.files.Run(ctx) },
+		func() error {
+			if cp.files == nil {
+				return nil // the feed runs since startFeed
+			}
+			return cp.files.Run(ctx)
+		},
 		func() error { return cp.xds.Run(ctx) },
 		func() error { return cp.runSecure(ctx) },
 		func() error { return cp.grpc.Serve(cp.xdsLis) },

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +15,8 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
@@ -118,9 +122,88 @@ func TestControlPlaneServesDirectory(t *testing.T) {
 }
 
 func TestControlPlaneConfigValidate(t *testing.T) {
-	_, err := StartControlPlane(ControlPlaneConfig{})
-	if err == nil || !strings.Contains(err.Error(), "ConfigDir is required") {
-		t.Fatalf("err = %v", err)
+	feed := func(*config.Store) (Feed, error) { return nil, nil }
+	for _, cfg := range []ControlPlaneConfig{{}, {ConfigDir: t.TempDir(), NewFeed: feed}} {
+		_, err := StartControlPlane(cfg)
+		if err == nil || !strings.Contains(err.Error(), "exactly one of ConfigDir and NewFeed is required") {
+			t.Fatalf("err = %v", err)
+		}
+	}
+}
+
+// fakeFeed stands in for the Kubernetes source: it writes one Service when
+// it runs, unless it fails, and says it synced only after that write.
+type fakeFeed struct {
+	store   *config.Store
+	fail    error
+	noSync  bool
+	written chan struct{}
+}
+
+func (f *fakeFeed) Run(ctx context.Context) error {
+	if f.fail != nil {
+		return f.fail
+	}
+	svc := &config.Object{Key: config.Key{Kind: config.KindService, Namespace: "default", Name: "web"},
+		Spec: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"}}}
+	if err := f.store.Replace("fake", []*config.Object{svc}); err != nil {
+		return err
+	}
+	close(f.written)
+	<-ctx.Done()
+	return nil
+}
+
+func (f *fakeFeed) WaitForSync(ctx context.Context) error {
+	if f.noSync {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	select {
+	case <-f.written:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (f *fakeFeed) Diagnostics() []config.Diagnostic { return nil }
+
+// A Feed is waited for before serving: a feed that fails or never syncs
+// stops the start; one that syncs has its objects in the store first.
+func TestControlPlaneFeed(t *testing.T) {
+	for _, tc := range []struct {
+		name, wantErr string
+		feed          fakeFeed
+	}{
+		{name: "fails", feed: fakeFeed{fail: errors.New("api server gone")}, wantErr: "api server gone"},
+		{name: "never syncs", feed: fakeFeed{noSync: true}, wantErr: "did not sync"},
+		{name: "syncs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			feed := tc.feed
+			feed.written = make(chan struct{})
+			cp, err := StartControlPlane(ControlPlaneConfig{
+				XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0", SyncTimeout: 200 * time.Millisecond,
+				Logger:  slog.New(slog.DiscardHandler),
+				NewFeed: func(store *config.Store) (Feed, error) { feed.store = store; return &feed, nil },
+			})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cp.Stop()
+			select {
+			case <-feed.written:
+			default:
+				t.Fatal("serving before the feed wrote the store")
+			}
+		})
 	}
 }
 

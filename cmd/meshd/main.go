@@ -31,8 +31,9 @@ func main() {
 		svidTTL     time.Duration
 		agentCerts  string
 		agentsDir   string
+		kf          kubeFlags
 	)
-	flag.StringVar(&cfg.ConfigDir, "config", "", "directory of Kubernetes and Istio YAML to serve (required)")
+	flag.StringVar(&cfg.ConfigDir, "config", "", "directory of Kubernetes and Istio YAML to serve (or --kube)")
 	flag.StringVar(&cfg.XDSAddr, "xds-addr", "127.0.0.1:15010", "ADS gRPC listen address")
 	flag.StringVar(&cfg.DebugAddr, "debug-addr", "127.0.0.1:15014", "debug HTTP listen address (/debug/syncz, /debug/config_dump, /metrics)")
 	flag.DurationVar(&cfg.PollInterval, "poll-interval", 200*time.Millisecond, "how often the config directory is checked for changes")
@@ -45,13 +46,22 @@ func main() {
 	flag.DurationVar(&svidTTL, "svid-ttl", identity.DefaultSVIDTTL, "lifetime of workload SVIDs (renewed at half)")
 	flag.StringVar(&agentCerts, "bootstrap-agents", "", "comma-separated node names: write an agent certificate for each under --agent-certs-dir at start (tests and demos; production agents get theirs from SPIRE or a one-time bootstrap token)")
 	flag.StringVar(&agentsDir, "agent-certs-dir", "", "where --bootstrap-agents writes <node>/{cert-chain.pem,key.pem,root-cert.pem}")
+	flag.BoolVar(&kf.enabled, "kube", false, "read the mesh from the Kubernetes API (in-cluster config unless --kubeconfig) instead of --config")
+	flag.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubeconfig file for --kube")
+	flag.StringVar(&kf.namespace, "kube-namespace", "", "with --kube: read only this namespace")
+	flag.StringVar(&kf.leaseNamespace, "lease-namespace", "", "with --kube: namespace of the Lease electing the replica that writes Events")
+	flag.StringVar(&kf.leaseName, "lease-name", "nodemesh-meshd", "with --kube: name of that Lease")
+	flag.StringVar(&kf.leaseIdentity, "lease-identity", "", "with --kube: this replica's identity in the election (e.g. the pod name)")
 	flag.Parse()
-	if cfg.ConfigDir == "" || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: meshd --config DIR [--xds-addr ADDR] [--debug-addr ADDR] [--ca-dir DIR] [--xds-insecure] [--mtls=false] [--log-level LEVEL]")
+	if (cfg.ConfigDir == "") == !kf.on() || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "usage: meshd (--config DIR | --kube [--kubeconfig FILE]) [--xds-addr ADDR] [--debug-addr ADDR] [--ca-dir DIR] [--xds-insecure] [--mtls=false] [--log-level LEVEL]")
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg.Logger = log
+	if kf.on() {
+		cfg.NewFeed = kf.newFeed(log)
+	}
 	if mtls {
 		ca, err := newCA(caDir, cfg.TrustDomain, svidTTL)
 		if err != nil {

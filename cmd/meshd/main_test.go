@@ -101,7 +101,7 @@ func TestMeshdUsage(t *testing.T) {
 	cmd.Env = append(os.Environ(), "MESHD_TEST_RUN_MAIN=1", "MESHD_TEST_ARGS=")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "usage: meshd --config DIR") {
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "usage: meshd (--config DIR | --kube") {
 		t.Fatalf("no --config: %v\n%s", err, out)
 	}
 }

@@ -319,3 +319,7 @@ func (s *Source) Status() Status {
 	return Status{Source: s.cfg.Source, Synced: s.HasSynced(), Objects: n, Replaces: s.replaces,
 		Err: s.lastErr, Diagnostics: slices.Clone(s.diags)}
 }
+
+// Diagnostics of the objects the last store update considered (the
+// xds.Feed view of Status).
+func (s *Source) Diagnostics() []config.Diagnostic { return s.Status().Diagnostics }

@@ -23,7 +23,7 @@ import (
 	"github.com/nodemesh/nodemesh/e2e/kubeapi"
 )
 
-const samples = "/work/shared/testdata/istio/samples/bookinfo"
+const samples = "../../../shared/testdata/istio/samples/bookinfo"
 
 // The Source against a real kube-apiserver: bookinfo Services, Pods created
 // through the API (IPs and nodes set as the kubelet would), Istio and SMI

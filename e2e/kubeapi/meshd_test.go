@@ -1,10 +1,8 @@
 package kubeapi_test
 
 import (
-	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"slices"
 	"sync"
@@ -33,8 +31,9 @@ const (
 	v1Name  = "outbound|9080|v1|reviews.default.svc.cluster.local"
 )
 
-// The whole control plane on a real API server: Kubernetes source -> store
-// -> xds ADS server, and an ADS client for node-a that sees the reviews
+// The whole control plane on a real API server, wired as meshd --kube does
+// (xds.StartControlPlane with the Kubernetes source as its Feed: serving
+// starts after the caches synced), and an ADS client for node-a that sees the reviews
 // subset clusters and the pod IPs set through the API, then a pod IP change
 // and a DestinationRule deletion.
 func TestMeshdOnAPIServer(t *testing.T) {
@@ -45,7 +44,7 @@ func TestMeshdOnAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bookinfo, err := os.ReadFile("/work/shared/testdata/istio/samples/bookinfo/networking/destination-rule-all.yaml")
+	bookinfo, err := os.ReadFile("../../../shared/testdata/istio/samples/bookinfo/networking/destination-rule-all.yaml")
 	if err != nil {
 		t.Skipf("bookinfo sample not available: %v", err)
 	}
@@ -55,36 +54,25 @@ func TestMeshdOnAPIServer(t *testing.T) {
 		createPod(t, kc, "reviews-"+v, map[string]string{"app": "reviews", "version": v}, "node-a", "10.1.0."+string(rune('1'+i)))
 	}
 
-	store := config.NewStore()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	src, err := kube.New(kube.Config{RESTConfig: srv.Config, Store: store, Logger: log})
+	var src *kube.Source
+	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{
+		XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0", SyncTimeout: 30 * time.Second, Logger: log,
+		NewFeed: func(store *config.Store) (xds.Feed, error) {
+			var err error
+			src, err = kube.New(kube.Config{RESTConfig: srv.Config, Store: store, Logger: log})
+			return src, err
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	xsrv, err := xds.NewServer(xds.Config{Source: xds.StoreSource(store, nil, nil), Logger: log,
-		SourceDiagnostics: func() []config.Diagnostic { return src.Status().Diagnostics }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	xsrv.Register(g)
-	runCtx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = src.Run(runCtx) })
-	wg.Go(func() { _ = xsrv.Run(runCtx) })
-	wg.Go(func() { _ = g.Serve(lis) })
-	t.Cleanup(func() { cancel(); g.Stop(); wg.Wait() })
-	syncCtx, cancelSync := context.WithTimeout(ctx, 30*time.Second)
-	defer cancelSync()
-	if err := src.WaitForSync(syncCtx); err != nil {
-		t.Fatal(err)
+	t.Cleanup(func() { _ = cp.Stop() })
+	if !src.HasSynced() {
+		t.Fatal("StartControlPlane returned before the Kubernetes caches synced")
 	}
 
-	c := dialADS(t, lis.Addr().String(), "node-a")
+	c := dialADS(t, cp.XDSAddr(), "node-a")
 	c.subscribe(t, cdsType, nil)
 	c.subscribe(t, edsType, []string{v1Name})
 	c.wait(t, "reviews subset clusters", func() bool {
