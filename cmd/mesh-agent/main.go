@@ -50,6 +50,8 @@ func run() error {
 	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
 	certDir := flag.String("xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd (control-plane mode); empty: plaintext, for meshd --xds-insecure only")
+	var logLevel slog.Level
+	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	trustDomain := flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of meshd's identity")
 	flag.Parse()
 	modes := 0
@@ -62,7 +64,7 @@ func run() error {
 		flag.Usage()
 		return errors.New("--node and exactly one of --control-plane, --state or --uninstall are required")
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	if *cgroup == "" {
 		mount, err := nodeagent.CgroupV2Mount()
 		if err != nil {
