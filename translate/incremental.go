@@ -3,9 +3,11 @@ package translate
 import (
 	"maps"
 	"slices"
+	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nodemesh/nodemesh/config"
 )
@@ -79,6 +81,11 @@ func PrepareNext(prev *Mesh, snap *config.Snapshot) *Mesh {
 			reused = append(reused, c)
 		}
 	}
+	next.nodeLocal.prev = prev.nodeLocal.current()
+	next.nodeLocal.prev.Range(func(_, v any) bool {
+		reused = append(reused, v)
+		return true
+	})
 	prev.from.Range(func(k, v any) bool {
 		next.prev.from[k.(string)] = v.(builtFrom)
 		return true
@@ -180,4 +187,35 @@ func endpointsEqual(a, b []endpoint) bool {
 	return slices.EqualFunc(a, b, func(x, y endpoint) bool {
 		return x.Address == y.Address && x.Port == y.Port && maps.Equal(x.Labels, y.Labels)
 	})
+}
+
+// localCache holds the node-specific messages (inbound listeners, the
+// original destination and black hole clusters) by a key that determines
+// their content, so nodes and generations with the same ones share one
+// message (hashed and checked once). prev is the previous generation's
+// map: entries used again move over, others are dropped with it.
+type localCache struct {
+	once sync.Once
+	m    *sync.Map // key -> proto.Message
+	prev *sync.Map // the map alone, not the Mesh that held it
+}
+
+func (c *localCache) current() *sync.Map {
+	c.once.Do(func() { c.m = &sync.Map{} })
+	return c.m
+}
+
+func (c *localCache) get(key string, build func() proto.Message) proto.Message {
+	m := c.current()
+	if v, ok := m.Load(key); ok {
+		return v.(proto.Message)
+	}
+	if c.prev != nil {
+		if v, ok := c.prev.Load(key); ok {
+			v, _ = m.LoadOrStore(key, v)
+			return v.(proto.Message)
+		}
+	}
+	v, _ := m.LoadOrStore(key, build())
+	return v.(proto.Message)
 }

@@ -81,8 +81,17 @@ func TestPrepareNext(t *testing.T) {
 	if !bytes.Equal(marshalNodeConfig(t, nc), marshalNodeConfig(t, Prepare(snap).Translate(Proxy{Node: "node-a"}))) {
 		t.Errorf("PrepareNext after a routing change differs from Prepare")
 	}
-	// Clusters and load assignments built from unchanged objects are kept.
+	// Clusters and load assignments built from unchanged objects are kept,
+	// and so are inbound listeners of unchanged pods.
 	before := next.Translate(Proxy{Node: "node-a"})
+	for _, l := range nc.Listeners {
+		if b := findListener(before, l.GetName()); strings.HasPrefix(l.GetName(), "inbound_") && b != l {
+			t.Errorf("inbound listener %s rebuilt for a change that does not touch it", l.GetName())
+		}
+	}
+	if a, b := findCluster(nc, PassthroughCluster), findCluster(third.Translate(Proxy{Node: "node-b"}), PassthroughCluster); a == nil || a != b {
+		t.Errorf("nodes do not share %s", PassthroughCluster)
+	}
 	if a, b := findCluster(before, reviewsV1), findCluster(nc, reviewsV1); a == nil || a != b {
 		t.Errorf("cluster %s rebuilt for a change that does not touch it", reviewsV1)
 	}

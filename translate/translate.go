@@ -11,6 +11,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nodemesh/nodemesh/config"
@@ -52,6 +53,7 @@ type Mesh struct {
 	checks    *checkCache // for Mesh.Check
 	inputs    routingInputs
 	prev      *prevBuild // set by PrepareNext
+	nodeLocal localCache // inbound listeners and fixed clusters, by content key
 	from      sync.Map   // cluster key, or claFromKey -> builtFrom, for PrepareNext
 }
 
@@ -243,12 +245,17 @@ func (p *Mesh) sharedEnvoy(node string, nc *NodeConfig) *sharedOutput {
 		namespaces = append(namespaces, ns)
 		if ips := local[ns]; len(ips) > 0 {
 			slices.Sort(ips)
-			nc.Listeners = append(nc.Listeners, inboundListener(ns, ports.Inbound, slices.Compact(ips)))
-			nc.Clusters = append(nc.Clusters, originalDstCluster(inboundClusterName(ns)))
+			ips = slices.Compact(ips)
+			nc.Listeners = append(nc.Listeners, p.nodeLocal.get("l\x00"+ns+"\x00"+portString(ports.Inbound)+"\x00"+strings.Join(ips, ","),
+				func() proto.Message { return inboundListener(ns, ports.Inbound, ips) }).(*listenerv3.Listener))
+			nc.Clusters = append(nc.Clusters, p.nodeLocal.get("c\x00"+inboundClusterName(ns),
+				func() proto.Message { return originalDstCluster(inboundClusterName(ns)) }).(*clusterv3.Cluster))
 		}
 	}
 	if len(namespaces) > 0 {
-		nc.Clusters = append(nc.Clusters, originalDstCluster(PassthroughCluster), blackHoleCluster())
+		nc.Clusters = append(nc.Clusters,
+			p.nodeLocal.get("c\x00"+PassthroughCluster, func() proto.Message { return originalDstCluster(PassthroughCluster) }).(*clusterv3.Cluster),
+			p.nodeLocal.get("c\x00"+BlackHoleCluster, func() proto.Message { return blackHoleCluster() }).(*clusterv3.Cluster))
 	}
 	return p.shared(SharedEnvoy, namespaces)
 }
