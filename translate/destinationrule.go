@@ -13,15 +13,15 @@ func (m *mesh) readDestinationRules() {
 	for _, o := range m.src.List(config.KindDestinationRule) {
 		dr, ok := o.Spec.(*networking.DestinationRule)
 		if !ok || dr == nil {
-			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
 		if dr.GetWorkloadSelector() != nil {
-			m.diags.warnf(o, "spec.workloadSelector", "DestinationRules with a workload selector are not supported; ignored")
+			m.diags.Warnf(o, "spec.workloadSelector", "DestinationRules with a workload selector are not supported; ignored")
 			continue
 		}
 		if dr.GetHost() == "" {
-			m.diags.errorf(o, "spec.host", "host is empty; ignored")
+			m.diags.Errorf(o, "spec.host", "host is empty; ignored")
 			continue
 		}
 		r := &destinationRule{
@@ -33,7 +33,7 @@ func (m *mesh) readDestinationRules() {
 		for i, s := range dr.GetSubsets() {
 			field := fieldf("spec.subsets[%d]", i)
 			if s.GetName() == "" || seen[s.GetName()] {
-				m.diags.errorf(o, field+".name", "subset name %q is empty or repeated; skipped", s.GetName())
+				m.diags.Errorf(o, field+".name", "subset name %q is empty or repeated; skipped", s.GetName())
 				continue
 			}
 			seen[s.GetName()] = true
@@ -45,7 +45,7 @@ func (m *mesh) readDestinationRules() {
 		}
 		r.export = parseExportTo(dr.GetExportTo(), o.Namespace)
 		if !strings.HasPrefix(r.Host, "*") && len(m.byHost[r.Host]) == 0 {
-			m.diags.warnf(o, "spec.host", "host %s is not a known service or ServiceEntry host; the rule applies to nothing", r.Host)
+			m.diags.Warnf(o, "spec.host", "host %s is not a known service or ServiceEntry host; the rule applies to nothing", r.Host)
 		}
 		if strings.HasPrefix(r.Host, "*") {
 			m.drWildcard = append(m.drWildcard, r)
@@ -106,7 +106,7 @@ func (m *mesh) trafficPolicy(o *config.Object, field string, tp *networking.Traf
 	case networking.LoadBalancerSettings_RANDOM:
 		p.LB = lbRandom
 	case networking.LoadBalancerSettings_PASSTHROUGH:
-		m.diags.warnf(o, field+".loadBalancer.simple", "PASSTHROUGH is not supported; using round robin")
+		m.diags.Warnf(o, field+".loadBalancer.simple", "PASSTHROUGH is not supported; using round robin")
 	}
 	if ch := tp.GetLoadBalancer().GetConsistentHash(); ch != nil {
 		p.Hash = m.consistentHash(o, field+".loadBalancer.consistentHash", ch)
@@ -124,13 +124,13 @@ func (m *mesh) trafficPolicy(o *config.Object, field string, tp *networking.Traf
 		p.MaxRequestsPerConnect = positive(h.GetMaxRequestsPerConnection())
 	}
 	if tp.GetTls() != nil {
-		m.diags.infof(o, field+".tls", "client TLS settings are managed by the mesh's own mTLS; ignored")
+		m.diags.Infof(o, field+".tls", "client TLS settings are managed by the mesh's own mTLS; ignored")
 	}
 	if od := tp.GetOutlierDetection(); od != nil {
 		p.Outlier = m.outlierDetection(o, field+".outlierDetection", od)
 	}
 	if len(tp.GetPortLevelSettings()) > 0 {
-		m.diags.infof(o, field+".portLevelSettings", "port level settings are not supported yet; ignored")
+		m.diags.Infof(o, field+".portLevelSettings", "port level settings are not supported yet; ignored")
 	}
 	return p
 }
@@ -162,11 +162,11 @@ func (m *mesh) outlierDetection(o *config.Object, field string, od *networking.O
 		out.BaseEjectionTime = d.AsDuration()
 	}
 	if out.MaxEjectionPercent > 100 {
-		m.diags.errorf(o, field+".maxEjectionPercent", "%d is more than 100; using 100", out.MaxEjectionPercent)
+		m.diags.Errorf(o, field+".maxEjectionPercent", "%d is more than 100; using 100", out.MaxEjectionPercent)
 		out.MaxEjectionPercent = 100
 	}
 	if od.GetMinHealthPercent() != 0 || od.GetSplitExternalLocalOriginErrors() || len(od.GetOutlierDetectionHttpErrorCodes()) > 0 {
-		m.diags.infof(o, field, "minHealthPercent, splitExternalLocalOriginErrors and outlierDetectionHttpErrorCodes are not supported yet; ignored")
+		m.diags.Infof(o, field, "minHealthPercent, splitExternalLocalOriginErrors and outlierDetectionHttpErrorCodes are not supported yet; ignored")
 	}
 	return out
 }

@@ -44,11 +44,11 @@ func (m *mesh) consistentHash(o *config.Object, field string, ch *networking.Loa
 	case ch.GetHttpQueryParameterName() != "":
 		h.QueryParam = ch.GetHttpQueryParameterName()
 	default:
-		m.diags.errorf(o, field, "consistentHash needs httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName; using round robin")
+		m.diags.Errorf(o, field, "consistentHash needs httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName; using round robin")
 		return nil
 	}
 	if ch.GetMaglev() != nil {
-		m.diags.infof(o, field+".maglev", "maglev is not supported; using a hash ring")
+		m.diags.Infof(o, field+".maglev", "maglev is not supported; using a hash ring")
 	}
 	return h
 }

@@ -205,7 +205,7 @@ func (s *scope) claim(oc *outboundChains, svc *service, port uint32) []string {
 	for _, v := range svc.VIPs {
 		k := v + "|" + portString(port)
 		if oc.taken[k] != "" {
-			s.diags.warnf(svc.obj, "", "address %s port %d of %s is also used by %s, which takes precedence; not matched for this service",
+			s.diags.Warnf(svc.obj, "", "address %s port %d of %s is also used by %s, which takes precedence; not matched for this service",
 				v, port, svc.Hostname, oc.taken[k])
 			continue
 		}

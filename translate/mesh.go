@@ -23,7 +23,7 @@ type source interface {
 // mesh is the model of a whole snapshot, before any per-node choice.
 type mesh struct {
 	src        source
-	diags      *diagnostics
+	diags      *config.Diagnostics
 	services   []*service            // sorted by hostname, Kubernetes first, then namespace
 	byHost     map[string][]*service // hostname -> services in the order above
 	namespaces []string              // every namespace of the mesh, sorted
@@ -49,7 +49,7 @@ func (s *service) endpointKey(port uint32) endpointKey {
 	return endpointKey{obj: s.obj.Key, host: s.Hostname, port: port}
 }
 
-func buildMesh(src source, d *diagnostics) *mesh {
+func buildMesh(src source, d *config.Diagnostics) *mesh {
 	m := &mesh{
 		src:       src,
 		diags:     d,
@@ -119,15 +119,15 @@ func (m *mesh) readSidecars() {
 	for _, o := range m.src.List(config.KindSidecar) {
 		sc, ok := o.Spec.(*networking.Sidecar)
 		if !ok || sc == nil {
-			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
 		if sc.GetWorkloadSelector() != nil {
-			m.diags.warnf(o, "spec.workloadSelector", "Sidecars with a workload selector are not supported by per-namespace listeners; ignored")
+			m.diags.Warnf(o, "spec.workloadSelector", "Sidecars with a workload selector are not supported by per-namespace listeners; ignored")
 			continue
 		}
 		if _, dup := m.sidecars[o.Namespace]; dup {
-			m.diags.errorf(o, "metadata.name", "namespace %s already has a Sidecar without workload selector; ignored", o.Namespace)
+			m.diags.Errorf(o, "metadata.name", "namespace %s already has a Sidecar without workload selector; ignored", o.Namespace)
 			continue
 		}
 		otp := sc.GetOutboundTrafficPolicy()
@@ -158,7 +158,7 @@ func (m *mesh) readVirtualServices() {
 	for _, o := range m.src.List(config.KindVirtualService) {
 		vs, ok := o.Spec.(*networking.VirtualService)
 		if !ok || vs == nil {
-			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
 		if len(vs.GetGateways()) > 0 && !slices.Contains(vs.GetGateways(), "mesh") {
@@ -170,7 +170,7 @@ func (m *mesh) readVirtualServices() {
 			h = resolveHost(h, o.Namespace)
 			e.hosts = append(e.hosts, h)
 			if !strings.HasPrefix(h, "*") && len(m.byHost[h]) == 0 {
-				m.diags.warnf(o, fieldf("spec.hosts[%d]", i), "host %s is not a known service or ServiceEntry host; no traffic is routed by it", h)
+				m.diags.Warnf(o, fieldf("spec.hosts[%d]", i), "host %s is not a known service or ServiceEntry host; no traffic is routed by it", h)
 			}
 			if strings.HasPrefix(h, "*") {
 				wildcard = true

@@ -38,17 +38,17 @@ var redirectCodes = map[uint32]routev3.RedirectAction_RedirectResponseCode{
 // the route skipped) when the spec is invalid.
 func (s *scope) answerRoute(o *config.Object, field string, hr *networking.HTTPRoute, r *httpRoute) bool {
 	if len(hr.GetRoute()) > 0 {
-		s.diags.errorf(o, field, "a route cannot have both destinations and a redirect or direct response; skipped")
+		s.diags.Errorf(o, field, "a route cannot have both destinations and a redirect or direct response; skipped")
 		return false
 	}
 	if rd := hr.GetRedirect(); rd != nil {
 		code, ok := redirectCodes[rd.GetRedirectCode()]
 		if !ok {
-			s.diags.errorf(o, field+".redirect.redirectCode", "redirect code %d is not 301, 302, 303, 307 or 308; skipped", rd.GetRedirectCode())
+			s.diags.Errorf(o, field+".redirect.redirectCode", "redirect code %d is not 301, 302, 303, 307 or 308; skipped", rd.GetRedirectCode())
 			return false
 		}
 		if rd.GetDerivePort() == networking.HTTPRedirect_FROM_REQUEST_PORT {
-			s.diags.warnf(o, field+".redirect.derivePort", "derivePort is not supported yet; the port is left as requested")
+			s.diags.Warnf(o, field+".redirect.derivePort", "derivePort is not supported yet; the port is left as requested")
 		}
 		r.Redirect = &redirect{Path: rd.GetUri(), PrefixRewrite: rd.GetPrefixRewrite(), Authority: rd.GetAuthority(),
 			Scheme: rd.GetScheme(), Port: rd.GetPort(), Code: code}
@@ -56,13 +56,13 @@ func (s *scope) answerRoute(o *config.Object, field string, hr *networking.HTTPR
 	}
 	dr := hr.GetDirectResponse()
 	if dr.GetStatus() < 200 || dr.GetStatus() > 599 {
-		s.diags.errorf(o, field+".directResponse.status", "status %d is not in 200..599; skipped", dr.GetStatus())
+		s.diags.Errorf(o, field+".directResponse.status", "status %d is not in 200..599; skipped", dr.GetStatus())
 		return false
 	}
 	body := dr.GetBody().GetString_()
 	if b := dr.GetBody().GetBytes(); len(b) > 0 {
 		if !utf8.Valid(b) {
-			s.diags.errorf(o, field+".directResponse.body.bytes", "binary bodies are not supported; skipped")
+			s.diags.Errorf(o, field+".directResponse.body.bytes", "binary bodies are not supported; skipped")
 			return false
 		}
 		body = string(b)

@@ -78,7 +78,7 @@ func (s *scope) fault(o *config.Object, field string, f *networking.HTTPFaultInj
 			fp.Delay = fd.AsDuration()
 			fp.DelayPercent = percent(d.GetPercentage(), d.GetPercent())
 		} else {
-			s.diags.warnf(o, field+".delay", "only a positive fixedDelay is supported; delay ignored")
+			s.diags.Warnf(o, field+".delay", "only a positive fixedDelay is supported; delay ignored")
 		}
 	}
 	if a := f.GetAbort(); a != nil {
@@ -88,12 +88,12 @@ func (s *scope) fault(o *config.Object, field string, f *networking.HTTPFaultInj
 		case a.GetGrpcStatus() != "":
 			code, ok := grpcCodes[strings.ToUpper(a.GetGrpcStatus())]
 			if !ok {
-				s.diags.errorf(o, field+".abort.grpcStatus", "unknown gRPC status %q; abort ignored", a.GetGrpcStatus())
+				s.diags.Errorf(o, field+".abort.grpcStatus", "unknown gRPC status %q; abort ignored", a.GetGrpcStatus())
 				break
 			}
 			fp.HasAbort, fp.AbortGRPC = true, code
 		default:
-			s.diags.warnf(o, field+".abort", "only httpStatus (200..599) and grpcStatus aborts are supported; abort ignored")
+			s.diags.Warnf(o, field+".abort", "only httpStatus (200..599) and grpcStatus aborts are supported; abort ignored")
 		}
 		if fp.HasAbort {
 			fp.AbortPercent = percent(a.GetPercentage(), 0)

@@ -13,14 +13,14 @@ import (
 type scope struct {
 	m        *mesh
 	ns       string
-	diags    *diagnostics // problems found while building for this namespace
-	services []*service   // sorted by hostname
+	diags    *config.Diagnostics // problems found while building for this namespace
+	services []*service          // sorted by hostname
 	byHost   map[string]*service
 	clusters *clusterSet
 }
 
 func (m *mesh) scope(ns string) *scope {
-	s := &scope{m: m, ns: ns, diags: &diagnostics{}, services: m.visibleServices(ns), byHost: map[string]*service{}, clusters: newClusterSet()}
+	s := &scope{m: m, ns: ns, diags: &config.Diagnostics{}, services: m.visibleServices(ns), byHost: map[string]*service{}, clusters: newClusterSet()}
 	for _, svc := range s.services {
 		s.byHost[svc.Hostname] = svc
 	}

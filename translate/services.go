@@ -13,14 +13,14 @@ import (
 )
 
 // kubeService models a Kubernetes Service; nil when it has nothing to serve.
-func kubeService(o *config.Object, d *diagnostics) *service {
+func kubeService(o *config.Object, d *config.Diagnostics) *service {
 	ks, ok := o.Spec.(*corev1.Service)
 	if !ok || ks == nil {
-		d.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+		d.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 		return nil
 	}
 	if ks.Spec.Type == corev1.ServiceTypeExternalName {
-		d.infof(o, "spec.type", "ExternalName services are not supported; skipped")
+		d.Infof(o, "spec.type", "ExternalName services are not supported; skipped")
 		return nil
 	}
 	s := &service{
@@ -40,7 +40,7 @@ func kubeService(o *config.Object, d *diagnostics) *service {
 			continue
 		}
 		if _, err := netip.ParseAddr(ip); err != nil {
-			d.errorf(o, "spec.clusterIPs", "bad cluster IP %q; ignored", ip)
+			d.Errorf(o, "spec.clusterIPs", "bad cluster IP %q; ignored", ip)
 			continue
 		}
 		s.VIPs = append(s.VIPs, ip)
@@ -51,7 +51,7 @@ func kubeService(o *config.Object, d *diagnostics) *service {
 			continue // UDP and SCTP stay in the kernel data plane
 		}
 		if p.Port <= 0 || p.Port > 65535 {
-			d.errorf(o, fieldf("spec.ports[%d].port", i), "port %d out of range; skipped", p.Port)
+			d.Errorf(o, fieldf("spec.ports[%d].port", i), "port %d out of range; skipped", p.Port)
 			continue
 		}
 		sp := servicePort{Name: p.Name, Port: uint32(p.Port), Protocol: portProtocol(p.Name, deref(p.AppProtocol))}
@@ -62,7 +62,7 @@ func kubeService(o *config.Object, d *diagnostics) *service {
 			sp.TargetPort = uint32(p.TargetPort.IntVal)
 		}
 		if _, dup := s.port(sp.Port); dup {
-			d.errorf(o, fieldf("spec.ports[%d].port", i), "duplicate port %d; skipped", p.Port)
+			d.Errorf(o, fieldf("spec.ports[%d].port", i), "duplicate port %d; skipped", p.Port)
 			continue
 		}
 		s.Ports = append(s.Ports, sp)
@@ -71,10 +71,10 @@ func kubeService(o *config.Object, d *diagnostics) *service {
 }
 
 // serviceEntryServices models each host of a ServiceEntry as a service.
-func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
+func serviceEntryServices(o *config.Object, d *config.Diagnostics) []*service {
 	se, ok := o.Spec.(*networking.ServiceEntry)
 	if !ok || se == nil {
-		d.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+		d.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 		return nil
 	}
 	dns := false
@@ -83,18 +83,18 @@ func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 	case networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN:
 		dns = true
 	default:
-		d.warnf(o, "spec.resolution", "resolution %s is not supported yet; skipped", se.GetResolution())
+		d.Warnf(o, "spec.resolution", "resolution %s is not supported yet; skipped", se.GetResolution())
 		return nil
 	}
 	if se.GetWorkloadSelector() != nil {
-		d.warnf(o, "spec.workloadSelector", "ServiceEntry workload selectors are not supported yet; skipped")
+		d.Warnf(o, "spec.workloadSelector", "ServiceEntry workload selectors are not supported yet; skipped")
 		return nil
 	}
 	var vips []string
 	for i, a := range se.GetAddresses() {
 		if _, err := netip.ParsePrefix(a); err != nil {
 			if _, err := netip.ParseAddr(a); err != nil {
-				d.errorf(o, fieldf("spec.addresses[%d]", i), "%q is neither an IP nor a CIDR; ignored", a)
+				d.Errorf(o, fieldf("spec.addresses[%d]", i), "%q is neither an IP nor a CIDR; ignored", a)
 				continue
 			}
 		}
@@ -104,7 +104,7 @@ func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 	var ports []servicePort
 	for i, p := range se.GetPorts() {
 		if p.GetNumber() == 0 || p.GetNumber() > 65535 {
-			d.errorf(o, fieldf("spec.ports[%d].number", i), "port %d out of range; skipped", p.GetNumber())
+			d.Errorf(o, fieldf("spec.ports[%d].number", i), "port %d out of range; skipped", p.GetNumber())
 			continue
 		}
 		ports = append(ports, servicePort{Name: p.GetName(), Port: p.GetNumber(), TargetPort: p.GetTargetPort(),
@@ -113,7 +113,7 @@ func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 	var static []staticEndpoint
 	for i, e := range se.GetEndpoints() {
 		if _, err := netip.ParseAddr(e.GetAddress()); err != nil && !(dns && isDNSName(e.GetAddress())) {
-			d.errorf(o, fieldf("spec.endpoints[%d].address", i), "%q is not an IP address (or a DNS name with DNS resolution); skipped", e.GetAddress())
+			d.Errorf(o, fieldf("spec.endpoints[%d].address", i), "%q is not an IP address (or a DNS name with DNS resolution); skipped", e.GetAddress())
 			continue
 		}
 		static = append(static, staticEndpoint{Address: e.GetAddress(), Ports: e.GetPorts(), Labels: e.GetLabels()})
@@ -122,14 +122,14 @@ func serviceEntryServices(o *config.Object, d *diagnostics) []*service {
 	var out []*service
 	for i, h := range se.GetHosts() {
 		if h == "" || strings.HasPrefix(h, "*") {
-			d.warnf(o, fieldf("spec.hosts[%d]", i), "wildcard host %q is not supported yet; skipped", h)
+			d.Warnf(o, fieldf("spec.hosts[%d]", i), "wildcard host %q is not supported yet; skipped", h)
 			continue
 		}
 		svc := &service{obj: o, Hostname: resolveHost(h, o.Namespace), Namespace: o.Namespace,
 			VIPs: vips, Ports: ports, ExportTo: exp, Static: static, ServiceEntry: true, DNS: dns}
 		if dns && len(static) == 0 {
 			if !isDNSName(svc.Hostname) {
-				d.errorf(o, fieldf("spec.hosts[%d]", i), "%q is not a DNS name to resolve; skipped", h)
+				d.Errorf(o, fieldf("spec.hosts[%d]", i), "%q is not a DNS name to resolve; skipped", h)
 				continue
 			}
 			svc.Static = []staticEndpoint{{Address: svc.Hostname}}

@@ -64,7 +64,7 @@ func Prepare(snap *config.Snapshot) *Mesh {
 
 func prepare(src source) *Mesh {
 	return &Mesh{
-		m:         buildMesh(src, &diagnostics{}),
+		m:         buildMesh(src, &config.Diagnostics{}),
 		outbound:  map[string]*lazy[*nsOutput]{},
 		grpc:      map[string]*lazy[*nsOutput]{},
 		clusters:  map[string]*lazy[*clusterv3.Cluster]{},
@@ -155,7 +155,8 @@ func (p *Mesh) shared(kind ProxyKind, namespaces []string) *sharedOutput {
 	key := string(rune('0'+kind)) + strings.Join(namespaces, ",")
 	return get(&p.mu, p.sharedOut, key, func() *sharedOutput {
 		out := &sharedOutput{}
-		diags := &diagnostics{list: slices.Clone(p.m.diags.list)}
+		diags := &config.Diagnostics{}
+		diags.Append(p.m.diags.List()...)
 		refs := map[string]*clusterRef{}
 		routeNames := map[string]bool{}
 		for _, ns := range namespaces {
@@ -172,7 +173,7 @@ func (p *Mesh) shared(kind ProxyKind, namespaces []string) *sharedOutput {
 					out.routes = append(out.routes, r)
 				}
 			}
-			diags.list = append(diags.list, o.diags...)
+			diags.Append(o.diags...)
 			for _, r := range o.clusters {
 				if _, ok := refs[r.Name]; !ok {
 					refs[r.Name] = r
@@ -188,7 +189,7 @@ func (p *Mesh) shared(kind ProxyKind, namespaces []string) *sharedOutput {
 		}
 		sortByName(out.listeners, (*listenerv3.Listener).GetName)
 		sortByName(out.routes, (*routev3.RouteConfiguration).GetName)
-		out.diags = diags.sorted()
+		out.diags = diags.Sorted()
 		return out
 	})
 }
@@ -279,7 +280,7 @@ func (p *Mesh) buildProxyless(ns string) *nsOutput {
 }
 
 func (s *scope) output(ls []*listenerv3.Listener, routes []*routev3.RouteConfiguration) *nsOutput {
-	out := &nsOutput{listeners: ls, routes: routes, diags: s.diags.list}
+	out := &nsOutput{listeners: ls, routes: routes, diags: s.diags.List()}
 	for _, name := range sortedKeys(s.clusters.byName) {
 		out.clusters = append(out.clusters, s.clusters.byName[name])
 	}

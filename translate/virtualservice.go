@@ -23,10 +23,10 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 	}
 	switch {
 	case hr.GetDelegate() != nil:
-		d.warnf(o, field+".delegate", "delegate routes are not supported yet; route skipped")
+		d.Warnf(o, field+".delegate", "delegate routes are not supported yet; route skipped")
 		return r, false
 	case hr.GetMirror() != nil, len(hr.GetMirrors()) > 0, hr.GetCorsPolicy() != nil:
-		d.infof(o, field, "mirroring and CORS are not supported yet; ignored")
+		d.Infof(o, field, "mirroring and CORS are not supported yet; ignored")
 	}
 	if len(hr.GetMatch()) > 0 {
 		for j, mr := range hr.GetMatch() {
@@ -56,7 +56,7 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 	}
 	if t := hr.GetTimeout(); t != nil {
 		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
-			d.errorf(o, field+".timeout", "invalid timeout; ignored")
+			d.Errorf(o, field+".timeout", "invalid timeout; ignored")
 		} else {
 			v := t.AsDuration()
 			r.Timeout = &v
@@ -66,7 +66,7 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 		r.PrefixRewrite = rw.GetUri()
 		r.AuthorityRewrite = rw.GetAuthority()
 		if rw.GetUriRegexRewrite() != nil {
-			d.infof(o, field+".rewrite.uriRegexRewrite", "regex rewrites are not supported yet; ignored")
+			d.Infof(o, field+".rewrite.uriRegexRewrite", "regex rewrites are not supported yet; ignored")
 		}
 	}
 	s.routePolicies(o, field, hr, &r)
@@ -74,7 +74,7 @@ func (s *scope) convertHTTPRoute(o *config.Object, i int, hr *networking.HTTPRou
 	// route configuration.
 	for _, er := range envoyRoutes(r) {
 		if err := er.Validate(); err != nil {
-			d.errorf(o, field, "route would be rejected by the proxy (%v); skipped", err)
+			d.Errorf(o, field, "route would be rejected by the proxy (%v); skipped", err)
 			return r, false
 		}
 	}
@@ -96,11 +96,11 @@ func (s *scope) convertMatch(o *config.Object, field string, mr *networking.HTTP
 		return rm, false, true
 	}
 	if len(mr.GetSourceLabels()) > 0 || len(mr.GetQueryParams()) > 0 || len(mr.GetWithoutHeaders()) > 0 || mr.GetScheme() != nil {
-		d.warnf(o, field, "sourceLabels, queryParams, withoutHeaders and scheme matches are not supported yet; route skipped")
+		d.Warnf(o, field, "sourceLabels, queryParams, withoutHeaders and scheme matches are not supported yet; route skipped")
 		return rm, false, false
 	}
 	if mr.GetIgnoreUriCase() {
-		d.warnf(o, field+".ignoreUriCase", "case-insensitive URI matches are not supported yet; matching case-sensitively")
+		d.Warnf(o, field+".ignoreUriCase", "case-insensitive URI matches are not supported yet; matching case-sensitively")
 	}
 	if u := mr.GetUri(); u != nil {
 		m, ok := s.stringMatch(o, field+".uri", u)
@@ -143,12 +143,12 @@ func (s *scope) stringMatch(o *config.Object, field string, sm *networking.Strin
 		return stringMatch{Kind: matchPrefix, Value: m.Prefix}, true
 	case *networking.StringMatch_Regex:
 		if _, err := regexp.Compile(m.Regex); err != nil || m.Regex == "" {
-			s.diags.errorf(o, field+".regex", "bad regular expression %q; route skipped", m.Regex)
+			s.diags.Errorf(o, field+".regex", "bad regular expression %q; route skipped", m.Regex)
 			return stringMatch{}, false
 		}
 		return stringMatch{Kind: matchRegex, Value: m.Regex}, true
 	default:
-		s.diags.errorf(o, field, "string match has no exact, prefix or regex; route skipped")
+		s.diags.Errorf(o, field, "string match has no exact, prefix or regex; route skipped")
 		return stringMatch{}, false
 	}
 }
@@ -158,7 +158,7 @@ func (s *scope) stringMatch(o *config.Object, field string, sm *networking.Strin
 func (s *scope) destinations(o *config.Object, field string, dests []*networking.HTTPRouteDestination, sp servicePort) ([]weightedCluster, bool) {
 	d := s.diags
 	if len(dests) == 0 {
-		d.errorf(o, field+".route", "route has no destination; skipped")
+		d.Errorf(o, field+".route", "route has no destination; skipped")
 		return nil, false
 	}
 	type pick struct {
@@ -175,25 +175,25 @@ func (s *scope) destinations(o *config.Object, field string, dests []*networking
 		host := resolveHost(dst.GetHost(), o.Namespace)
 		target, ok := s.byHost[host]
 		if !ok {
-			d.errorf(o, f+".destination.host", "host %q is not a service visible from namespace %s; route skipped", host, s.ns)
+			d.Errorf(o, f+".destination.host", "host %q is not a service visible from namespace %s; route skipped", host, s.ns)
 			return nil, false
 		}
 		tp, ok := destinationPort(target, dst.GetPort().GetNumber(), sp.Port)
 		if !ok {
-			d.errorf(o, f+".destination.port", "service %s has no port %d (or several ports and none given); route skipped", host, dst.GetPort().GetNumber())
+			d.Errorf(o, f+".destination.port", "service %s has no port %d (or several ports and none given); route skipped", host, dst.GetPort().GetNumber())
 			return nil, false
 		}
 		if sub := dst.GetSubset(); sub != "" {
 			dr := s.m.destinationRuleFor(target.Hostname, target.Namespace, s.ns)
 			if _, ok := dr.subset(sub); !ok {
-				d.errorf(o, f+".destination.subset", "subset %q of host %s is not defined by any DestinationRule visible from namespace %s; route skipped", sub, host, s.ns)
+				d.Errorf(o, f+".destination.subset", "subset %q of host %s is not defined by any DestinationRule visible from namespace %s; route skipped", sub, host, s.ns)
 				return nil, false
 			}
 		}
 		w := uint32(100)
 		if len(dests) > 1 {
 			if rd.GetWeight() < 0 {
-				d.errorf(o, f+".weight", "negative weight; route skipped")
+				d.Errorf(o, f+".weight", "negative weight; route skipped")
 				return nil, false
 			}
 			w = uint32(rd.GetWeight())
@@ -205,7 +205,7 @@ func (s *scope) destinations(o *config.Object, field string, dests []*networking
 		picks = append(picks, pick{target, tp, dst.GetSubset(), w})
 	}
 	if total == 0 {
-		d.errorf(o, field+".route", "all destination weights are zero; route skipped")
+		d.Errorf(o, field+".route", "all destination weights are zero; route skipped")
 		return nil, false
 	}
 	var out []weightedCluster

@@ -60,7 +60,7 @@ type egressHost struct {
 
 // parseSidecar reads the egress hosts of a Sidecar in namespace ns.
 // It returns nil when the Sidecar does not restrict egress.
-func parseSidecar(o *config.Object, sc *networking.Sidecar, d *diagnostics) *egressScope {
+func parseSidecar(o *config.Object, sc *networking.Sidecar, d *config.Diagnostics) *egressScope {
 	if len(sc.GetEgress()) == 0 {
 		return nil
 	}
@@ -70,7 +70,7 @@ func parseSidecar(o *config.Object, sc *networking.Sidecar, d *diagnostics) *egr
 		for j, h := range l.GetHosts() {
 			nsPart, hostPart, ok := strings.Cut(h, "/")
 			if !ok || nsPart == "" || hostPart == "" {
-				d.errorf(o, fieldf("spec.egress[%d].hosts[%d]", i, j), "host %q is not of the form namespace/dnsName; ignored", h)
+				d.Errorf(o, fieldf("spec.egress[%d].hosts[%d]", i, j), "host %q is not of the form namespace/dnsName; ignored", h)
 				continue
 			}
 			switch nsPart {

@@ -61,7 +61,7 @@ func (m *mesh) sliceEndpoints(objs []*config.Object, sp servicePort) []endpoint 
 	for _, o := range objs {
 		es, ok := o.Spec.(*discoveryv1.EndpointSlice)
 		if !ok || es == nil {
-			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
 		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {

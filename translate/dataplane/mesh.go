@@ -34,7 +34,7 @@ type Mesh struct {
 	src        source
 	opts       Options
 	td         spiffeid.TrustDomain
-	diags      diagnostics
+	diags      config.Diagnostics
 	workloads  []*workload // every pod with an IP, sorted by namespace/name
 	byIP       map[netip.Addr]*workload
 	byIdentity map[uint32][]*workload // identity -> its workloads, sorted
@@ -78,7 +78,7 @@ func prepare(src source, opts Options) *Mesh {
 	}
 	td, err := spiffeid.TrustDomainFromString(opts.trustDomain())
 	if err != nil {
-		m.diags.errorf(nil, "trustDomain", "bad trust domain %q: %v; using %s", opts.TrustDomain, err, DefaultTrustDomain)
+		m.diags.Errorf(nil, "trustDomain", "bad trust domain %q: %v; using %s", opts.TrustDomain, err, DefaultTrustDomain)
 		m.opts.TrustDomain = DefaultTrustDomain
 		td = spiffeid.RequireTrustDomainFromString(DefaultTrustDomain)
 	}
@@ -161,7 +161,7 @@ func (m *Mesh) readWorkloads() {
 	for _, o := range m.src.List(config.KindPod) {
 		pod, ok := o.Spec.(*corev1.Pod)
 		if !ok {
-			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
 		if finished(pod) || pod.Spec.HostNetwork {
@@ -176,7 +176,7 @@ func (m *Mesh) readWorkloads() {
 		var kept []netip.Addr
 		for _, ip := range ips {
 			if other, dup := m.byIP[ip]; dup {
-				m.diags.errorf(o, "status.podIPs", "IP %s is also the IP of pod %s/%s; ignored here", ip, other.ns, other.name)
+				m.diags.Errorf(o, "status.podIPs", "IP %s is also the IP of pod %s/%s; ignored here", ip, other.ns, other.name)
 				continue
 			}
 			m.byIP[ip] = w
@@ -198,7 +198,7 @@ func finished(pod *corev1.Pod) bool {
 }
 
 // podIPs reads status.podIPs (or status.podIP), sorted, without duplicates.
-func podIPs(o *config.Object, pod *corev1.Pod, d *diagnostics) []netip.Addr {
+func podIPs(o *config.Object, pod *corev1.Pod, d *config.Diagnostics) []netip.Addr {
 	raw := []string{pod.Status.PodIP}
 	for _, p := range pod.Status.PodIPs {
 		raw = append(raw, p.IP)
@@ -210,7 +210,7 @@ func podIPs(o *config.Object, pod *corev1.Pod, d *diagnostics) []netip.Addr {
 		}
 		ip, err := netip.ParseAddr(s)
 		if err != nil {
-			d.errorf(o, "status.podIPs", "%q is not an IP address; ignored", s)
+			d.Errorf(o, "status.podIPs", "%q is not an IP address; ignored", s)
 			continue
 		}
 		out = append(out, ip.Unmap())
@@ -224,7 +224,7 @@ func podIPs(o *config.Object, pod *corev1.Pod, d *diagnostics) []netip.Addr {
 func (m *Mesh) spiffeID(w *workload) string {
 	id, err := spiffeid.FromSegments(m.td, "ns", w.ns, "sa", w.sa)
 	if err != nil {
-		m.diags.errorf(w.obj, "spec.serviceAccountName", "no SPIFFE ID for %s/%s: %v", w.ns, w.sa, err)
+		m.diags.Errorf(w.obj, "spec.serviceAccountName", "no SPIFFE ID for %s/%s: %v", w.ns, w.sa, err)
 		return ""
 	}
 	return id.String()

@@ -31,7 +31,7 @@ const AccelerateAnnotation = "nodemesh.io/accelerate"
 //     identity is a source of one of those policies; nothing else, so a
 //     node does not carry the whole cluster.
 func (m *Mesh) Translate(node string) *Resources {
-	res := &Resources{Diagnostics: m.diags.sorted()}
+	res := &Resources{Diagnostics: m.diags.Sorted()}
 	localNS := map[string]bool{}
 	localIDs := map[uint32]bool{}
 	want := map[*workload]bool{}

@@ -72,11 +72,11 @@ func (m *Mesh) readPolicies() {
 	for _, o := range m.src.List(config.KindAuthorizationPolicy) {
 		ap, ok := o.Spec.(*security.AuthorizationPolicy)
 		if !ok {
-			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
 		if ap.GetTargetRef() != nil || len(ap.GetTargetRefs()) > 0 {
-			m.diags.warnf(o, "spec.targetRefs", "policies attached to gateways or waypoints are not enforced by the node data plane; skipped")
+			m.diags.Warnf(o, "spec.targetRefs", "policies attached to gateways or waypoints are not enforced by the node data plane; skipped")
 			continue
 		}
 		p := &policy{obj: o, kernelFor: map[uint32]bool{}}
@@ -87,12 +87,12 @@ func (m *Mesh) readPolicies() {
 			p.action = dataplanev1.Action_DENY
 		case security.AuthorizationPolicy_CUSTOM:
 			p.custom = true
-			m.diags.infof(o, "spec.action", "CUSTOM is enforced by ext_authz in the node proxy; the selected services are redirected to it")
+			m.diags.Infof(o, "spec.action", "CUSTOM is enforced by ext_authz in the node proxy; the selected services are redirected to it")
 		case security.AuthorizationPolicy_AUDIT:
-			m.diags.infof(o, "spec.action", "AUDIT does not change verdicts; not enforced by the node data plane")
+			m.diags.Infof(o, "spec.action", "AUDIT does not change verdicts; not enforced by the node data plane")
 			continue
 		default:
-			m.diags.errorf(o, "spec.action", "unknown action %v; skipped", ap.GetAction())
+			m.diags.Errorf(o, "spec.action", "unknown action %v; skipped", ap.GetAction())
 			continue
 		}
 		p.selected = m.selectWorkloads(o, ap.GetSelector().GetMatchLabels())
@@ -130,7 +130,7 @@ func (m *Mesh) readRules(p *policy, rules []*security.Rule) {
 	for i, r := range rules {
 		if field := proxyOnly(r, i); field != "" {
 			p.proxy = append(p.proxy, field)
-			m.diags.infof(p.obj, field, "rule %d uses an L7 or negated attribute: enforced by Envoy RBAC in the node proxy, not in the kernel", i)
+			m.diags.Infof(p.obj, field, "rule %d uses an L7 or negated attribute: enforced by Envoy RBAC in the node proxy, not in the kernel", i)
 			continue
 		}
 		if kr, ok := rr.read(r, i); ok {
@@ -168,7 +168,7 @@ func (m *Mesh) resolvePolicies() {
 				}
 			case !full:
 				ip.proxy = true
-				m.diags.warnf(p.obj, "spec.selector", "selects only some workloads of identity %s/%s; the kernel decides per identity, so the node proxy enforces this DENY policy for it", all[0].ns, all[0].sa)
+				m.diags.Warnf(p.obj, "spec.selector", "selects only some workloads of identity %s/%s; the kernel decides per identity, so the node proxy enforces this DENY policy for it", all[0].ns, all[0].sa)
 			default:
 				p.kernelFor[id] = true
 				ip.proxy = ip.proxy || len(p.proxy) > 0
@@ -177,7 +177,7 @@ func (m *Mesh) resolvePolicies() {
 		if allowInProxy {
 			ip.proxy = true
 			for _, p := range allows {
-				m.diags.infof(p.obj, "spec", "identity %s/%s: its ALLOW policies are all enforced by the node proxy (one of them has L7 rules or selects only some of its workloads)", all[0].ns, all[0].sa)
+				m.diags.Infof(p.obj, "spec", "identity %s/%s: its ALLOW policies are all enforced by the node proxy (one of them has L7 rules or selects only some of its workloads)", all[0].ns, all[0].sa)
 			}
 			continue
 		}

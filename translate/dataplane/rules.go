@@ -196,7 +196,7 @@ func (rr *ruleReader) read(r *security.Rule, i int) (kernelRule, bool) {
 	for k, c := range r.GetWhen() {
 		field := fieldf("spec.rules[%d].when[%d]", i, k)
 		if len(c.GetValues()) == 0 {
-			rr.m.diags.errorf(rr.obj, field+".values", "condition %q has no values", c.GetKey())
+			rr.m.diags.Errorf(rr.obj, field+".values", "condition %q has no values", c.GetKey())
 			if !rr.deny {
 				return kernelRule{}, false
 			}
@@ -212,7 +212,7 @@ func (rr *ruleReader) read(r *security.Rule, i int) (kernelRule, bool) {
 		case "destination.port":
 			ports = ports.intersect(rr.ports(c.GetValues(), field+".values"))
 		default:
-			rr.m.diags.errorf(rr.obj, field+".key", "unsupported condition key %q", c.GetKey())
+			rr.m.diags.Errorf(rr.obj, field+".key", "unsupported condition key %q", c.GetKey())
 			if !rr.deny {
 				return kernelRule{}, false // fails closed: the ALLOW rule matches nothing
 			}
@@ -245,7 +245,7 @@ func (rr *ruleReader) values(vals []string, field string, match func(v string) (
 	for i, v := range vals {
 		set, bad := match(v)
 		if bad != "" {
-			rr.m.diags.errorf(rr.obj, fieldf("%s[%d]", field, i), "%s", bad)
+			rr.m.diags.Errorf(rr.obj, fieldf("%s[%d]", field, i), "%s", bad)
 			if rr.deny {
 				return anyIDs()
 			}
@@ -270,7 +270,7 @@ func (rr *ruleReader) principals(vals []string, field string) idSet {
 			return idSet{}, "principal " + strconv.Quote(v) + " is not of the form <trust domain>/ns/<namespace>/sa/<service account>"
 		}
 		if parts[0] != td {
-			rr.m.diags.warnf(rr.obj, field, "principal %q is in trust domain %q, not the mesh's %q: matches no workload", v, parts[0], td)
+			rr.m.diags.Warnf(rr.obj, field, "principal %q is in trust domain %q, not the mesh's %q: matches no workload", v, parts[0], td)
 			return idSet{ids: map[uint32]bool{}}, ""
 		}
 		return rr.m.identity(parts[2], parts[4]), ""
@@ -305,7 +305,7 @@ func (rr *ruleReader) ipBlocks(vals []string, field string) idSet {
 	for i, v := range vals {
 		p, err := parseBlock(v)
 		if err != nil {
-			rr.m.diags.errorf(rr.obj, fieldf("%s[%d]", field, i), "%q is neither an IP address nor a CIDR", v)
+			rr.m.diags.Errorf(rr.obj, fieldf("%s[%d]", field, i), "%q is neither an IP address nor a CIDR", v)
 			bad = true
 			continue
 		}
@@ -315,7 +315,7 @@ func (rr *ruleReader) ipBlocks(vals []string, field string) idSet {
 		return anyIDs()
 	}
 	if rr.deny {
-		rr.m.diags.warnf(rr.obj, field, "the kernel denies the mesh workloads inside these blocks; other sources in them are denied only by the node proxy")
+		rr.m.diags.Warnf(rr.obj, field, "the kernel denies the mesh workloads inside these blocks; other sources in them are denied only by the node proxy")
 	}
 	inside := func(ip netip.Addr) bool {
 		return slices.ContainsFunc(blocks, func(p netip.Prefix) bool { return p.Contains(ip) })
@@ -333,7 +333,7 @@ func (rr *ruleReader) ipBlocks(vals []string, field string) idSet {
 		case rr.deny && some, !rr.deny && all:
 			out.ids[id] = true
 		case some:
-			rr.m.diags.warnf(rr.obj, field, "only some workloads of identity %s/%s are inside; the kernel decides per identity, so it does not allow them", ws[0].ns, ws[0].sa)
+			rr.m.diags.Warnf(rr.obj, field, "only some workloads of identity %s/%s are inside; the kernel decides per identity, so it does not allow them", ws[0].ns, ws[0].sa)
 		}
 	}
 	return out

@@ -52,7 +52,7 @@ func (m *Mesh) readServices() {
 	for _, o := range m.src.List(config.KindService) {
 		ks, ok := o.Spec.(*corev1.Service)
 		if !ok {
-			m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+			m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 			continue
 		}
 		if ks.Spec.Type == corev1.ServiceTypeExternalName {
@@ -84,7 +84,7 @@ func (m *Mesh) dropShared(s *service, served map[vipPort]*service) {
 	s.ports = slices.DeleteFunc(s.ports, func(sp *servicePort) bool {
 		for _, vip := range s.vips {
 			if other := served[vipPort{vip, sp.port, sp.proto}]; other != nil {
-				m.diags.errorf(s.obj, "spec.clusterIPs", "%s port %d/%s is already served by service %s/%s; port skipped",
+				m.diags.Errorf(s.obj, "spec.clusterIPs", "%s port %d/%s is already served by service %s/%s; port skipped",
 					vip, sp.port, protocolName(sp.proto), other.ns, other.name)
 				return true
 			}
@@ -96,7 +96,7 @@ func (m *Mesh) dropShared(s *service, served map[vipPort]*service) {
 	})
 }
 
-func clusterIPs(o *config.Object, ks *corev1.Service, d *diagnostics) []string {
+func clusterIPs(o *config.Object, ks *corev1.Service, d *config.Diagnostics) []string {
 	ips := ks.Spec.ClusterIPs
 	if len(ips) == 0 && ks.Spec.ClusterIP != "" {
 		ips = []string{ks.Spec.ClusterIP}
@@ -108,7 +108,7 @@ func clusterIPs(o *config.Object, ks *corev1.Service, d *diagnostics) []string {
 		}
 		ip, err := netip.ParseAddr(s)
 		if err != nil {
-			d.errorf(o, "spec.clusterIPs", "bad cluster IP %q; ignored", s)
+			d.Errorf(o, "spec.clusterIPs", "bad cluster IP %q; ignored", s)
 			continue
 		}
 		out = append(out, ip.Unmap().String())
@@ -127,15 +127,15 @@ func (m *Mesh) readPorts(s *service, ks *corev1.Service) {
 		case corev1.ProtocolUDP:
 			sp.proto = dataplanev1.Protocol_UDP
 		default:
-			m.diags.infof(s.obj, fieldf("spec.ports[%d].protocol", i), "protocol %s is not balanced by the node data plane; skipped", p.Protocol)
+			m.diags.Infof(s.obj, fieldf("spec.ports[%d].protocol", i), "protocol %s is not balanced by the node data plane; skipped", p.Protocol)
 			continue
 		}
 		if p.Port <= 0 || p.Port > 65535 {
-			m.diags.errorf(s.obj, fieldf("spec.ports[%d].port", i), "port %d out of range; skipped", p.Port)
+			m.diags.Errorf(s.obj, fieldf("spec.ports[%d].port", i), "port %d out of range; skipped", p.Port)
 			continue
 		}
 		if slices.ContainsFunc(s.ports, func(o *servicePort) bool { return o.port == sp.port && o.proto == sp.proto }) {
-			m.diags.errorf(s.obj, fieldf("spec.ports[%d].port", i), "duplicate port %d/%s; skipped", p.Port, p.Protocol)
+			m.diags.Errorf(s.obj, fieldf("spec.ports[%d].port", i), "duplicate port %d/%s; skipped", p.Port, p.Protocol)
 			continue
 		}
 		sp.http = isHTTP(p.Name, deref(p.AppProtocol))
@@ -166,7 +166,7 @@ func (m *Mesh) readBackends(s *service, sp *servicePort) {
 		for _, o := range ess {
 			es, ok := o.Spec.(*discoveryv1.EndpointSlice)
 			if !ok {
-				m.diags.errorf(o, "spec", "unexpected spec type %T", o.Spec)
+				m.diags.Errorf(o, "spec", "unexpected spec type %T", o.Spec)
 				continue
 			}
 			port := slicePort(es, sp)
@@ -207,7 +207,7 @@ func (m *Mesh) readBackends(s *service, sp *servicePort) {
 			if port == 0 {
 				continue
 			}
-			for _, ip := range podIPs(o, pod, &diagnostics{}) {
+			for _, ip := range podIPs(o, pod, &config.Diagnostics{}) {
 				list = append(list, be{ip, port, pod.Spec.NodeName})
 			}
 		}
