@@ -46,11 +46,13 @@ func ProxyForNode(n *corev3.Node) (translate.Proxy, error) {
 	}
 }
 
-// ProxyKindString names a proxy kind for status output.
+// ProxyKindString names a proxy kind for status output: "node" for a
+// node's streams (its agent's dataplane types and its shared Envoy's),
+// "grpc" for a proxyless gRPC client.
 func ProxyKindString(k translate.ProxyKind) string {
 	switch k {
 	case translate.SharedEnvoy:
-		return "envoy"
+		return "node"
 	case translate.ProxylessGRPC:
 		return "grpc"
 	default:

@@ -255,7 +255,7 @@ func TestDebugEndpoints(t *testing.T) {
 	if err := json.Unmarshal([]byte(httpGet(t, srv.debug.URL+"/debug/syncz?format=json")), &st); err != nil {
 		t.Fatal(err)
 	}
-	if len(st) != 1 || st[0].ID != "node-c" || st[0].Kind != "envoy" || len(st[0].Types) != 4 {
+	if len(st) != 1 || st[0].ID != "node-c" || st[0].Kind != "node" || len(st[0].Types) != 4 {
 		t.Fatalf("syncz json = %+v", st)
 	}
 	var dump struct {
