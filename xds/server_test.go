@@ -277,7 +277,7 @@ func TestDebugEndpoints(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("unknown node: status %d", resp.StatusCode)
 	}
-	if d := httpGet(t, srv.debug.URL+"/debug/diagnostics"); !strings.Contains(d, "Warning Service/default/echo: fake diagnostic for envoy") {
+	if d := httpGet(t, srv.debug.URL+"/debug/diagnostics"); !strings.Contains(d, "Warning Service/default/echo: fake diagnostic for node") {
 		t.Fatalf("diagnostics = %q", d)
 	}
 	m := httpGet(t, srv.debug.URL+"/metrics")
