@@ -61,10 +61,11 @@ echo "== sync status (meshctl proxy-status)"
 "$BIN/meshctl" proxy-status --addr 127.0.0.1:15014
 echo
 echo "== diagnostics (meshctl analyze)"
-"$BIN/meshctl" analyze cmd/meshd/demo || true
+"$BIN/meshctl" analyze cmd/meshd/demo
 
 echo
 echo "== traffic through the kernel's socket load balancer"
+failed=0
 if command -v python3 >/dev/null; then
 	for ipport in 127.0.11.10:9080 127.0.11.11:9080; do
 		dir=$work/www/${ipport%%:*}
@@ -77,11 +78,13 @@ if command -v python3 >/dev/null; then
 		printf '%-12s VIP %s:9080 -> ' "${svc%%:*}" "${svc##*:}"
 		# A shell moved into the demo cgroup execs curl: its socket is the
 		# agent's to balance. Outside that cgroup the VIP does not exist.
-		bash -c 'echo $$ >"$1/cgroup.procs" && exec curl -s --max-time 3 "http://$2:9080/"' _ "$cg/clients" "${svc##*:}" || echo "(failed)"
+		bash -c 'echo $$ >"$1/cgroup.procs" && exec curl -sf --max-time 3 "http://$2:9080/"' _ "$cg/clients" "${svc##*:}" ||
+			{ echo "(failed)"; failed=1; }
 	done
 else
-	echo "python3 not found: skipping the traffic part"
+	echo "python3 not found: skipping the traffic part (apt-get install python3)"
 fi
+[ "$failed" = 0 ] || { echo "demo: traffic through the VIPs failed" >&2; exit 1; }
 
 echo
 echo "meshd debug: http://127.0.0.1:15014/debug/syncz  agent status: http://127.0.0.1:15020/status"
