@@ -66,6 +66,12 @@ func run() error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	if *cgroup == "" {
+		if *uninstall {
+			// Open (below) attaches to the cgroup it is given before
+			// Uninstall detaches: the default, the whole hierarchy, would
+			// catch every process of the machine for that moment.
+			return errors.New("--uninstall needs --cgroup: the cgroup the agent was attached to")
+		}
 		mount, err := nodeagent.CgroupV2Mount()
 		if err != nil {
 			return err
