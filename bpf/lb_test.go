@@ -50,7 +50,9 @@ func TestLoadBalanceTCP(t *testing.T) {
 				}
 				got := float64(res.Replies[b.String()]) / n
 				t.Logf("%s: %.3f (want %.3f)", b, got, want)
-				if math.Abs(got-want) > 0.04 {
+				if want == 0 && got != 0 {
+					t.Errorf("backend %s of weight 0 got %.3f of connects, want none", b, got)
+				} else if math.Abs(got-want) > 0.04 {
 					t.Errorf("backend %s got %.3f of connects, want %.3f +- 0.04", b, got, want)
 				}
 			}
