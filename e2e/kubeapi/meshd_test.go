@@ -46,7 +46,7 @@ func TestMeshdOnAPIServer(t *testing.T) {
 	}
 	bookinfo, err := os.ReadFile("../../../shared/testdata/istio/samples/bookinfo/networking/destination-rule-all.yaml")
 	if err != nil {
-		t.Skipf("bookinfo sample not available: %v", err)
+		t.Fatalf("bookinfo sample (../shared beside the repository) not readable: %v", err)
 	}
 	mustApply(t, srv, []byte(reviewsService))
 	mustApply(t, srv, bookinfo)
