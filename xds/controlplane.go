@@ -436,6 +436,10 @@ func (cp *ControlPlane) debugMux() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /debug/security", cp.securityMetrics)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if cp.files == nil { // a Feed: serving started only after it synced
+			fmt.Fprintln(w, "ok: config feed synced")
+			return
+		}
 		st := cp.files.Status()
 		if st.LastApplied.IsZero() {
 			msg := "no configuration loaded yet"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -202,6 +203,14 @@ func TestControlPlaneFeed(t *testing.T) {
 			case <-feed.written:
 			default:
 				t.Fatal("serving before the feed wrote the store")
+			}
+			resp, err := http.Get("http://" + cp.DebugAddr() + "/readyz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("/readyz: status %d", resp.StatusCode)
 			}
 		})
 	}
