@@ -85,6 +85,9 @@ func (c callbacks) request(key streamKey, r requestInfo) (*NACKError, error) {
 	node, err := c.s.streamNode(key, r)
 	if err != nil {
 		c.s.log.Warn("xds stream refused", "err", err)
+		if _, ok := status.FromError(err); ok {
+			return nil, err // already carries its code
+		}
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	nack, matched := c.s.acks.answered(key, node, r.typeURL, r.nonce, r.errDetail)

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/identity"
@@ -322,6 +323,43 @@ func TestSecureControlPlaneSDS(t *testing.T) {
 		}
 		if _, err := recvWithin(t, 10*time.Second, st.Recv); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("got %v; want PermissionDenied", err)
+		}
+	})
+
+	// A workload may connect as a proxyless gRPC client of its namespace,
+	// but not under the id of a connected node: it would be served that
+	// node's snapshot, secrets included.
+	t.Run("a workload may not take a connected node's id", func(t *testing.T) {
+		agent := sotwOn(t, agentConn(t, ca, cp.XDSAddr(), "node-a"))
+		if err := agent.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := recvWithin(t, 10*time.Second, agent.Recv); err != nil {
+			t.Fatal(err)
+		}
+		svid, err := ca.NewSVID(spiffeid.RequireFromString(sa("bookinfo-productpage")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := AgentClientTLS(staticSVID{svid}, ca, tdLocal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		md, err := structpb.NewStruct(map[string]any{MetaProxy: ProxyValueGRPC, MetaNamespace: "default"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := sotwOn(t, conn)
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a", Metadata: md}, TypeUrl: resourcev3.SecretType}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := recvWithin(t, 10*time.Second, st.Recv); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("got %d resources, err %v; want PermissionDenied", len(r.GetResources()), err)
 		}
 	})
 

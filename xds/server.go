@@ -11,6 +11,8 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
@@ -143,12 +145,23 @@ func (s *Server) streamNode(key streamKey, req requestInfo) (string, error) {
 	}
 	id := req.node.GetId()
 	ns, existed := s.nodes[id]
+	if existed && ns.proxy != proxy {
+		if ns.streams > 0 {
+			// Another client holds this id with other metadata (e.g. a
+			// workload claiming a node's id as a gRPC client): serving it
+			// the node's snapshot would hand it the node's secrets.
+			s.mu.Unlock()
+			return "", status.Errorf(codes.PermissionDenied, "xds node %q is connected as %s; a stream as %s is refused",
+				id, ProxyKindString(ns.proxy.Kind), ProxyKindString(proxy.Kind))
+		}
+		existed = false // the node came back as something else: serve what it is now
+	}
 	if !existed {
+		if _, known := s.nodes[id]; !known {
+			s.metrics.nodes.Add(1)
+		}
 		ns = &nodeState{id: id, proxy: proxy, connectedAt: s.cfg.Now()}
 		s.nodes[id] = ns
-		s.metrics.nodes.Add(1)
-	} else if ns.proxy != proxy {
-		s.log.Warn("xds node reconnected with other metadata; keeping the first", "node", id, "first", ns.proxy, "now", proxy)
 	}
 	ns.streams++
 	s.streams[key] = id
