@@ -261,8 +261,11 @@ func TestRotatorFollowsWatcher(t *testing.T) {
 		go func() { done <- r.Run(ctx) }()
 		sub := r.Subscribe()
 
-		s1, _ := ca.NewSVID(id)
-		s2, _ := ca.NewSVID(id)
+		s1, err1 := ca.NewSVID(id)
+		s2, err2 := ca.NewSVID(id)
+		if err := errors.Join(err1, err2); err != nil {
+			t.Fatal(err)
+		}
 		src.ch <- s1
 		src.ch <- s1 // a repeat (e.g. an unrelated agent update) is not republished
 		src.ch <- s2
@@ -270,7 +273,10 @@ func TestRotatorFollowsWatcher(t *testing.T) {
 		synctest.Wait()
 		time.Sleep(time.Second)
 		synctest.Wait()
-		s3, _ := ca.NewSVID(id)
+		s3, err := ca.NewSVID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
 		src.ch <- s3
 		for i, want := range []*x509svid.SVID{s1, s2, s3} {
 			u, err := sub.Next(ctx)

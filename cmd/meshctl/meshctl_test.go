@@ -35,7 +35,7 @@ func bookinfoFiles(t *testing.T) []string {
 	}
 	for _, f := range files {
 		if _, err := os.Stat(f); err != nil {
-			t.Skipf("Istio samples not found (%v); they live in shared/testdata beside the repo", err)
+			t.Fatalf("Istio samples not found (%v); they live in shared/testdata beside the repo", err)
 		}
 	}
 	return files
@@ -127,7 +127,7 @@ func TestAnalyzeBookinfo(t *testing.T) {
 
 func TestAnalyzeFolderWithClashingAlternatives(t *testing.T) {
 	if _, err := os.Stat(bookinfo); err != nil {
-		t.Skipf("Istio samples not found: %v", err)
+		t.Fatalf("Istio samples not found: %v", err)
 	}
 	// The whole sample folder defines reviews many times over: each
 	// duplicate is an error naming both places.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -22,6 +23,17 @@ type kubeFlags struct {
 }
 
 func (k kubeFlags) on() bool { return k.enabled || k.kubeconfig != "" }
+
+// check refuses flags that would be silently ignored.
+func (k kubeFlags) check() error {
+	switch {
+	case !k.on() && (k.namespace != "" || k.leaseNamespace != "" || k.leaseIdentity != ""):
+		return errors.New("--kube-namespace and --lease-* need --kube")
+	case (k.leaseNamespace == "") != (k.leaseIdentity == ""):
+		return errors.New("--lease-namespace and --lease-identity go together (status Events are written only by the elected replica)")
+	}
+	return nil
+}
 
 // newFeed wires config/kube as meshd's feed. Status write-back (Events) is
 // on only with a Lease to elect the replica that writes.

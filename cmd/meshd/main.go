@@ -57,6 +57,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: meshd (--config DIR | --kube [--kubeconfig FILE]) [--xds-addr ADDR] [--debug-addr ADDR] [--ca-dir DIR] [--xds-insecure] [--mtls=false] [--log-level LEVEL]")
 		os.Exit(2)
 	}
+	if err := kf.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "meshd:", err)
+		os.Exit(2)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	cfg.Logger = log
 	if kf.on() {

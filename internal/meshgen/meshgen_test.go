@@ -36,7 +36,10 @@ func TestGenerate(t *testing.T) {
 	if got := len(snap.EndpointSlicesFor(NamespaceName(3), ServiceName(10))); got != 1 {
 		t.Errorf("EndpointSlices of %s = %d, want 1", ServiceName(10), got)
 	}
-	again, _ := Generate(p)
+	again, err := Generate(p)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range objs {
 		if objs[i].Key != again[i].Key {
 			t.Fatalf("not deterministic at %d: %v vs %v", i, objs[i].Key, again[i].Key)
