@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -59,6 +60,11 @@ func subscribeLikeEnvoy(t *testing.T, c *deltaClient) {
 	t.Helper()
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: c.node, TypeUrl: resourcev3.ClusterType})
 	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType})
+	// Done once every subscribed type has answered and nothing more comes
+	// for a while; a slow first answer on a loaded machine is waited for.
+	pending := map[string]bool{resourcev3.ClusterType: true, resourcev3.ListenerType: true}
+	answered := map[string]bool{}
+	deadline := time.After(10 * time.Second)
 	for {
 		var r *discoveryv3.DeltaDiscoveryResponse
 		select {
@@ -66,8 +72,15 @@ func subscribeLikeEnvoy(t *testing.T, c *deltaClient) {
 		case err := <-c.errs:
 			t.Fatalf("%s: stream ended: %v", c.node.GetId(), err)
 		case <-time.After(quiet):
-			return
+			if len(pending) == 0 {
+				return
+			}
+			continue
+		case <-deadline:
+			t.Fatalf("%s: no answer for %v", c.node.GetId(), slices.Sorted(maps.Keys(pending)))
 		}
+		delete(pending, r.GetTypeUrl())
+		answered[r.GetTypeUrl()] = true
 		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
 		var dep string
 		var names []string
@@ -90,6 +103,9 @@ func subscribeLikeEnvoy(t *testing.T, c *deltaClient) {
 			}
 		}
 		if dep != "" {
+			if !answered[dep] {
+				pending[dep] = true
+			}
 			slices.Sort(names)
 			c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: dep, ResourceNamesSubscribe: slices.Compact(names)})
 		}
