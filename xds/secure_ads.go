@@ -63,10 +63,10 @@ func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {
 	if r.svid == nil || identity.NeedsRotation(r.svid.Certificates[0], r.now()) {
 		s, err := r.issue()
 		if err != nil {
-			if r.svid != nil {
+			if r.svid != nil && r.now().Before(r.svid.Certificates[0].NotAfter) {
 				return r.svid, nil // keep serving the current one until it expires
 			}
-			return nil, err
+			return nil, fmt.Errorf("re-issue meshd's SVID: %w", err)
 		}
 		r.svid = s
 	}
