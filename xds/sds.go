@@ -120,6 +120,18 @@ func (c *secretCache) refreshBundle() error {
 	return nil
 }
 
+// prune forgets the SVIDs of identities not in keep (service accounts
+// with no pods left), so they are neither kept nor rotated.
+func (c *secretCache) prune(keep map[string]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.svids {
+		if !keep[id] {
+			delete(c.svids, id)
+		}
+	}
+}
+
 // rotate re-issues SVIDs past half their lifetime and refreshes the
 // bundle; it returns how many secrets changed.
 func (c *secretCache) rotate() (int, error) {

@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/translate"
@@ -158,6 +159,9 @@ func (s *SecureSource) Run(ctx context.Context) error {
 // a changed trust bundle; when anything changed it signals Changed (nodes
 // then get a push) and reports true. Run calls it every RotationCheck.
 func (s *SecureSource) Rotate() bool {
+	if v, ok := s.inner.Current().(SnapshotView); ok {
+		s.secrets.prune(meshIdentities(v.Snapshot(), s.cfg.Options.TrustDomain))
+	}
 	n, err := s.secrets.rotate()
 	if err != nil {
 		s.cfg.Logger.Error("xds security: SVID rotation failed; retrying at the next check", "err", err)
@@ -177,6 +181,24 @@ func (s *SecureSource) AllowedSecrets(node string) []string {
 		return nil
 	}
 	return allowedSecrets(v.Snapshot(), node, s.cfg.Options.TrustDomain)
+}
+
+// meshIdentities are the identities of every node's pods: the SVIDs worth
+// keeping (and rotating).
+func meshIdentities(snap *config.Snapshot, td spiffeid.TrustDomain) map[string]bool {
+	nodes := map[string]bool{}
+	for _, o := range snap.List(config.KindPod) {
+		if pod, ok := o.Spec.(*corev1.Pod); ok && pod.Spec.NodeName != "" {
+			nodes[pod.Spec.NodeName] = true
+		}
+	}
+	keep := map[string]bool{}
+	for node := range nodes {
+		for _, id := range secure.Identities(snap, node, td) {
+			keep[id.String()] = true
+		}
+	}
+	return keep
 }
 
 func allowedSecrets(snap *config.Snapshot, node string, td spiffeid.TrustDomain) []string {
