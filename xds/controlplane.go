@@ -17,6 +17,7 @@ import (
 
 	dataplanev1 "github.com/nodemesh/nodemesh/api/dataplane/v1"
 	"github.com/nodemesh/nodemesh/config"
+	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/translate"
 	"github.com/nodemesh/nodemesh/translate/dataplane"
 )
@@ -229,7 +230,8 @@ type ControlPlane struct {
 	err     error
 	done    chan struct{}
 
-	secureSrc *SecureSource // nil without Security
+	secureSrc *SecureSource         // nil without Security
+	certs     *identity.CertService // Istio's certificate API; nil without TLS
 	guard     *ADSGuard
 }
 
@@ -296,6 +298,9 @@ func StartControlPlane(cfg ControlPlaneConfig) (_ *ControlPlane, err error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	}, grpcOpts...)...)
 	cp.xds.Register(cp.grpc)
+	if cp.certs != nil {
+		cp.certs.Register(cp.grpc)
+	}
 	cp.http = &http.Server{Handler: cp.debugMux(), ReadHeaderTimeout: 5 * time.Second}
 	cp.run()
 	cp.log.Info("meshd serving", "xds", cp.XDSAddr(), "debug", cp.DebugAddr(), "config", cfg.ConfigDir)

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/translate/secure"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // ControlPlaneSecurity turns on identity in meshd: translate/secure on
@@ -89,8 +92,34 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 			return nil, nil, err
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+		if signer, ok := sec.CA.(identity.CSRSigner); ok {
+			// Istio's certificate API on the same mTLS port.
+			if cp.certs, err = identity.NewCertService(identity.CertServiceConfig{
+				Signer: signer, Authorizer: certAuthorizer(ss),
+			}); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	return ss, opts, nil
+}
+
+// certAuthorizer is who may get which SVID from CreateCertificate: a
+// workload its own identity; a node agent the identities of the pods on
+// its node (the same rule as SDS), nothing else.
+func certAuthorizer(ss *SecureSource) identity.Authorizer {
+	return identity.AuthorizerFunc(func(_ context.Context, caller identity.Caller, requested spiffeid.ID) error {
+		if caller.ID == requested {
+			return nil
+		}
+		if caller.Node == "" {
+			return fmt.Errorf("%s may not get an SVID for %s", caller.ID, requested)
+		}
+		if !slices.Contains(ss.AllowedSecrets(caller.Node), secure.SecretName(requested)) {
+			return fmt.Errorf("node %s runs no pod with identity %s", caller.Node, requested)
+		}
+		return nil
+	})
 }
 
 // runSecure runs the secure source (rotation), if any, until ctx ends.
