@@ -221,6 +221,11 @@ func (g *ADSGuard) authorize(p adsPeer, node *corev3.Node) error {
 	if proxy.Kind != translate.ProxylessGRPC || proxy.Namespace != ns {
 		return fmt.Errorf("workload %s may only connect as a proxyless gRPC client of namespace %s", p.id, ns)
 	}
+	// A node's name is its agent's id: a workload holding it would keep
+	// the agent out (the server refuses a second client of another kind).
+	if g.Allowed != nil && len(g.Allowed(node.GetId())) > 1 {
+		return fmt.Errorf("workload %s may not use node %q's name as its xDS node id", p.id, node.GetId())
+	}
 	return nil
 }
 

@@ -363,6 +363,34 @@ func TestSecureControlPlaneSDS(t *testing.T) {
 		}
 	})
 
+	// Nor may it take a node's name before the agent connects.
+	t.Run("a workload may not use a node's name as its id", func(t *testing.T) {
+		svid, err := ca.NewSVID(spiffeid.RequireFromString(sa("bookinfo-productpage")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := AgentClientTLS(staticSVID{svid}, ca, tdLocal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		md, err := structpb.NewStruct(map[string]any{MetaProxy: ProxyValueGRPC, MetaNamespace: "default"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := sotwOn(t, conn)
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-b", Metadata: md}, TypeUrl: resourcev3.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := recvWithin(t, 10*time.Second, st.Recv); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("got %v; want PermissionDenied", err)
+		}
+	})
+
 	t.Run("a client without a certificate cannot connect", func(t *testing.T) {
 		cfg, err := AgentClientTLS(staticSVID{}, ca, tdLocal)
 		if err != nil {
