@@ -337,24 +337,7 @@ func TestSecureControlPlaneSDS(t *testing.T) {
 		if _, err := recvWithin(t, 10*time.Second, agent.Recv); err != nil {
 			t.Fatal(err)
 		}
-		svid, err := ca.NewSVID(spiffeid.RequireFromString(sa("bookinfo-productpage")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := AgentClientTLS(staticSVID{svid}, ca, tdLocal)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		md, err := structpb.NewStruct(map[string]any{MetaProxy: ProxyValueGRPC, MetaNamespace: "default"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := sotwOn(t, conn)
+		st, md := workloadStream(t, ca, cp.XDSAddr(), "bookinfo-productpage", "default")
 		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a", Metadata: md}, TypeUrl: resourcev3.SecretType}); err != nil {
 			t.Fatal(err)
 		}
@@ -365,24 +348,7 @@ func TestSecureControlPlaneSDS(t *testing.T) {
 
 	// Nor may it take a node's name before the agent connects.
 	t.Run("a workload may not use a node's name as its id", func(t *testing.T) {
-		svid, err := ca.NewSVID(spiffeid.RequireFromString(sa("bookinfo-productpage")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := AgentClientTLS(staticSVID{svid}, ca, tdLocal)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		md, err := structpb.NewStruct(map[string]any{MetaProxy: ProxyValueGRPC, MetaNamespace: "default"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := sotwOn(t, conn)
+		st, md := workloadStream(t, ca, cp.XDSAddr(), "bookinfo-productpage", "default")
 		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-b", Metadata: md}, TypeUrl: resourcev3.ClusterType}); err != nil {
 			t.Fatal(err)
 		}
@@ -502,4 +468,28 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// workloadStream opens an ADS stream with the SVID of service account account
+// and the node metadata of a proxyless gRPC client of namespace ns.
+func workloadStream(t *testing.T, ca *identity.CA, addr, account, ns string) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *structpb.Struct) {
+	t.Helper()
+	svid, err := ca.NewSVID(spiffeid.RequireFromString(sa(account)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := AgentClientTLS(staticSVID{svid}, ca, tdLocal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	md, err := structpb.NewStruct(map[string]any{MetaProxy: ProxyValueGRPC, MetaNamespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sotwOn(t, conn), md
 }
