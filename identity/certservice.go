@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
@@ -61,9 +63,21 @@ func AuthorizeSelf() Authorizer {
 	})
 }
 
+// TokenAuthenticator vouches for a caller that presents no client
+// certificate by the bearer token of its request ("authorization: Bearer
+// <token>" metadata, as istiod accepts Kubernetes service account tokens):
+// a node agent's first certificate. It returns who the token stands for,
+// e.g. Caller{ID: AgentID(td), Node: the node the token is bound to}; an
+// error refuses the request (Unauthenticated).
+type TokenAuthenticator interface {
+	AuthenticateToken(ctx context.Context, token string) (Caller, error)
+}
+
 // CSRSigner is what CertService needs from a CA (*CA implements it).
 type CSRSigner interface {
 	SignCSR(csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
+	// SignAgentCSR signs AgentID with node bound (see agent.go).
+	SignAgentCSR(csr *x509.CertificateRequest, node string, ttl time.Duration) ([]*x509.Certificate, error)
 	TrustDomain() spiffeid.TrustDomain
 	Bundle() *x509bundle.Bundle
 }
@@ -73,6 +87,9 @@ type CertServiceConfig struct {
 	Signer CSRSigner
 	// Authorizer decides who gets which identity; nil means AuthorizeSelf.
 	Authorizer Authorizer
+	// Tokens authenticates callers without a client certificate; nil
+	// refuses them.
+	Tokens TokenAuthenticator
 	// Now is the clock used to verify peer certificates (default time.Now).
 	Now func() time.Time
 }
@@ -87,9 +104,12 @@ func (c CertServiceConfig) Validate() error {
 
 // CertService implements Istio's IstioCertificateService (istio.io/api
 // security/v1alpha1) on top of a CA: a CSR in, a PEM chain out (leaf, then
-// intermediates, root last, as istiod answers). It must be served over mTLS
-// (e.g. go-spiffe's tlsconfig.MTLSServerConfig): the caller is the peer's
-// X.509-SVID, which CertService verifies again against the signer's bundle.
+// intermediates, root last, as istiod answers). It must be served over TLS:
+// the caller is the peer's X.509-SVID, which CertService verifies again
+// against the signer's bundle, or, for a peer without a client certificate
+// (a node agent's first request), whoever Config.Tokens says its bearer
+// token stands for. The agent identity is only ever signed bound to the
+// caller's node.
 type CertService struct {
 	securityv1alpha1.UnimplementedIstioCertificateServiceServer
 	cfg CertServiceConfig
@@ -138,7 +158,17 @@ func (s *CertService) CreateCertificate(ctx context.Context, req *securityv1alph
 		return nil, status.Errorf(codes.InvalidArgument, "create certificate: negative validity_duration %d", req.GetValidityDuration())
 	}
 	ttl := time.Duration(req.GetValidityDuration()) * time.Second
-	chain, err := s.cfg.Signer.SignCSR(csr, requested, ttl)
+	var chain []*x509.Certificate
+	if requested == AgentID(s.cfg.Signer.TrustDomain()) {
+		// The agent identity is only ever issued bound to the caller's
+		// node: a token for node A, or A's own agent SVID when renewing.
+		if caller.Node == "" {
+			return nil, status.Errorf(codes.PermissionDenied, "create certificate: %s is issued only to a caller bound to a node", requested)
+		}
+		chain, err = s.cfg.Signer.SignAgentCSR(csr, caller.Node, ttl)
+	} else {
+		chain, err = s.cfg.Signer.SignCSR(csr, requested, ttl)
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "create certificate: %v", err)
 	}
@@ -152,7 +182,8 @@ func (s *CertService) CreateCertificate(ctx context.Context, req *securityv1alph
 	return resp, nil
 }
 
-// caller returns the verified identity of the mTLS peer.
+// caller returns the verified identity of the mTLS peer, or, for a peer
+// without a client certificate, the caller its bearer token stands for.
 func (s *CertService) caller(ctx context.Context) (Caller, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
@@ -164,7 +195,7 @@ func (s *CertService) caller(ctx context.Context) (Caller, error) {
 	}
 	certs := info.State.PeerCertificates
 	if len(certs) == 0 {
-		return Caller{}, errors.New("peer sent no client certificate")
+		return s.tokenCaller(ctx)
 	}
 	// The TLS config should have verified the chain already; verifying
 	// again costs little and keeps a misconfigured server safe.
@@ -175,6 +206,27 @@ func (s *CertService) caller(ctx context.Context) (Caller, error) {
 	c := Caller{ID: id, Certificates: certs}
 	if node, err := AgentNode(certs[0], s.cfg.Signer.TrustDomain()); err == nil {
 		c.Node = node
+	}
+	return c, nil
+}
+
+// tokenCaller authenticates the bearer token of a caller without a client
+// certificate.
+func (s *CertService) tokenCaller(ctx context.Context) (Caller, error) {
+	if s.cfg.Tokens == nil {
+		return Caller{}, errors.New("peer sent no client certificate")
+	}
+	auth := metadata.ValueFromIncomingContext(ctx, "authorization")
+	if len(auth) != 1 {
+		return Caller{}, fmt.Errorf("peer sent no client certificate and %d authorization headers, want one bearer token", len(auth))
+	}
+	token, ok := strings.CutPrefix(auth[0], "Bearer ")
+	if !ok || token == "" {
+		return Caller{}, errors.New("authorization header is not a bearer token")
+	}
+	c, err := s.cfg.Tokens.AuthenticateToken(ctx, token)
+	if err != nil {
+		return Caller{}, fmt.Errorf("bearer token: %w", err)
 	}
 	return c, nil
 }
