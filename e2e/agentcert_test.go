@@ -67,6 +67,19 @@ func (p *presented) last() string {
 	return p.serials[len(p.serials)-1]
 }
 
+// startSecureMeshd starts the control plane with mTLS from ca, and token
+// bootstrap of agent certificates by tokens.
+func (m *meshADS) startSecureMeshd(ca *identity.CA, tokens identity.TokenAuthenticator) {
+	m.t.Helper()
+	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{ConfigDir: m.dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0",
+		PollInterval: 50 * time.Millisecond, ShutdownTimeout: 500 * time.Millisecond, Logger: testLogger(),
+		Security: &xds.ControlPlaneSecurity{CA: ca, Tokens: tokens}})
+	if err != nil {
+		m.t.Fatalf("start meshd: %v", err)
+	}
+	m.cp, m.xdsAddr = cp, cp.XDSAddr()
+}
+
 // TestAgentCertADS runs the real node agent (nodeagent/agent, in this
 // process) on identity.AgentCert credentials against an in-process meshd
 // with mTLS (xds.StartControlPlane, Security{CA, Tokens}) over real gRPC:
@@ -92,13 +105,7 @@ func TestAgentCertADS(t *testing.T) {
 	for _, n := range c.Nodes {
 		tokens["tok-"+n.Name] = n.Name
 	}
-	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{ConfigDir: m.dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0",
-		PollInterval: 50 * time.Millisecond, ShutdownTimeout: 500 * time.Millisecond, Logger: testLogger(),
-		Security: &xds.ControlPlaneSecurity{CA: ca, Tokens: tokens}})
-	if err != nil {
-		t.Fatalf("start meshd: %v", err)
-	}
-	m.cp, m.xdsAddr = cp, cp.XDSAddr()
+	m.startSecureMeshd(ca, tokens)
 	t.Cleanup(m.stopMeshd)
 	c.OnCleanup(func() {
 		for _, n := range c.Nodes {
@@ -139,6 +146,11 @@ func TestAgentCertADS(t *testing.T) {
 	tlsCfgs := map[string]*tls.Config{}
 	for _, n := range c.Nodes {
 		certs[n.Name] = newCerts(n.Name, "tok-"+n.Name)
+		select { // as mesh-agent does: the first handshake has a certificate
+		case <-certs[n.Name].Issued():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no certificate by token: %+v", n.Name, certs[n.Name].Status())
+		}
 		cfg, err := xds.AgentClientTLS(certs[n.Name], certs[n.Name], td)
 		if err != nil {
 			t.Fatal(err)

@@ -186,7 +186,9 @@ type AgentCertStatus struct {
 // (meshd keeps its node binding), else with the token again. A failed
 // renewal or reload never drops a certificate that is still valid.
 type AgentCert struct {
-	cfg AgentCertConfig
+	cfg    AgentCertConfig
+	issued chan struct{} // closed at the first certificate
+	once   sync.Once
 
 	mu          sync.RWMutex
 	svid        *x509svid.SVID
@@ -207,7 +209,7 @@ func NewAgentCert(cfg AgentCertConfig) (*AgentCert, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &AgentCert{cfg: cfg.withDefaults()}
+	a := &AgentCert{cfg: cfg.withDefaults(), issued: make(chan struct{})}
 	a.st.Mode = cfg.Mode()
 	if _, err := a.reloadRoots(); err != nil {
 		return nil, err
@@ -291,12 +293,17 @@ func (a *AgentCert) backoff(failures int) time.Duration {
 	return min(d, a.cfg.RetryMax)
 }
 
+// Issued is closed once there is a certificate (at once in files mode):
+// wait on it before dialling meshd to spare the first handshake a failure.
+func (a *AgentCert) Issued() <-chan struct{} { return a.issued }
+
 // install makes svid the current certificate.
 func (a *AgentCert) install(svid *x509svid.SVID, via string) {
 	leaf := svid.Certificates[0]
 	node, _ := AgentNode(leaf, a.cfg.TrustDomain)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	defer a.once.Do(func() { close(a.issued) })
 	a.svid = svid
 	a.forceRenew = false
 	a.nextAttempt = time.Time{}

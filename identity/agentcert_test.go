@@ -114,8 +114,18 @@ func TestAgentCertTokenBootstrapRenewExpire(t *testing.T) {
 		t.Fatalf("GetX509SVID before the first fetch = %v; want none yet", err)
 	}
 
+	select {
+	case <-a.Issued():
+		t.Fatal("Issued closed before the first certificate")
+	default:
+	}
 	checkStatus(t, a, AgentCertToken, 1)
 	first := currentSerial(t, a)
+	select {
+	case <-a.Issued():
+	default:
+		t.Fatal("Issued not closed after the first certificate")
+	}
 
 	// 10m TTL, backdated 1m: the half-life is 4.5m after the fetch.
 	clock.Add(4 * time.Minute)

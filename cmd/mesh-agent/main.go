@@ -116,7 +116,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		creds.Start(ctx)
+		creds.Start(ctx, 10*time.Second, log)
 		return a.Run(ctx)
 	}
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -30,10 +31,18 @@ type xdsCreds struct {
 	certs *identity.AgentCert
 }
 
-// Start keeps the credentials current until ctx ends.
-func (c xdsCreds) Start(ctx context.Context) {
-	if c.certs != nil {
-		go c.certs.Run(ctx)
+// Start keeps the credentials current until ctx ends, and waits up to
+// wait for the first certificate (the agent retries after that).
+func (c xdsCreds) Start(ctx context.Context, wait time.Duration, log *slog.Logger) {
+	if c.certs == nil {
+		return
+	}
+	go c.certs.Run(ctx)
+	select {
+	case <-c.certs.Issued():
+	case <-ctx.Done():
+	case <-time.After(wait):
+		log.Warn("no certificate from meshd yet; connecting anyway, the agent retries", "waited", wait, "last_error", c.certs.Status().LastError)
 	}
 }
 
