@@ -27,13 +27,14 @@ const agentNamespace = "nodemesh-system"
 // TestAgentCertOnAPIServer is the node agent's certificate in a cluster,
 // with every part real but the kubelet: kube-apiserver and etcd, the meshd
 // binary (--kube: TokenReview of the agents' tokens, the bundle published
-// in a ConfigMap, --svid-ttl 70s so that renewals come 5s after issue) and
+// in a ConfigMap, --svid-ttl 10s: renewed 5s after issue) and
 // the mesh-agent binary with --xds-token (a pod-bound service account token
 // from the TokenRequest API, as a projected volume holds it) and
 // --xds-root-cert (the ConfigMap's root-cert.pem, as a ConfigMap volume
 // holds it). The agent gets its certificate for its pod's node, syncs, and
 // renews over mTLS after the token file has been replaced by a token of a
-// deleted pod (so the token cannot be what renews it). An agent with the
+// deleted pod (so the token cannot be what renews it), on the ADS stream
+// it opened with the first certificate past that one's expiry. An agent with the
 // token of a pod on another node gets a certificate for that node and
 // refuses it.
 func TestAgentCertOnAPIServer(t *testing.T) {
@@ -63,7 +64,7 @@ func TestAgentCertOnAPIServer(t *testing.T) {
 	writeFileAt(t, otherTokenFile, []byte(agentPodToken(t, kc, "mesh-agent-other", "other-node")))
 
 	xdsAddr := startMeshdBin(t, "--kube", "--kubeconfig", srv.Kubeconfig, "--ca-dir", filepath.Join(dir, "ca"),
-		"--lease-namespace", agentNamespace, "--lease-identity", "meshd-0", "--svid-ttl", "70s")
+		"--lease-namespace", agentNamespace, "--lease-identity", "meshd-0", "--svid-ttl", "10s")
 	rootsFile := filepath.Join(dir, "ca-root", kubetoken.RootCertKey)
 	if err := pollUntil(30*time.Second, func() error {
 		cm, err := kc.CoreV1().ConfigMaps(agentNamespace).Get(ctx, kubetoken.DefaultRootCertConfigMap, metav1.GetOptions{})
@@ -136,6 +137,8 @@ func TestAgentCertOnAPIServer(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("no renewal over mtls: %v", err)
 	}
+	// The stream opened with the first certificate outlives it.
+	time.Sleep(time.Until(first.NotAfter.Add(time.Second)))
 	st := status()
 	if !st.ADS.Connected || !st.ADS.Synced || st.ADS.Reconnects != 0 {
 		t.Errorf("ADS connected %v, synced %v, %d reconnects (%s); want the first stream up", st.ADS.Connected, st.ADS.Synced, st.ADS.Reconnects, st.ADS.LastError)

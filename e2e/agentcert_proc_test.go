@@ -27,7 +27,7 @@ type agentCertStatus struct {
 // --xds-token and --xds-root-cert gets its certificate from meshd and
 // renews it over mTLS; node n2 with --xds-cert-dir picks up rewritten
 // certificate files without a restart. Both stay synced on their first
-// ADS stream. Bad flag combinations exit with an error naming the flag.
+// ADS stream, n1's past the expiry of the certificate it was opened with. Bad flag combinations exit with an error naming the flag.
 func TestAgentCertProcess(t *testing.T) {
 	c := NewCluster(t, Config{})
 	RequireBPFFS(t)
@@ -35,7 +35,7 @@ func TestAgentCertProcess(t *testing.T) {
 	m := &meshADS{t: t, c: c, dir: t.TempDir(), vip: netip.MustParseAddr("10.78.0.97"), webVIP: netip.MustParseAddr("10.78.0.98"),
 		agents: map[string]*runningAgent{}}
 	m.write("mesh.yaml", m.meshYAML(m.echoCandidates()))
-	ca, err := identity.NewCA(identity.CAConfig{SVIDTTL: 70 * time.Second}) // half-life 5s after issue
+	ca, err := identity.NewCA(identity.CAConfig{SVIDTTL: 10 * time.Second}) // renewed 5s after issue
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +157,7 @@ func TestAgentCertProcess(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	time.Sleep(time.Until(first.NotAfter.Add(time.Second))) // the first stream outlives the first certificate
 	for _, n := range c.Nodes {
 		if st := status(n).ADS; !st.Connected || !st.Synced || st.Reconnects != 0 {
 			t.Errorf("%s: ADS connected %v, synced %v, %d reconnects (%s); want the first stream still up", n.Name, st.Connected, st.Synced, st.Reconnects, st.LastError)

@@ -85,10 +85,10 @@ func (m *meshADS) startSecureMeshd(ca *identity.CA, tokens identity.TokenAuthent
 // with mTLS (xds.StartControlPlane, Security{CA, Tokens}) over real gRPC:
 // each agent bootstraps its certificate with a token bound to its node,
 // its ADS stream is accepted and syncs the kernel maps; the certificates
-// are renewed over mTLS (SVID TTL 70s: the CA backdates by a minute, so
-// the half-life comes 5s after issue) with a new serial and the same node,
-// while the established ADS streams stay up (no reconnect) and carry a
-// config change; a new handshake presents the renewed certificate. A token
+// are renewed over mTLS (SVID TTL 10s: every 5s) with a new serial and the
+// same node, while the established ADS streams stay up (no reconnect) past
+// the expiry of the certificate they were opened with and carry a config
+// change; a new handshake presents the renewed certificate. A token
 // bound to another node gets a certificate the agent refuses.
 func TestAgentCertADS(t *testing.T) {
 	c := NewCluster(t, Config{})
@@ -97,7 +97,7 @@ func TestAgentCertADS(t *testing.T) {
 		agents: map[string]*runningAgent{}}
 	echo := m.echoCandidates()
 	m.write("mesh.yaml", m.meshYAML(echo))
-	ca, err := identity.NewCA(identity.CAConfig{SVIDTTL: 70 * time.Second})
+	ca, err := identity.NewCA(identity.CAConfig{SVIDTTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +204,9 @@ func TestAgentCertADS(t *testing.T) {
 	})
 
 	t.Run("stream-survives-renewal", func(t *testing.T) {
+		for _, n := range c.Nodes {
+			time.Sleep(time.Until(first[n.Name].NotAfter.Add(time.Second)))
+		}
 		since := time.Now()
 		m.write("mesh.yaml", m.meshYAML(echo[:1]))
 		m.waitBackends(echo[:1], since, 20*time.Second)

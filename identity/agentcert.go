@@ -182,7 +182,7 @@ type AgentCertStatus struct {
 // uses the current ones. In token mode the agent generates an ECDSA P-256
 // key, sends a CSR without names and the bearer token to meshd over TLS
 // that verifies meshd's ServerID, and renews at half of the lifetime
-// (NeedsRotation): over mTLS with the still-valid current certificate
+// (NeedsRotation, counted from its arrival): over mTLS with the still-valid current certificate
 // (meshd keeps its node binding), else with the token again. A failed
 // renewal or reload never drops a certificate that is still valid.
 type AgentCert struct {
@@ -194,7 +194,8 @@ type AgentCert struct {
 	svid        *x509svid.SVID
 	bundle      *x509bundle.Bundle
 	st          AgentCertStatus
-	forceRenew  bool // the roots changed and no longer verify the certificate
+	forceRenew  bool      // the roots changed and no longer verify the certificate
+	received    time.Time // when the current certificate was installed
 	rootsStamp  fileStamp
 	certStamp   fileStamp
 	keyStamp    fileStamp
@@ -282,7 +283,19 @@ func (a *AgentCert) renewalDue(now time.Time) bool {
 	if now.Before(a.nextAttempt) {
 		return false
 	}
-	return a.svid == nil || a.forceRenew || NeedsRotation(a.svid.Certificates[0], now)
+	return a.svid == nil || a.forceRenew || pastHalfLife(a.svid.Certificates[0], a.received, now)
+}
+
+// pastHalfLife is NeedsRotation with the lifetime counted from when the
+// certificate arrived if that is after its NotBefore: the CA backdates
+// NotBefore by a minute, which would make a certificate of less than two
+// minutes due at once, and renewed on every round.
+func pastHalfLife(cert *x509.Certificate, received, now time.Time) bool {
+	start := cert.NotBefore
+	if received.After(start) {
+		start = received
+	}
+	return !now.Before(start.Add(cert.NotAfter.Sub(start) / 2))
 }
 
 func (a *AgentCert) backoff(failures int) time.Duration {
@@ -304,7 +317,7 @@ func (a *AgentCert) install(svid *x509svid.SVID, via string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	defer a.once.Do(func() { close(a.issued) })
-	a.svid = svid
+	a.svid, a.received = svid, a.cfg.Now()
 	a.forceRenew = false
 	a.nextAttempt = time.Time{}
 	a.st.ID, a.st.Node, a.st.Serial = svid.ID.String(), node, leaf.SerialNumber.Text(16)

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"os"
 	"path/filepath"
@@ -127,15 +128,16 @@ func TestAgentCertTokenBootstrapRenewExpire(t *testing.T) {
 		t.Fatal("Issued not closed after the first certificate")
 	}
 
-	// 10m TTL, backdated 1m: the half-life is 4.5m after the fetch.
-	clock.Add(4 * time.Minute)
+	// 10m TTL: the half-life is 5m after the fetch (the CA's 1m backdate
+	// does not count).
+	clock.Add(4*time.Minute + 59*time.Second)
 	checkStatus(t, a, AgentCertToken, 1)
 	if got := currentSerial(t, a); got != first {
 		t.Fatalf("renewed before the half-life: serial %s -> %s", first, got)
 	}
 
 	writeFile(t, filepath.Join(dir, "token"), []byte("revoked"))
-	clock.Add(time.Minute)
+	clock.Add(time.Second)
 	checkStatus(t, a, "mtls", 2)
 	second := currentSerial(t, a)
 	if second == first {
@@ -191,6 +193,28 @@ func TestAgentCertMTLSFailureFallsBackToToken(t *testing.T) {
 	clock.Add(5 * time.Minute)
 	if st := checkStatus(t, a, AgentCertToken, 2); st.Failures != 0 {
 		t.Fatalf("failures %d after the token fallback succeeded", st.Failures)
+	}
+}
+
+func TestPastHalfLife(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cert := &x509.Certificate{NotBefore: nb, NotAfter: nb.Add(100 * time.Second)}
+	for _, tc := range []struct {
+		name          string
+		received, now time.Time
+		want          bool
+	}{
+		{"fresh", nb, nb.Add(49 * time.Second), false},
+		{"half", nb, nb.Add(50 * time.Second), true},
+		{"backdated: counted from arrival", nb.Add(60 * time.Second), nb.Add(79 * time.Second), false},
+		{"backdated: half of the rest", nb.Add(60 * time.Second), nb.Add(80 * time.Second), true},
+		{"arrival before NotBefore", nb.Add(-time.Hour), nb.Add(50 * time.Second), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := pastHalfLife(cert, tc.received, tc.now); got != tc.want {
+				t.Errorf("pastHalfLife = %v; want %v", got, tc.want)
+			}
+		})
 	}
 }
 
