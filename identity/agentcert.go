@@ -182,9 +182,10 @@ type AgentCertStatus struct {
 // uses the current ones. In token mode the agent generates an ECDSA P-256
 // key, sends a CSR without names and the bearer token to meshd over TLS
 // that verifies meshd's ServerID, and renews at half of the lifetime
-// (NeedsRotation, counted from its arrival): over mTLS with the still-valid current certificate
-// (meshd keeps its node binding), else with the token again. A failed
-// renewal or reload never drops a certificate that is still valid.
+// (NeedsRotation, counted from the certificate's arrival): over mTLS with
+// the still-valid current certificate (meshd keeps its node binding), else
+// with the token again. A failed renewal or reload never drops a
+// certificate that is still valid.
 type AgentCert struct {
 	cfg    AgentCertConfig
 	issued chan struct{} // closed at the first certificate
