@@ -5,17 +5,20 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// fileStamp identifies a version of a file: a rewrite or a new symlink
-// target (kubelet swaps the ..data link of a ConfigMap mount) changes it.
+// fileStamp identifies a version of a file: a rewrite, a rename over it or
+// a new symlink target (kubelet swaps the ..data link of a ConfigMap or
+// projected volume) changes it.
 type fileStamp struct {
-	mod  time.Time
-	size int64
+	mod   time.Time
+	size  int64
+	inode uint64 // 0 where the platform does not say
 }
 
 func stat(path string) (fileStamp, error) {
@@ -23,7 +26,11 @@ func stat(path string) (fileStamp, error) {
 	if err != nil {
 		return fileStamp{}, err
 	}
-	return fileStamp{mod: fi.ModTime(), size: fi.Size()}, nil
+	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.inode = uint64(sys.Ino)
+	}
+	return st, nil
 }
 
 // reloadRoots reads RootsFile when it changed since the last good read. A

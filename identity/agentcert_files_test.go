@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -141,5 +142,51 @@ func TestAgentCertRootsReload(t *testing.T) {
 	}
 	if !a.renewalDue(clock.Now()) {
 		t.Fatal("renewal not due although the roots no longer verify the certificate")
+	}
+}
+
+// kubelet updates a ConfigMap volume by writing a new timestamped directory
+// and swapping the ..data symlink that the file's own symlink goes
+// through; the file is re-read although its path never changes.
+func TestAgentCertRootsConfigMapSwap(t *testing.T) {
+	ca := newTestCA(t, CAConfig{Now: time.Now})
+	dir := t.TempDir()
+	version := func(name string, ca *CA) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeRoots(t, filepath.Join(dir, name, "root-cert.pem"), ca)
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", ca)
+	roots := filepath.Join(dir, "root-cert.pem")
+	if err := os.Symlink(filepath.Join("..data", "root-cert.pem"), roots); err != nil {
+		t.Fatal(err)
+	}
+	svid, err := ca.NewAgentSVID("node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, key := marshalSVID(t, svid)
+	writeFile(t, filepath.Join(dir, "cert.pem"), chain)
+	writeFile(t, filepath.Join(dir, "key.pem"), key)
+	a, err := NewAgentCert(AgentCertConfig{TrustDomain: testTD, Node: "node-a", RootsFile: roots,
+		CertFile: filepath.Join(dir, "cert.pem"), KeyFile: filepath.Join(dir, "key.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.RotateRoot(); err != nil {
+		t.Fatal(err)
+	}
+	version("..v2", ca) // both roots
+	a.check(t.Context())
+	if st := a.Status(); st.Roots != 2 || st.LastError != "" {
+		t.Fatalf("after the ..data swap: %d roots, last error %q; want 2 and none", st.Roots, st.LastError)
 	}
 }
