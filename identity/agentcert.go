@@ -169,8 +169,9 @@ type AgentCertStatus struct {
 	// next one is tried after a failure.
 	Failures    int       `json:"failures,omitempty"`
 	NextAttempt time.Time `json:"nextAttempt,omitzero"`
-	// LastError is the most recent failed reload or renewal, at
-	// LastErrorAt; it stays after later successes.
+	// LastError is the most recent failed reload or renewal (or failed
+	// renewal over mTLS that the token made up for), at LastErrorAt; it
+	// stays after later successes.
 	LastError   string    `json:"lastError,omitempty"`
 	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
 }

@@ -38,6 +38,9 @@ func (a *AgentCert) renew(ctx context.Context, now time.Time) error {
 	svid, err := a.fetch(ctx, nil)
 	if err == nil {
 		a.install(svid, AgentCertToken)
+		if len(errs) > 0 { // renewed, but say why mTLS did not do
+			a.fail(fmt.Errorf("agent cert: renewed the certificate of node %q with the token: %w", a.cfg.Node, errs[0]))
+		}
 		return nil
 	}
 	errs = append(errs, fmt.Errorf("with the token of %s: %w", a.cfg.TokenFile, err))

@@ -191,8 +191,9 @@ func TestAgentCertMTLSFailureFallsBackToToken(t *testing.T) {
 	a, _ := tokenAgent(t, ca, startTokenCertService(t, ca, svc), clock)
 	checkStatus(t, a, AgentCertToken, 1)
 	clock.Add(5 * time.Minute)
-	if st := checkStatus(t, a, AgentCertToken, 2); st.Failures != 0 {
-		t.Fatalf("failures %d after the token fallback succeeded", st.Failures)
+	st := checkStatus(t, a, AgentCertToken, 2)
+	if st.Failures != 0 || !strings.Contains(st.LastError, "with the token: over mtls") || !strings.Contains(st.LastError, "refused by this test") {
+		t.Fatalf("failures %d, last error %q; want none and the mtls failure reported", st.Failures, st.LastError)
 	}
 }
 
