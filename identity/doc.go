@@ -26,6 +26,14 @@
 // renewing before half of its lifetime has passed (or following SPIRE's own
 // renewals), and hands every new SVID to every subscriber.
 //
+// AgentCert is a node agent's own credentials for its mTLS connection to
+// meshd (an x509svid.Source and x509bundle.Source, so every handshake uses
+// the current ones): certificate files re-read when they change, or a
+// certificate bootstrapped from meshd's CreateCertificate with a bearer
+// token (no client certificate yet) and renewed at half its lifetime over
+// mTLS with the still-valid one, the token again once it has expired. The
+// roots file is re-read when it changes.
+//
 // The package does not log: errors are returned, wrapped with %w, and
 // long-running parts report through callbacks. The CA reads time through
 // CAConfig.Now; the Rotator's tests run in a testing/synctest bubble. Both

@@ -7,6 +7,13 @@
 //   - --state FILE: standalone; programs the maps from a YAML file of
 //     nodeagent.State and re-applies it whenever the file changes.
 //
+// In control-plane mode the agent proves its node to meshd with an mTLS
+// certificate (identity.AgentCert): --xds-cert-dir DIR (files, re-read
+// when they change) or --xds-token FILE with --xds-root-cert FILE (the
+// certificate is bootstrapped through meshd with the bearer token and
+// renewed at half its lifetime). Neither: plaintext, for meshd
+// --xds-insecure.
+//
 // SIGTERM/SIGINT exit and leave the pinned programs and maps in place, so
 // traffic keeps flowing; --uninstall removes them.
 package main
@@ -49,7 +56,10 @@ func run() error {
 	statusAddr := flag.String("status-addr", "", "HTTP status address host:port, e.g. 127.0.0.1:15020 (control-plane mode)")
 	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
-	certDir := flag.String("xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd (control-plane mode); empty: plaintext, for meshd --xds-insecure only")
+	var xf xdsFlags
+	flag.StringVar(&xf.certDir, "xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd, re-read when they change (control-plane mode); without it and --xds-token: plaintext, for meshd --xds-insecure only")
+	flag.StringVar(&xf.token, "xds-token", "", "file with a bearer token (e.g. a projected service account token, re-read for every request): the agent gets its certificate from meshd with it and renews it (control-plane mode; needs --xds-root-cert)")
+	flag.StringVar(&xf.rootCert, "xds-root-cert", "", "PEM file with the roots that verify meshd, re-read when it changes (with --xds-token)")
 	var logLevel slog.Level
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	trustDomain := flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of meshd's identity")
@@ -63,6 +73,9 @@ func run() error {
 	if *node == "" || modes != 1 {
 		flag.Usage()
 		return errors.New("--node and exactly one of --control-plane, --state or --uninstall are required")
+	}
+	if xf.set() && *controlPlane == "" {
+		return errors.New("--xds-cert-dir, --xds-token and --xds-root-cert need --control-plane")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	if *cgroup == "" {
@@ -89,22 +102,21 @@ func run() error {
 				return fmt.Errorf("--node-ip: %w", err)
 			}
 		}
-		var dial []grpc.DialOption
-		if *certDir != "" {
-			creds, err := xdsCredentials(*certDir, *trustDomain)
-			if err != nil {
-				return err
-			}
-			dial = append(dial, creds)
-		} else {
-			log.Warn("no --xds-cert-dir: talking to meshd in plaintext (meshd must run with --xds-insecure)")
-		}
-		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
-			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
-			StatusAddr: *statusAddr, Logger: log})
+		creds, err := xdsCredentials(xf, *node, *controlPlane, *trustDomain, log)
 		if err != nil {
 			return err
 		}
+		var dial []grpc.DialOption
+		if creds.dial != nil {
+			dial = append(dial, creds.dial)
+		}
+		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
+			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
+			StatusAddr: *statusAddr, XDSCredentials: creds.Status(), Logger: log})
+		if err != nil {
+			return err
+		}
+		creds.Start(ctx, 10*time.Second, log)
 		return a.Run(ctx)
 	}
 

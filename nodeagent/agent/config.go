@@ -22,7 +22,8 @@ type Config struct {
 	// ControlPlane is meshd's gRPC address (host:port).
 	ControlPlane string
 	// DialOptions for the control plane connection; default insecure
-	// transport (mTLS comes with the identity work).
+	// transport. mesh-agent passes mTLS credentials that follow the
+	// agent's renewed certificate (identity.AgentCert).
 	DialOptions []grpc.DialOption
 	// CgroupPath is the cgroup v2 directory the programs attach to: the
 	// node's, holding every pod's cgroup. Never the root of a shared
@@ -53,6 +54,10 @@ type Config struct {
 	EnvoyBootstrap envoy.BootstrapConfig
 	// StatusAddr is the HTTP status listener (host:port); empty: none.
 	StatusAddr string
+	// XDSCredentials, if set, reports the state of the credentials in
+	// DialOptions (identity.AgentCert.Status), shown under
+	// "xdsCredentials" in /status.
+	XDSCredentials func() any
 	// Backoff between reconnects to the control plane.
 	Backoff ads.Backoff
 	// Logger; default slog.Default().

@@ -21,6 +21,9 @@ type Status struct {
 	Counters      *Counters    `json:"counters,omitempty"`
 	CountersError string       `json:"countersError,omitempty"`
 	Envoy         *EnvoyStatus `json:"envoy,omitempty"`
+	// XDSCredentials is Config.XDSCredentials' report: the agent's
+	// certificate for meshd, its renewals and the last error.
+	XDSCredentials any `json:"xdsCredentials,omitempty"`
 }
 
 // Counters are nodeagent.Counters with services keyed by "vip:port/PROTO".
@@ -44,6 +47,9 @@ type EnvoyStatus struct {
 // runs.
 func (a *Agent) Status() Status {
 	st := Status{Node: a.cfg.Node, ADS: a.client.Status(), Apply: a.applier.Status()}
+	if a.cfg.XDSCredentials != nil {
+		st.XDSCredentials = a.cfg.XDSCredentials()
+	}
 	if c, err := a.dp.Counters(); err != nil {
 		st.CountersError = err.Error()
 	} else {
