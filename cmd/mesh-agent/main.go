@@ -3,7 +3,9 @@
 //   - --control-plane ADDR: the full agent (nodeagent/agent): one ADS stream
 //     to meshd for the dataplane resources, applied to the node's eBPF maps
 //     (ACK after the maps are written), the shared Envoy's xDS proxied over
-//     the same connection (--envoy-socket), status over HTTP (--status-addr).
+//     the same connection (--envoy-socket), status over HTTP (--status-addr),
+//     and with --workload-certs-dir the SVIDs of the node's service accounts
+//     (from meshd's CA) as files for proxyless gRPC workloads.
 //   - --state FILE: standalone; programs the maps from a YAML file of
 //     nodeagent.State and re-applies it whenever the file changes.
 //
@@ -49,6 +51,7 @@ func run() error {
 	statusAddr := flag.String("status-addr", "", "HTTP status address host:port, e.g. 127.0.0.1:15020 (control-plane mode)")
 	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
+	workloadCerts := flag.String("workload-certs-dir", "", "write the SVIDs of the node's service accounts, from meshd's CA, to DIR/<namespace>/<serviceaccount>/{cert-chain,key,root-cert}.pem for gRPC's file_watcher certificate provider (control-plane mode; needs --xds-cert-dir)")
 	certDir := flag.String("xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd (control-plane mode); empty: plaintext, for meshd --xds-insecure only")
 	var logLevel slog.Level
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
@@ -99,9 +102,17 @@ func run() error {
 		} else {
 			log.Warn("no --xds-cert-dir: talking to meshd in plaintext (meshd must run with --xds-insecure)")
 		}
-		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
+		cfg := agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
-			StatusAddr: *statusAddr, Logger: log})
+			StatusAddr: *statusAddr, Logger: log}
+		if *workloadCerts != "" {
+			closeConn, err := withWorkloadCerts(&cfg, *workloadCerts, *certDir, *trustDomain)
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+		}
+		a, err := agent.New(cfg)
 		if err != nil {
 			return err
 		}
