@@ -262,7 +262,10 @@ func TestWorkloadSVIDsGRPCXDS(t *testing.T) {
 	})
 
 	t.Run("local SDS: the node's Envoy gets the SVIDs from the agent", func(t *testing.T) {
-		checkLocalSDS(t, ctx, socket, ca, clientID, echoID, otherID)
+		checkLocalSDS(t, ctx, socket, ca, clientDir, clientID, echoID, otherID)
+		if st := a.Status().Envoy; st == nil || !st.LocalSDS || st.Streams.LocalSecretPushes < 3 {
+			t.Errorf("envoy status %+v: want local SDS with at least 3 pushes", st)
+		}
 	})
 }
 
@@ -270,8 +273,10 @@ func TestWorkloadSVIDsGRPCXDS(t *testing.T) {
 // socket as the node's Envoy: a wildcard SotW Secret stream gets the
 // local service accounts' SVIDs and the bundle, then a renewal pushed; on
 // a Delta stream a secret of a service account not on the node is never
-// served while clusters still come from meshd.
-func checkLocalSDS(t *testing.T, ctx context.Context, socket string, ca *identity.CA, clientID, echoID, otherID spiffeid.ID) {
+// served while clusters still come from meshd. meshd could serve these
+// secrets too, but with keys of its own: the served key must be the one
+// in the agent's files (it never leaves the agent).
+func checkLocalSDS(t *testing.T, ctx context.Context, socket string, ca *identity.CA, clientDir string, clientID, echoID, otherID spiffeid.ID) {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -284,8 +289,17 @@ func checkLocalSDS(t *testing.T, ctx context.Context, socket string, ca *identit
 		t.Fatal(err)
 	}
 	bundleName := secure.BundleSecretName(ca.TrustDomain())
+	fileKey := func() string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(clientDir, KeyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
 	fetch := func() map[string]*tlsv3.Secret {
 		t.Helper()
+		before := fileKey()
 		r, err := sds.Fetch()
 		if err != nil {
 			t.Fatal(err)
@@ -303,6 +317,9 @@ func checkLocalSDS(t *testing.T, ctx context.Context, socket string, ca *identit
 		}
 		if len(out) != 3 || out[clientID.String()] == nil || out[echoID.String()] == nil || out[bundleName] == nil {
 			t.Fatalf("secrets %v, want %s, %s and %s", keys(out), clientID, echoID, bundleName)
+		}
+		if key := string(out[clientID.String()].GetTlsCertificate().GetPrivateKey().GetInlineBytes()); key != before && key != fileKey() {
+			t.Fatal("the served key of client is not the agent's: the secret did not come from the agent")
 		}
 		return out
 	}
