@@ -39,9 +39,10 @@
 // node is this node (a set is taken only once it is in the kernel). Each
 // is asked for as Workload{ID: spiffe://<td>/ns/<ns>/sa/<sa>, Selectors:
 // k8s:ns:<ns>, k8s:sa:<sa>} and renewed by an identity.Rotator before half
-// its lifetime (a failed fetch is retried every WorkloadSVIDRetry and keeps
-// the current SVID); the trust bundle comes with each SVID and is re-read
-// every WorkloadBundleRefresh. When the last pod of a service account
+// its lifetime (a failed fetch keeps the current SVID and is retried after
+// WorkloadSVIDRetry, doubling up to 20s; fetches of one service account
+// are never closer than WorkloadSVIDRetry); the trust bundle comes with
+// each SVID and is re-read every WorkloadBundleRefresh. When the last pod of a service account
 // leaves, its SVID is dropped. They go to:
 //
 //   - Config.WorkloadCertsDir: <dir>/<namespace>/<serviceaccount>/
