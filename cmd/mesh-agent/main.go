@@ -3,7 +3,9 @@
 //   - --control-plane ADDR: the full agent (nodeagent/agent): one ADS stream
 //     to meshd for the dataplane resources, applied to the node's eBPF maps
 //     (ACK after the maps are written), the shared Envoy's xDS proxied over
-//     the same connection (--envoy-socket), status over HTTP (--status-addr).
+//     the same connection (--envoy-socket), status over HTTP (--status-addr),
+//     and with --workload-certs-dir the SVIDs of the node's service accounts
+//     (from meshd's CA) as files for proxyless gRPC workloads.
 //   - --state FILE: standalone; programs the maps from a YAML file of
 //     nodeagent.State and re-applies it whenever the file changes.
 //
@@ -60,6 +62,7 @@ func run() error {
 	flag.StringVar(&xf.certDir, "xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd, re-read when they change (control-plane mode); without it and --xds-token: plaintext, for meshd --xds-insecure only")
 	flag.StringVar(&xf.token, "xds-token", "", "file with a bearer token (e.g. a projected service account token, re-read for every request): the agent gets its certificate from meshd with it and renews it (control-plane mode; needs --xds-root-cert)")
 	flag.StringVar(&xf.rootCert, "xds-root-cert", "", "PEM file with the roots that verify meshd, re-read when it changes (with --xds-token)")
+	workloadCerts := flag.String("workload-certs-dir", "", "write the SVIDs of the node's service accounts, from meshd's CA, to DIR/<namespace>/<serviceaccount>/{cert-chain,key,root-cert}.pem for gRPC's file_watcher certificate provider (control-plane mode; needs --xds-cert-dir or --xds-token)")
 	var logLevel slog.Level
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	trustDomain := flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of meshd's identity")
@@ -110,9 +113,17 @@ func run() error {
 		if creds.dial != nil {
 			dial = append(dial, creds.dial)
 		}
-		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
+		cfg := agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
-			StatusAddr: *statusAddr, XDSCredentials: creds.Status(), Logger: log})
+			StatusAddr: *statusAddr, XDSCredentials: creds.Status(), Logger: log}
+		if *workloadCerts != "" {
+			closeConn, err := withWorkloadCerts(&cfg, *workloadCerts, creds, *trustDomain)
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+		}
+		a, err := agent.New(cfg)
 		if err != nil {
 			return err
 		}

@@ -24,6 +24,9 @@ type Status struct {
 	// XDSCredentials is Config.XDSCredentials' report: the agent's
 	// certificate for meshd, its renewals and the last error.
 	XDSCredentials any `json:"xdsCredentials,omitempty"`
+	// WorkloadSVIDs: the trust bundle and, per local service account,
+	// the SVID's serial and validity, renewals and the last error.
+	WorkloadSVIDs *WorkloadSVIDStatus `json:"workloadSVIDs,omitempty"`
 }
 
 // Counters are nodeagent.Counters with services keyed by "vip:port/PROTO".
@@ -38,7 +41,8 @@ type Counters struct {
 type EnvoyStatus struct {
 	Socket    string                  `json:"socket"`
 	Bootstrap string                  `json:"bootstrap"`
-	Streams   envoy.ProxyStats        `json:"streams"` // Envoy xDS streams forwarded
+	Streams   envoy.ProxyStats        `json:"streams"`            // Envoy xDS streams forwarded
+	LocalSDS  bool                    `json:"localSDS,omitempty"` // secrets served by the agent
 	Process   *envoy.SupervisorStatus `json:"process,omitempty"`
 	Absent    string                  `json:"absent,omitempty"` // why no Envoy is started
 }
@@ -59,8 +63,12 @@ func (a *Agent) Status() Status {
 			st.Counters.Services[k.String()] = v
 		}
 	}
+	if a.svids != nil {
+		ws := a.svids.Status()
+		st.WorkloadSVIDs = &ws
+	}
 	if a.proxy != nil {
-		es := &EnvoyStatus{Socket: a.cfg.EnvoySocket, Bootstrap: a.cfg.EnvoyBootstrapPath, Streams: a.proxy.Stats()}
+		es := &EnvoyStatus{Socket: a.cfg.EnvoySocket, Bootstrap: a.cfg.EnvoyBootstrapPath, Streams: a.proxy.Stats(), LocalSDS: a.cfg.LocalSDS}
 		if a.sup != nil {
 			ps := a.sup.Status()
 			es.Process = &ps
