@@ -1,7 +1,6 @@
 package secure
 
 import (
-	"cmp"
 	"slices"
 	"strings"
 
@@ -43,14 +42,7 @@ func apply(nc *translate.NodeConfig, snap *config.Snapshot, opts Options, shared
 }
 
 func applyShared(nc *translate.NodeConfig, m *nodeModel) {
-	o := &outbound{m: m, clusters: map[string]*clusterv3.Cluster{}, routes: map[string]*routev3.RouteConfiguration{},
-		newCl: map[string]*clusterv3.Cluster{}, newRC: map[string]*routev3.RouteConfiguration{}}
-	for _, c := range nc.Clusters {
-		o.clusters[c.GetName()] = c
-	}
-	for _, rc := range nc.Routes {
-		o.routes[rc.GetName()] = rc
-	}
+	o := newOutbound(m, nc)
 	for i, l := range nc.Listeners {
 		name := l.GetName()
 		switch {
@@ -60,33 +52,11 @@ func applyShared(nc *translate.NodeConfig, m *nodeModel) {
 			nc.Listeners[i] = m.inbound(l)
 		}
 	}
-	for _, rc := range o.newRC {
-		nc.Routes = append(nc.Routes, rc)
-	}
-	for _, c := range o.newCl {
-		nc.Clusters = append(nc.Clusters, c)
-	}
-	prune(nc, o)
-	slices.SortStableFunc(nc.Routes, func(a, b *routev3.RouteConfiguration) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	slices.SortStableFunc(nc.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
-}
-
-// prune drops route configurations no listener uses any more and the
-// plaintext originals of clusters that now exist per account, unless
-// something still refers to them.
-func prune(nc *translate.NodeConfig, o *outbound) {
+	o.secureClusters(nc)
+	// Route configurations of outbound listeners without accounts on the
+	// node are no longer used.
 	r := collect(nc, false)
 	nc.Routes = slices.DeleteFunc(nc.Routes, func(rc *routev3.RouteConfiguration) bool { return !r.routes[rc.GetName()] })
-	r = collect(nc, false) // clusters of the routes that are left
-	replaced := map[string]bool{}
-	for _, c := range o.newCl {
-		if svc := c.GetEdsClusterConfig().GetServiceName(); svc != "" {
-			replaced[svc] = true
-		}
-	}
-	nc.Clusters = slices.DeleteFunc(nc.Clusters, func(c *clusterv3.Cluster) bool {
-		return replaced[c.GetName()] && !r.clusters[c.GetName()]
-	})
 }
 
 func applyProxyless(nc *translate.NodeConfig, m *nodeModel) {
