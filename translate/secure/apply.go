@@ -6,6 +6,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -42,21 +43,31 @@ func apply(nc *translate.NodeConfig, snap *config.Snapshot, opts Options, shared
 }
 
 func applyShared(nc *translate.NodeConfig, m *nodeModel) {
-	o := newOutbound(m, nc)
-	for i, l := range nc.Listeners {
-		name := l.GetName()
-		switch {
-		case l.GetTrafficDirection() == corev3.TrafficDirection_OUTBOUND && strings.HasPrefix(name, "outbound_"):
-			nc.Listeners[i] = o.listener(l, m.accounts[strings.TrimPrefix(name, "outbound_")])
-		case l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND && strings.HasPrefix(name, "inbound_"):
-			nc.Listeners[i] = m.inbound(l)
-		}
+	if m.opts.PerAccountClusters {
+		applyCopies(nc, m)
+		return
 	}
+	o := newOutbound(m, nc)
+	m.listeners(nc, o.listener)
 	o.secureClusters(nc)
 	// Route configurations of outbound listeners without accounts on the
 	// node are no longer used.
 	r := collect(nc, false)
 	nc.Routes = slices.DeleteFunc(nc.Routes, func(rc *routev3.RouteConfiguration) bool { return !r.routes[rc.GetName()] })
+}
+
+// listeners rewrites the outbound listeners of nc with split (given the
+// accounts of the listener's namespace) and the inbound ones for mTLS.
+func (m *nodeModel) listeners(nc *translate.NodeConfig, split func(*listenerv3.Listener, []*account) *listenerv3.Listener) {
+	for i, l := range nc.Listeners {
+		name := l.GetName()
+		switch {
+		case l.GetTrafficDirection() == corev3.TrafficDirection_OUTBOUND && strings.HasPrefix(name, "outbound_"):
+			nc.Listeners[i] = split(l, m.accounts[strings.TrimPrefix(name, "outbound_")])
+		case l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND && strings.HasPrefix(name, "inbound_"):
+			nc.Listeners[i] = m.inbound(l)
+		}
+	}
 }
 
 func applyProxyless(nc *translate.NodeConfig, m *nodeModel) {

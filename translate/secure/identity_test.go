@@ -65,17 +65,19 @@ func TestNoTrafficUnderAnotherIdentity(t *testing.T) {
 	for name, yaml := range goldenCases {
 		snap := decode(t, yaml+"---\n"+reviewsOdd)
 		owner := owners(t, snap)
-		for _, node := range []string{"node-a", "node-b"} {
-			t.Run(name+"/"+node, func(t *testing.T) {
-				nc, _ := secured(t, snap, translate.Proxy{Node: node})
-				checked, errs := identityViolations(nc, owner)
-				for _, err := range errs {
-					t.Error(err)
-				}
-				if name != "disable" && checked == 0 {
-					t.Fatal("no chain reaches a cluster presenting a certificate; the test checked nothing")
-				}
-			})
+		for mode, opts := range goldenModes {
+			for _, node := range []string{"node-a", "node-b"} {
+				t.Run(mode+"/"+name+"/"+node, func(t *testing.T) {
+					nc, _ := securedWith(t, snap, translate.Proxy{Node: node}, opts)
+					checked, errs := identityViolations(nc, owner)
+					for _, err := range errs {
+						t.Error(err)
+					}
+					if name != "disable" && checked == 0 {
+						t.Fatal("no chain reaches a cluster presenting a certificate; the test checked nothing")
+					}
+				})
+			}
 		}
 	}
 }

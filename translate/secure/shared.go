@@ -7,6 +7,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -52,6 +53,9 @@ type sharedCache struct {
 	filters  map[string]*listenerv3.Filter      // set_filter_state per SPIFFE ID
 	actions  map[string]*xdsmatcherv3.Matcher_OnMatch
 	in       *anypb.Any
+
+	copies      map[accountKey[clusterv3.Cluster]]*clusterv3.Cluster // Options.PerAccountClusters
+	routeCopies map[accountKey[routev3.RouteConfiguration]]*routeEntry
 }
 
 func newSharedCache() *sharedCache {
@@ -61,6 +65,9 @@ func newSharedCache() *sharedCache {
 		filters:  map[string]*listenerv3.Filter{},
 		actions:  map[string]*xdsmatcherv3.Matcher_OnMatch{},
 		in:       mustAny(filterStateInput()),
+
+		copies:      map[accountKey[clusterv3.Cluster]]*clusterv3.Cluster{},
+		routeCopies: map[accountKey[routev3.RouteConfiguration]]*routeEntry{},
 	}
 }
 
