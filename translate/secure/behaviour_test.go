@@ -191,6 +191,17 @@ func TestCheckSecretsFindsProblems(t *testing.T) {
 	if err := CheckSecrets(nc, all); err == nil || !strings.Contains(err.Error(), "same match") {
 		t.Errorf("duplicate chain: %v", err)
 	}
+	nc, _ = secured(t, snap, translate.Proxy{Node: "node-a"})
+	editClusters(t, nc, func(c *clusterv3.Cluster) bool {
+		if len(c.GetTransportSocketMatches()) == 0 {
+			return false
+		}
+		c.TransportSocketMatches[0].Name = "renamed"
+		return true
+	})
+	if err := CheckSecrets(nc, all); err == nil || !strings.Contains(err.Error(), "which the cluster does not have") {
+		t.Errorf("action naming a missing socket: %v", err)
+	}
 }
 
 // A DestinationRule's TLS mode overrides auto mTLS for its clients:

@@ -114,18 +114,28 @@ func reportNode(b *testing.B, nc *translate.NodeConfig) {
 }
 
 // BenchmarkApplyMesh measures translate + the pass for every node of the
-// DESIGN.md mesh through one Prepared (per-account work is shared between
-// the nodes hosting pods of the same account). Run with
+// DESIGN.md mesh through one Prepared (work is shared between the nodes
+// hosting pods of the same accounts), before and after. Run with
 // go test ./translate/secure -run '^$' -bench ApplyMesh -benchtime 1x
 func BenchmarkApplyMesh(b *testing.B) {
 	p := meshgen.Default()
 	snap := meshSnapshot(b, p)
 	mesh := translate.Prepare(snap)
-	for b.Loop() {
-		prep := Prepare(snap, Options{TrustDomain: td})
-		for i := range p.Nodes {
-			prep.Apply(mesh.Translate(translate.Proxy{Node: meshgen.NodeName(i)}))
-		}
+	for _, mode := range []struct {
+		name string
+		opts Options
+	}{
+		{"before-per-account-copies", Options{TrustDomain: td, PerAccountClusters: true}},
+		{"after-socket-selection", Options{TrustDomain: td}},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			for b.Loop() {
+				prep := Prepare(snap, mode.opts)
+				for i := range p.Nodes {
+					prep.Apply(mesh.Translate(translate.Proxy{Node: meshgen.NodeName(i)}))
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N)/float64(p.Nodes), "ms/node")
+		})
 	}
-	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N)/float64(p.Nodes), "ms/node")
 }
