@@ -1,10 +1,12 @@
 package secure
 
 import (
+	"os"
 	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
@@ -282,4 +284,56 @@ func decodeWithout(t *testing.T, yaml, host string) *config.Snapshot {
 		t.Fatal(err)
 	}
 	return st.Snapshot()
+}
+
+// Accounts of a namespace whose DestinationRule says DISABLE reach a
+// destination in plaintext while the other accounts of the node reach the
+// same cluster over mTLS: the cluster maps the first to its "plaintext"
+// socket and the others to their SVIDs.
+func TestPlaintextForOneNamespaceOnly(t *testing.T) {
+	mesh, err := os.ReadFile("../testdata/behaviour/mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr := `---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db-plain, namespace: open}
+spec:
+  host: db.shop.svc.cluster.local
+  exportTo: ["."]
+  trafficPolicy: {tls: {mode: DISABLE}}
+`
+	nc, _ := secured(t, decode(t, string(mesh)+dr), translate.Proxy{Node: "node-a"})
+	open, err := WorkloadID(td, "open", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	productpage := sa(t, "bookinfo-productpage")
+	n := 0
+	for _, c := range nc.Clusters {
+		m := c.GetTransportSocketMatcher().GetMatcherTree().GetExactMatchMap().GetMap()
+		if !strings.HasSuffix(c.GetName(), "|db.shop.svc.cluster.local") || m[open.String()] == nil {
+			continue // open's chains do not reach it
+		}
+		n++
+		if got, err := selected(c, open.String()); err != nil || got != "" {
+			t.Errorf("%s: open/default presents %q (%v), want plaintext", c.GetName(), got, err)
+		}
+		var plain *corev3.TransportSocket
+		for _, tm := range c.GetTransportSocketMatches() {
+			if tm.GetName() == PlaintextSocket {
+				plain = tm.GetTransportSocket()
+			}
+		}
+		if plain.GetName() != "envoy.transport_sockets.raw_buffer" {
+			t.Errorf("%s: plaintext socket %v", c.GetName(), plain)
+		}
+		if got, err := selected(c, productpage); err != nil || got != productpage {
+			t.Errorf("%s: productpage presents %q (%v), want its SVID", c.GetName(), got, err)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no db cluster selects transport sockets")
+	}
 }
