@@ -303,6 +303,9 @@ spec:
   host: db.shop.svc.cluster.local
   exportTo: ["."]
   trafficPolicy: {tls: {mode: DISABLE}}
+  subsets:
+  - {name: primary, labels: {role: primary}}
+  - {name: replica, labels: {role: replica}}
 `
 	nc, _ := secured(t, decode(t, string(mesh)+dr), translate.Proxy{Node: "node-a"})
 	open, err := WorkloadID(td, "open", "default")
