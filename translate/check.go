@@ -11,6 +11,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	setfilterstatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/set_filter_state/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -217,7 +218,7 @@ func listenerFacts(f *resourceFacts, l *listenerv3.Listener) {
 // terminal filter.
 func networkFilter(f *resourceFacts, what string, a *anypb.Any) (terminal bool) {
 	switch m := validateAny(f, what, a).(type) {
-	case *connlimitv3.ConnectionLimit:
+	case *connlimitv3.ConnectionLimit, *setfilterstatev3.Config:
 		return false
 	case *hcmv3.HttpConnectionManager:
 		rds := m.GetRds()

@@ -1,12 +1,12 @@
 package secure
 
 import (
-	"cmp"
 	"slices"
 	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -43,50 +43,31 @@ func apply(nc *translate.NodeConfig, snap *config.Snapshot, opts Options, shared
 }
 
 func applyShared(nc *translate.NodeConfig, m *nodeModel) {
-	o := &outbound{m: m, clusters: map[string]*clusterv3.Cluster{}, routes: map[string]*routev3.RouteConfiguration{},
-		newCl: map[string]*clusterv3.Cluster{}, newRC: map[string]*routev3.RouteConfiguration{}}
-	for _, c := range nc.Clusters {
-		o.clusters[c.GetName()] = c
+	if m.opts.PerAccountClusters {
+		applyCopies(nc, m)
+		return
 	}
-	for _, rc := range nc.Routes {
-		o.routes[rc.GetName()] = rc
-	}
+	o := newOutbound(m, nc)
+	m.listeners(nc, o.listener)
+	o.secureClusters(nc)
+	// Route configurations of outbound listeners without accounts on the
+	// node are no longer used.
+	r := collect(nc, false)
+	nc.Routes = slices.DeleteFunc(nc.Routes, func(rc *routev3.RouteConfiguration) bool { return !r.routes[rc.GetName()] })
+}
+
+// listeners rewrites the outbound listeners of nc with split (given the
+// accounts of the listener's namespace) and the inbound ones for mTLS.
+func (m *nodeModel) listeners(nc *translate.NodeConfig, split func(*listenerv3.Listener, []*account) *listenerv3.Listener) {
 	for i, l := range nc.Listeners {
 		name := l.GetName()
 		switch {
 		case l.GetTrafficDirection() == corev3.TrafficDirection_OUTBOUND && strings.HasPrefix(name, "outbound_"):
-			nc.Listeners[i] = o.listener(l, m.accounts[strings.TrimPrefix(name, "outbound_")])
+			nc.Listeners[i] = split(l, m.accounts[strings.TrimPrefix(name, "outbound_")])
 		case l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND && strings.HasPrefix(name, "inbound_"):
 			nc.Listeners[i] = m.inbound(l)
 		}
 	}
-	for _, rc := range o.newRC {
-		nc.Routes = append(nc.Routes, rc)
-	}
-	for _, c := range o.newCl {
-		nc.Clusters = append(nc.Clusters, c)
-	}
-	prune(nc, o)
-	slices.SortStableFunc(nc.Routes, func(a, b *routev3.RouteConfiguration) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	slices.SortStableFunc(nc.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
-}
-
-// prune drops route configurations no listener uses any more and the
-// plaintext originals of clusters that now exist per account, unless
-// something still refers to them.
-func prune(nc *translate.NodeConfig, o *outbound) {
-	r := collect(nc, false)
-	nc.Routes = slices.DeleteFunc(nc.Routes, func(rc *routev3.RouteConfiguration) bool { return !r.routes[rc.GetName()] })
-	r = collect(nc, false) // clusters of the routes that are left
-	replaced := map[string]bool{}
-	for _, c := range o.newCl {
-		if svc := c.GetEdsClusterConfig().GetServiceName(); svc != "" {
-			replaced[svc] = true
-		}
-	}
-	nc.Clusters = slices.DeleteFunc(nc.Clusters, func(c *clusterv3.Cluster) bool {
-		return replaced[c.GetName()] && !r.clusters[c.GetName()]
-	})
 }
 
 func applyProxyless(nc *translate.NodeConfig, m *nodeModel) {

@@ -1,10 +1,12 @@
 package secure
 
 import (
+	"os"
 	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
@@ -110,27 +112,47 @@ func TestUpstreamFollowsServerMode(t *testing.T) {
 	for _, c := range nc.Clusters {
 		byName[c.Name] = c
 	}
-	suffix := "~default/bookinfo-productpage"
-	if c := byName["outbound|9080||ratings.default.svc.cluster.local"]; c == nil || c.GetTransportSocket() != nil {
-		t.Errorf("ratings (DISABLE on 9080) should be one plaintext cluster; got %v", c)
+	ratings := byName["outbound|9080||ratings.default.svc.cluster.local"]
+	if ratings == nil || ratings.GetTransportSocket() != nil || ratings.GetTransportSocketMatcher() != nil {
+		t.Errorf("ratings (DISABLE on 9080) should be one plaintext cluster; got %v", ratings)
 	}
-	if byName["outbound|9080||ratings.default.svc.cluster.local"+suffix] != nil {
-		t.Error("ratings got a per-account TLS cluster although its pods refuse mTLS")
-	}
-	c := byName["outbound|9080||reviews.default.svc.cluster.local"+suffix]
+	c := byName["outbound|9080||reviews.default.svc.cluster.local"]
 	if c == nil {
-		t.Fatal("no per-account cluster for reviews")
+		t.Fatal("no cluster for reviews")
 	}
-	u := &tlsv3.UpstreamTlsContext{}
-	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(u); err != nil {
-		t.Fatal(err)
+	productpage := sa(t, "bookinfo-productpage")
+	var u *tlsv3.UpstreamTlsContext
+	for _, tm := range c.GetTransportSocketMatches() {
+		if tm.GetName() == "default/bookinfo-productpage" {
+			u = &tlsv3.UpstreamTlsContext{}
+			if err := tm.GetTransportSocket().GetTypedConfig().UnmarshalTo(u); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if u == nil {
+		t.Fatal("reviews has no transport socket for productpage")
 	}
 	sans := u.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames()
 	if len(sans) != 1 || sans[0].GetMatcher().GetExact() != sa(t, "bookinfo-reviews") {
 		t.Errorf("reviews expects %v, want exactly %s", sans, sa(t, "bookinfo-reviews"))
 	}
-	if got := u.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs()[0].GetName(); got != sa(t, "bookinfo-productpage") {
-		t.Errorf("presents %s", got)
+	if got, err := selected(c, productpage); err != nil || got != productpage {
+		t.Errorf("productpage's identity selects %q (%v), want its own SVID", got, err)
+	}
+	// No identity (or an unknown one) selects the default socket, which
+	// presents no certificate but still checks the server.
+	for _, id := range []string{"", sa(t, "not-on-this-node")} {
+		if got, err := selected(c, id); err != nil || got != "" {
+			t.Errorf("identity %q selects %q (%v), want no certificate", id, got, err)
+		}
+	}
+	d := &tlsv3.UpstreamTlsContext{}
+	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(d); err != nil {
+		t.Fatalf("default socket: %v", err)
+	}
+	if sans := d.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames(); len(sans) != 1 {
+		t.Errorf("default socket checks %v", sans)
 	}
 }
 
@@ -171,6 +193,17 @@ func TestCheckSecretsFindsProblems(t *testing.T) {
 	if err := CheckSecrets(nc, all); err == nil || !strings.Contains(err.Error(), "same match") {
 		t.Errorf("duplicate chain: %v", err)
 	}
+	nc, _ = secured(t, snap, translate.Proxy{Node: "node-a"})
+	editClusters(t, nc, func(c *clusterv3.Cluster) bool {
+		if len(c.GetTransportSocketMatches()) == 0 {
+			return false
+		}
+		c.TransportSocketMatches[0].Name = "renamed"
+		return true
+	})
+	if err := CheckSecrets(nc, all); err == nil || !strings.Contains(err.Error(), "which the cluster does not have") {
+		t.Errorf("action naming a missing socket: %v", err)
+	}
 }
 
 // A DestinationRule's TLS mode overrides auto mTLS for its clients:
@@ -194,7 +227,7 @@ func TestDestinationRuleTLS(t *testing.T) {
 		return s
 	}
 	vsV1 := "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: details, namespace: default}\nspec:\n  hosts: [details]\n  http:\n  - route:\n    - destination: {host: details, subset: v1}\n"
-	suffix := "~default/bookinfo-productpage"
+	productpage := sa(t, "bookinfo-productpage")
 	for _, tc := range []struct {
 		name    string
 		yaml    string
@@ -210,20 +243,24 @@ func TestDestinationRuleTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// The test DestinationRules replace bookinfo's for details.
 			nc, _ := secured(t, decodeWithout(t, tc.yaml, "details"), translate.Proxy{Node: "node-a"})
-			var secured, plain bool
-			for _, c := range nc.Clusters {
-				switch c.Name {
-				case tc.cluster + suffix:
-					secured = c.GetTransportSocket() != nil
-				case tc.cluster:
-					plain = c.GetTransportSocket() == nil
+			var c *clusterv3.Cluster
+			for _, cl := range nc.Clusters {
+				if cl.Name == tc.cluster {
+					c = cl
 				}
 			}
-			if tc.tls && !secured {
-				t.Errorf("%s: no per-account mTLS cluster", tc.cluster)
+			if c == nil {
+				t.Fatalf("no cluster %s", tc.cluster)
 			}
-			if !tc.tls && (secured || !plain) {
-				t.Errorf("%s: want the plaintext cluster only (secured %v, plain %v)", tc.cluster, secured, plain)
+			got, err := selected(c, productpage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.tls && got != productpage {
+				t.Errorf("%s: productpage presents %q, want its SVID", tc.cluster, got)
+			}
+			if !tc.tls && (got != "" || c.GetTransportSocket() != nil || c.GetTransportSocketMatcher() != nil) {
+				t.Errorf("%s: want plaintext (presents %q, default socket %v)", tc.cluster, got, c.GetTransportSocket())
 			}
 		})
 	}
@@ -247,4 +284,59 @@ func decodeWithout(t *testing.T, yaml, host string) *config.Snapshot {
 		t.Fatal(err)
 	}
 	return st.Snapshot()
+}
+
+// Accounts of a namespace whose DestinationRule says DISABLE reach a
+// destination in plaintext while the other accounts of the node reach the
+// same cluster over mTLS: the cluster maps the first to its "plaintext"
+// socket and the others to their SVIDs.
+func TestPlaintextForOneNamespaceOnly(t *testing.T) {
+	mesh, err := os.ReadFile("../testdata/behaviour/mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr := `---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db-plain, namespace: open}
+spec:
+  host: db.shop.svc.cluster.local
+  exportTo: ["."]
+  trafficPolicy: {tls: {mode: DISABLE}}
+  subsets:
+  - {name: primary, labels: {role: primary}}
+  - {name: replica, labels: {role: replica}}
+`
+	nc, _ := secured(t, decode(t, string(mesh)+dr), translate.Proxy{Node: "node-a"})
+	open, err := WorkloadID(td, "open", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	productpage := sa(t, "bookinfo-productpage")
+	n := 0
+	for _, c := range nc.Clusters {
+		m := c.GetTransportSocketMatcher().GetMatcherTree().GetExactMatchMap().GetMap()
+		if !strings.HasSuffix(c.GetName(), "|db.shop.svc.cluster.local") || m[open.String()] == nil {
+			continue // open's chains do not reach it
+		}
+		n++
+		if got, err := selected(c, open.String()); err != nil || got != "" {
+			t.Errorf("%s: open/default presents %q (%v), want plaintext", c.GetName(), got, err)
+		}
+		var plain *corev3.TransportSocket
+		for _, tm := range c.GetTransportSocketMatches() {
+			if tm.GetName() == PlaintextSocket {
+				plain = tm.GetTransportSocket()
+			}
+		}
+		if plain.GetName() != "envoy.transport_sockets.raw_buffer" {
+			t.Errorf("%s: plaintext socket %v", c.GetName(), plain)
+		}
+		if got, err := selected(c, productpage); err != nil || got != productpage {
+			t.Errorf("%s: productpage presents %q (%v), want its SVID", c.GetName(), got, err)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no db cluster selects transport sockets")
+	}
 }

@@ -79,36 +79,50 @@ func init() {
 	goldenCases["behaviour-mesh"] = string(b)
 }
 
+// goldenModes are the ways to give accounts their identity: transport
+// socket selection (testdata/golden) and per-account copies
+// (testdata/golden-per-account, the output before selection existed).
+var goldenModes = map[string]Options{
+	"golden":             {TrustDomain: td},
+	"golden-per-account": {TrustDomain: td, PerAccountClusters: true},
+}
+
 func TestGolden(t *testing.T) {
 	update := os.Getenv("UPDATE_GOLDEN") == "1"
-	for name, yaml := range goldenCases {
-		t.Run(name, func(t *testing.T) {
-			snap := decode(t, yaml)
-			for pname, proxy := range goldenProxies {
-				nc, diags := secured(t, snap, proxy)
-				got := goldenJSON(t, nc, diags)
-				nc2, diags2 := secured(t, snap, proxy)
-				if !bytes.Equal(got, goldenJSON(t, nc2, diags2)) {
-					t.Fatalf("%s: two passes over the same snapshot differ", pname)
-				}
-				path := filepath.Join("testdata", "golden", name, pname+".json")
-				if update {
-					if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-						t.Fatal(err)
-					}
-					if err := os.WriteFile(path, got, 0o644); err != nil {
-						t.Fatal(err)
-					}
-					continue
-				}
-				want, err := os.ReadFile(path)
-				if err != nil {
-					t.Fatalf("%v (run with UPDATE_GOLDEN=1 to create it)", err)
-				}
-				if diff := cmp.Diff(string(want), string(got)); diff != "" {
-					t.Errorf("%s differs from golden (-want +got; UPDATE_GOLDEN=1 refreshes):\n%s", path, diff)
-				}
+	for dir, opts := range goldenModes {
+		for name, yaml := range goldenCases {
+			t.Run(dir+"/"+name, func(t *testing.T) {
+				testGolden(t, update, dir, name, yaml, opts)
+			})
+		}
+	}
+}
+
+func testGolden(t *testing.T, update bool, dir, name, yaml string, opts Options) {
+	snap := decode(t, yaml)
+	for pname, proxy := range goldenProxies {
+		nc, diags := securedWith(t, snap, proxy, opts)
+		got := goldenJSON(t, nc, diags)
+		nc2, diags2 := securedWith(t, snap, proxy, opts)
+		if !bytes.Equal(got, goldenJSON(t, nc2, diags2)) {
+			t.Fatalf("%s: two passes over the same snapshot differ", pname)
+		}
+		path := filepath.Join("testdata", dir, name, pname+".json")
+		if update {
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
 			}
-		})
+			if err := os.WriteFile(path, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run with UPDATE_GOLDEN=1 to create it)", err)
+		}
+		if diff := cmp.Diff(string(want), string(got)); diff != "" {
+			t.Errorf("%s differs from golden (-want +got; UPDATE_GOLDEN=1 refreshes):\n%s", path, diff)
+		}
 	}
 }

@@ -49,8 +49,14 @@ func decode(t testing.TB, yaml string) *config.Snapshot {
 // against the identities of the node plus the trust bundle.
 func secured(t testing.TB, snap *config.Snapshot, proxy translate.Proxy) (*translate.NodeConfig, []config.Diagnostic) {
 	t.Helper()
+	return securedWith(t, snap, proxy, Options{TrustDomain: td})
+}
+
+// securedWith is secured with opts.
+func securedWith(t testing.TB, snap *config.Snapshot, proxy translate.Proxy, opts Options) (*translate.NodeConfig, []config.Diagnostic) {
+	t.Helper()
 	nc := translate.Translate(snap, proxy)
-	diags := Apply(nc, snap, Options{TrustDomain: td})
+	diags := Apply(nc, snap, opts)
 	if err := translate.Check(nc); err != nil {
 		t.Fatalf("translate.Check(%+v) after Apply: %v", proxy, err)
 	}

@@ -26,6 +26,13 @@ type Options struct {
 	// instance (identity and roots) used for ProxylessGRPC clients;
 	// default "default".
 	CertProviderInstance string
+	// PerAccountClusters copies every cluster (and route configuration)
+	// per service account that reaches it instead of selecting the
+	// account's transport socket in one cluster: for Envoy older than
+	// 1.38, which has no envoy.hashable_string filter state object to key
+	// upstream connection pools by the source identity. Many times the
+	// clusters; see the package documentation.
+	PerAccountClusters bool
 }
 
 // Validate reports missing or malformed options.

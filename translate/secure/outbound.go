@@ -1,7 +1,9 @@
 package secure
 
 import (
+	"maps"
 	"slices"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -12,10 +14,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/nodemesh/nodemesh/translate"
 )
 
-// AccountSuffix is appended to the names of clusters and route
-// configurations that speak for one service account: "~<ns>/<sa>".
+// AccountSuffix is appended to the names of the outbound filter chains
+// that speak for one service account: "~<ns>/<sa>".
 func AccountSuffix(id spiffeid.ID) string {
 	ns, sa := nsSA(id)
 	return "~" + ns + "/" + sa
@@ -41,160 +45,148 @@ func splitPath(p string) []string {
 	return out
 }
 
-// outbound rewrites one namespace's outbound listener for the service
-// accounts of its pods on the node.
+// outbound splits the outbound listeners of a node per service account
+// and gives the clusters they reach one transport socket per account.
 type outbound struct {
-	m        *nodeModel
-	clusters map[string]*clusterv3.Cluster          // original clusters by name
-	routes   map[string]*routev3.RouteConfiguration // original route configurations by name
-	newCl    map[string]*clusterv3.Cluster          // per-account clusters added
-	newRC    map[string]*routev3.RouteConfiguration // per-account route configurations added
+	m      *nodeModel
+	routes map[string]*routev3.RouteConfiguration // by name
+	named  map[string][]string                    // clusters a route configuration names
+	reach  map[string]map[string]spiffeid.ID      // cluster -> accounts (SPIFFE ID) whose chains reach it
 }
 
-// secureCluster returns the cluster a chain of account id should use
-// instead of name ("" if name needs no identity).
-func (o *outbound) secureCluster(name string, id spiffeid.ID) string {
-	ns, _ := nsSA(id)
-	d := o.m.destinationOf(name, ns)
-	orig := o.clusters[name]
-	if !d.mesh || d.plaintext || orig == nil {
-		return ""
+func newOutbound(m *nodeModel, nc *translate.NodeConfig) *outbound {
+	o := &outbound{m: m, routes: map[string]*routev3.RouteConfiguration{}, named: map[string][]string{},
+		reach: map[string]map[string]spiffeid.ID{}}
+	for _, rc := range nc.Routes {
+		o.routes[rc.GetName()] = rc
 	}
-	n := name + AccountSuffix(id)
-	if _, ok := o.newCl[n]; ok {
-		return n
-	}
-	o.newCl[n] = o.m.shared.cluster(accountKey[clusterv3.Cluster]{orig, id.String()}, func() *clusterv3.Cluster {
-		c := proto.Clone(orig).(*clusterv3.Cluster)
-		c.Name = n
-		if c.GetEdsClusterConfig() != nil && c.EdsClusterConfig.ServiceName == "" {
-			c.EdsClusterConfig.ServiceName = name // share the original's endpoints
-		}
-		c.TransportSocket = o.m.upstreamSocket(id, d)
-		return c
-	})
-	return n
+	return o
 }
 
-// listener splits l's chains per account; l is replaced by a copy.
+// listener splits l's chains per account; l is replaced by a copy. Every
+// split chain matches the account's pod addresses and first sets the
+// account's identity (SourceIdentityKey); its other filters are l's.
 func (o *outbound) listener(l *listenerv3.Listener, accounts []*account) *listenerv3.Listener {
 	out := proto.Clone(l).(*listenerv3.Listener)
 	out.FilterChains = nil
 	for _, fc := range l.GetFilterChains() {
+		reached := o.reachable(fc)
+		base := proto.Clone(fc).(*listenerv3.FilterChain)
+		base.Filters = nil
+		if base.FilterChainMatch == nil {
+			base.FilterChainMatch = &listenerv3.FilterChainMatch{}
+		}
+		base.FilterChainMatch.SourcePrefixRanges = nil
 		for _, a := range accounts {
-			c := proto.Clone(fc).(*listenerv3.FilterChain)
+			c := proto.Clone(base).(*listenerv3.FilterChain)
 			c.Name = fc.GetName() + AccountSuffix(a.id)
-			if c.FilterChainMatch == nil {
-				c.FilterChainMatch = &listenerv3.FilterChainMatch{}
-			}
-			c.FilterChainMatch.SourcePrefixRanges = nil
 			for _, ip := range a.ips {
 				c.FilterChainMatch.SourcePrefixRanges = append(c.FilterChainMatch.SourcePrefixRanges, hostRange(ip))
 			}
-			for i, f := range c.Filters {
-				c.Filters[i] = o.filter(f, a.id)
-			}
+			c.Filters = append([]*listenerv3.Filter{o.m.shared.filter(a.id)}, fc.GetFilters()...)
 			out.FilterChains = append(out.FilterChains, c)
+			for _, cl := range reached {
+				if o.reach[cl] == nil {
+					o.reach[cl] = map[string]spiffeid.ID{}
+				}
+				o.reach[cl][a.id.String()] = a.id
+			}
 		}
 	}
 	return out
 }
 
-// filter points a tcp_proxy or HTTP connection manager at the account's
-// clusters or route configuration.
-func (o *outbound) filter(f *listenerv3.Filter, id spiffeid.ID) *listenerv3.Filter {
-	tc := f.GetTypedConfig()
-	if tc == nil {
-		return f
-	}
-	switch {
-	case tc.MessageIs(&tcpv3.TcpProxy{}):
-		tp := &tcpv3.TcpProxy{}
-		if tc.UnmarshalTo(tp) != nil {
-			return f
-		}
-		if c := tp.GetCluster(); c != "" {
-			if n := o.secureCluster(c, id); n != "" {
-				tp.ClusterSpecifier = &tcpv3.TcpProxy_Cluster{Cluster: n}
-			}
-		}
-		for _, w := range tp.GetWeightedClusters().GetClusters() {
-			if n := o.secureCluster(w.Name, id); n != "" {
-				w.Name = n
-			}
-		}
-		return &listenerv3.Filter{Name: f.Name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)}}
-	case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
-		hcm := &hcmv3.HttpConnectionManager{}
-		if tc.UnmarshalTo(hcm) != nil || hcm.GetRds() == nil {
-			return f
-		}
-		hcm.GetRds().RouteConfigName = o.route(hcm.GetRds().GetRouteConfigName(), id)
-		return &listenerv3.Filter{Name: f.Name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}}
-	}
-	return f
-}
-
-// route returns the account's copy of a route configuration, or name
-// itself when no route of it needs an identity.
-func (o *outbound) route(name string, id spiffeid.ID) string {
-	orig := o.routes[name]
-	if orig == nil {
-		return name
-	}
-	n := name + AccountSuffix(id)
-	if _, ok := o.newRC[n]; ok {
-		return n
-	}
-	key := accountKey[routev3.RouteConfiguration]{orig, id.String()}
-	e, ok := o.m.shared.route(key)
-	if !ok {
-		e = o.m.shared.putRoute(key, o.buildRoute(orig, n, id))
-	}
-	for _, c := range e.clusters {
-		o.newCl[c.GetName()] = c
-	}
-	if e.rc == nil {
-		return name
-	}
-	o.newRC[n] = e.rc
-	return n
-}
-
-// buildRoute copies orig for account id, named n, with its clusters
-// swapped for the account's; rc is nil when nothing changed.
-func (o *outbound) buildRoute(orig *routev3.RouteConfiguration, n string, id spiffeid.ID) *routeEntry {
-	rc := proto.Clone(orig).(*routev3.RouteConfiguration)
-	changed := false
-	e := &routeEntry{}
-	swap := func(c *string) {
-		if s := o.secureCluster(*c, id); s != "" {
-			*c, changed = s, true
-			e.clusters = append(e.clusters, o.newCl[s])
-		}
-	}
-	for _, vh := range rc.GetVirtualHosts() {
-		for _, r := range vh.GetRoutes() {
-			ra := r.GetRoute()
-			if ra == nil {
+// reachable lists the clusters a chain's tcp_proxy or HTTP connection
+// manager (through its route configuration) can send to.
+func (o *outbound) reachable(fc *listenerv3.FilterChain) []string {
+	var out []string
+	for _, f := range fc.GetFilters() {
+		tc := f.GetTypedConfig()
+		switch {
+		case tc == nil:
+		case tc.MessageIs(&tcpv3.TcpProxy{}):
+			tp := &tcpv3.TcpProxy{}
+			if tc.UnmarshalTo(tp) != nil {
 				continue
 			}
-			if c, ok := ra.ClusterSpecifier.(*routev3.RouteAction_Cluster); ok {
-				swap(&c.Cluster)
+			if c := tp.GetCluster(); c != "" {
+				out = append(out, c)
 			}
-			for _, w := range ra.GetWeightedClusters().GetClusters() {
-				swap(&w.Name)
+			for _, w := range tp.GetWeightedClusters().GetClusters() {
+				out = append(out, w.GetName())
 			}
-			for _, mp := range ra.GetRequestMirrorPolicies() {
-				swap(&mp.Cluster)
+		case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
+			hcm := &hcmv3.HttpConnectionManager{}
+			if tc.UnmarshalTo(hcm) == nil && hcm.GetRds() != nil {
+				out = append(out, o.routeClusters(hcm.GetRds().GetRouteConfigName())...)
 			}
 		}
 	}
-	if changed {
-		rc.Name = n
-		e.rc = rc
+	return out
+}
+
+// routeClusters lists the clusters a route configuration names.
+func (o *outbound) routeClusters(name string) []string {
+	if cl, ok := o.named[name]; ok {
+		return cl
 	}
-	return e
+	var out []string
+	for _, vh := range o.routes[name].GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			ra := r.GetRoute()
+			if c := ra.GetCluster(); c != "" {
+				out = append(out, c)
+			}
+			for _, w := range ra.GetWeightedClusters().GetClusters() {
+				out = append(out, w.GetName())
+			}
+			for _, mp := range ra.GetRequestMirrorPolicies() {
+				out = append(out, mp.GetCluster())
+			}
+		}
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	o.named[name] = out
+	return out
+}
+
+// secureClusters gives every mesh cluster some account reaches over mTLS
+// its transport socket selection; the others stay as they are.
+func (o *outbound) secureClusters(nc *translate.NodeConfig) {
+	for i, c := range nc.Clusters {
+		ids := o.reach[c.GetName()]
+		if len(ids) == 0 {
+			continue
+		}
+		keys := slices.Sorted(maps.Keys(ids))
+		var (
+			choices []socketChoice
+			dest    destination
+			sig     strings.Builder
+		)
+		for _, k := range keys {
+			ns, _ := nsSA(ids[k])
+			d := o.m.destinationOf(c.GetName(), ns)
+			if !d.mesh {
+				break
+			}
+			choices = append(choices, socketChoice{id: ids[k], plaintext: d.plaintext})
+			sig.WriteString(k)
+			if d.plaintext {
+				sig.WriteString(" plaintext")
+				continue
+			}
+			sig.WriteByte('\n')
+			dest = d
+		}
+		if !dest.mesh {
+			continue // not in the mesh, or plaintext for every account
+		}
+		nc.Clusters[i] = o.m.shared.cluster(selKey{c, sig.String()}, func() *clusterv3.Cluster {
+			return o.m.selectingCluster(c, dest, choices)
+		})
+	}
 }
 
 func hostRange(ip string) *corev3.CidrRange {

@@ -152,11 +152,13 @@ func SecretNames(nc *translate.NodeConfig) []string {
 // transport socket must decode and validate. It also checks what
 // translate.Check leaves alone: no two filter chains of a listener have the
 // same match once source ranges and transport protocols count (Envoy
-// rejects such a listener).
+// rejects such a listener), and the transport socket selection of clusters
+// and the identities chains set decode, validate and fit together.
 func CheckSecrets(nc *translate.NodeConfig, have []string) error {
 	r := collect(nc, true)
 	errs := r.errs
 	errs = append(errs, uniqueChainMatches(nc)...)
+	errs = append(errs, selectionErrors(nc)...)
 	got := map[string]bool{}
 	for _, h := range have {
 		got[h] = true

@@ -47,16 +47,31 @@ func TestPreparedSharesAccountResources(t *testing.T) {
 				}
 				return nil
 			}
-			n := "outbound|9080||details.default.svc.cluster.local" + "~default/bookinfo-reviews"
+			// Both nodes' reviews pods reach details with the same accounts
+			// (node-b has the only other account reaching it): the clusters
+			// are shared when the accounts are, and their sockets always.
+			n := "outbound|9080||details.default.svc.cluster.local"
 			a, b := find(shared[0], n), find(shared[1], n)
+			if a == nil || b == nil {
+				t.Fatalf("%s missing (%p, %p)", n, a, b)
+			}
 			if name == "disable" {
-				if a != nil || b != nil {
-					t.Fatalf("DISABLE: per-account cluster %s exists", n)
+				if a.GetTransportSocketMatcher() != nil || b.GetTransportSocketMatcher() != nil {
+					t.Fatalf("DISABLE: %s selects transport sockets", n)
 				}
 				return
 			}
-			if a == nil || a != b {
-				t.Fatalf("node-a and node-b do not share %s (%p, %p)", n, a, b)
+			sock := func(c *clusterv3.Cluster, sock string) any {
+				for _, tm := range c.GetTransportSocketMatches() {
+					if tm.GetName() == sock {
+						return tm.GetTransportSocket()
+					}
+				}
+				return nil
+			}
+			sa, sb := sock(a, "default/bookinfo-reviews"), sock(b, "default/bookinfo-reviews")
+			if sa == nil || sa != sb {
+				t.Fatalf("node-a and node-b do not share reviews' socket of %s (%p, %p)", n, sa, sb)
 			}
 		})
 	}
