@@ -29,7 +29,9 @@ const (
 	DefaultMaxSVIDTTL = 7 * 24 * time.Hour
 	DefaultRootTTL    = 10 * 365 * 24 * time.Hour
 	// backdate is subtracted from NotBefore so that peers whose clock is a
-	// little behind accept a fresh certificate.
+	// little behind accept a fresh certificate; for SVIDs at most a tenth
+	// of the TTL, so that a short-lived SVID is not past its half-life
+	// (due for renewal) the moment it is issued.
 	backdate = time.Minute
 )
 
@@ -260,7 +262,7 @@ func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, node string, ttl time.D
 	now := ca.cfg.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		NotBefore:             now.Add(-backdate),
+		NotBefore:             now.Add(-min(backdate, ttl/10)),
 		NotAfter:              now.Add(ttl),
 		URIs:                  []*url.URL{id.URL()},
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,

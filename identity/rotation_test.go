@@ -320,3 +320,23 @@ func TestUpdatePEM(t *testing.T) {
 		t.Error("PEM of an empty update succeeded")
 	}
 }
+
+// A short-lived SVID is not due for renewal the moment it is issued (the
+// clock-skew backdate would otherwise put its half-life in the past and
+// every renewal loop would spin).
+func TestShortSVIDNotDueAtIssue(t *testing.T) {
+	now := t0
+	ca := newTestCA(t, CAConfig{Now: func() time.Time { return now }, SVIDTTL: 10 * time.Second})
+	for _, ttl := range []time.Duration{10 * time.Second, 90 * time.Second, time.Hour} {
+		chain, err := ca.SignCSR(newCSR(t, ecKey(t), &x509.CertificateRequest{}), mustWorkloadID(t, "demo", "web"), ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if NeedsRotation(chain[0], now) {
+			t.Errorf("ttl %s: due for renewal at issue (NotBefore %s before now)", ttl, now.Sub(chain[0].NotBefore))
+		}
+		if !NeedsRotation(chain[0], now.Add(ttl/2)) {
+			t.Errorf("ttl %s: not due at half of the TTL", ttl)
+		}
+	}
+}
