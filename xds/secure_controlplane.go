@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -46,6 +45,9 @@ import (
 type ControlPlaneSecurity struct {
 	// CA issues workload SVIDs, meshd's own SVID and the bundle (identity.CA).
 	CA CA
+	// SPIRE, instead of CA: meshd's SVID and bundle come from SPIRE and
+	// meshd serves no secrets (see secure_spire.go).
+	SPIRE *SPIRETLS
 	// InsecureXDS serves ADS in plaintext (demos, tests); secrets are still
 	// only served to the node whose pods need them, but any client can
 	// claim any node id, so never use it across an untrusted network.
@@ -58,10 +60,7 @@ type ControlPlaneSecurity struct {
 
 // Validate reports a configuration meshd cannot start with.
 func (c *ControlPlaneSecurity) Validate() error {
-	if c.CA == nil {
-		return errors.New("control plane security: CA is required")
-	}
-	return nil
+	return c.validateUpstream()
 }
 
 // secure wraps src and returns the gRPC server options of the ADS server.
@@ -73,9 +72,9 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 	if err := sec.Validate(); err != nil {
 		return nil, nil, err
 	}
-	td := sec.CA.TrustDomain()
+	td := sec.trustDomain()
 	ss, err := NewSecureSource(src, SecurityConfig{
-		Issuer:        sec.CA,
+		Issuer:        sec.issuer(),
 		Options:       secure.Options{TrustDomain: td, RootNamespace: sec.RootNamespace},
 		RotationCheck: sec.RotationCheck,
 		Logger:        cp.log,
@@ -87,7 +86,7 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 	cp.guard = &ADSGuard{TrustDomain: td, RequireTLS: !sec.InsecureXDS, Allowed: ss.AllowedSecrets, Logger: cp.log}
 	opts := []grpc.ServerOption{grpc.ChainStreamInterceptor(cp.guard.StreamInterceptor())}
 	if !sec.InsecureXDS {
-		tlsCfg, err := ServerTLS(sec.CA, nil)
+		tlsCfg, err := sec.serverTLS()
 		if err != nil {
 			return nil, nil, err
 		}
