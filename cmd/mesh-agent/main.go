@@ -50,6 +50,9 @@ func run() error {
 	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
 	certDir := flag.String("xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd (control-plane mode); empty: plaintext, for meshd --xds-insecure only")
+	var sf spireFlags
+	flag.StringVar(&sf.socket, "spire-socket", "", "SPIRE mode: the local SPIRE agent's Workload API (unix:///path/api.sock) for this agent's own SVID (mTLS to meshd; must be spiffe://<td>/ns/nodemesh-system/sa/mesh-agent with --node as the entry's first DNS name); exclusive with --xds-cert-dir")
+	flag.StringVar(&sf.adminSocket, "spire-admin-socket", "", "SPIRE mode: the SPIRE agent's admin socket (unix:///path/admin.sock; Delegated Identity API) for the SVIDs of this node's workloads")
 	var logLevel slog.Level
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	trustDomain := flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of meshd's identity")
@@ -63,6 +66,9 @@ func run() error {
 	if *node == "" || modes != 1 {
 		flag.Usage()
 		return errors.New("--node and exactly one of --control-plane, --state or --uninstall are required")
+	}
+	if err := sf.check(*certDir); err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	if *cgroup == "" {
@@ -90,14 +96,21 @@ func run() error {
 			}
 		}
 		var dial []grpc.DialOption
-		if *certDir != "" {
+		if sf.on() {
+			sp, creds, err := sf.spire(*node, *trustDomain)
+			if err != nil {
+				return err
+			}
+			defer sp.Close()
+			dial = append(dial, creds)
+		} else if *certDir != "" {
 			creds, err := xdsCredentials(*certDir, *trustDomain)
 			if err != nil {
 				return err
 			}
 			dial = append(dial, creds)
 		} else {
-			log.Warn("no --xds-cert-dir: talking to meshd in plaintext (meshd must run with --xds-insecure)")
+			log.Warn("no --xds-cert-dir or --spire-socket: talking to meshd in plaintext (meshd must run with --xds-insecure)")
 		}
 		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,

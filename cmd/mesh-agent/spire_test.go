@@ -1,0 +1,76 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/nodemesh/nodemesh/identity"
+)
+
+func TestCheckAgentSVID(t *testing.T) {
+	ca, err := identity.NewCA(identity.CAConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := ca.TrustDomain()
+	must := func(s *x509svid.SVID, err error) *x509svid.SVID {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	web, err := identity.WorkloadID(td, "demo", "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		svid *x509svid.SVID
+		want string // "" = accepted
+	}{
+		{"agent of node-a", must(ca.NewAgentSVID("node-a")), ""},
+		{"agent of node-b", must(ca.NewAgentSVID("node-b")), "register the agent's entry with -dns node-a"},
+		{"agent without a node", must(ca.NewSVID(identity.AgentID(td))), `names node "" in its Subject CN`},
+		{"a workload", must(ca.NewSVID(web)), "register the node agent's entry with -spiffeID " + identity.AgentID(td).String()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkAgentSVID(tc.svid, td, "node-a")
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v; want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	other := spiffeid.RequireTrustDomainFromString("other.test")
+	if err := checkAgentSVID(must(ca.NewAgentSVID("node-a")), other, "node-a"); err == nil {
+		t.Fatal("an agent SVID of another trust domain was accepted")
+	}
+}
+
+func TestSPIREFlagsCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		f       spireFlags
+		certDir string
+		want    string
+	}{
+		{"off", spireFlags{}, "/certs", ""},
+		{"workload api", spireFlags{socket: "unix:///a"}, "", ""},
+		{"both sockets", spireFlags{socket: "unix:///a", adminSocket: "unix:///b"}, "", ""},
+		{"admin alone", spireFlags{adminSocket: "unix:///b"}, "", "--spire-admin-socket needs --spire-socket"},
+		{"with cert dir", spireFlags{socket: "unix:///a"}, "/certs", "exclusive"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.f.check(tc.certDir)
+			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("got %v; want %q", err, tc.want)
+			}
+		})
+	}
+}
