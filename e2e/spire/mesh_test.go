@@ -1,0 +1,348 @@
+package spire
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/nodeagent"
+	"github.com/nodemesh/nodemesh/xds"
+)
+
+// Environment of TestHelperImpostorAgent.
+const (
+	impostorEnv    = "NODEMESH_SPIRE_IMPOSTOR"
+	impostorWLEnv  = "NODEMESH_SPIRE_IMPOSTOR_WL"
+	impostorXDSEnv = "NODEMESH_SPIRE_IMPOSTOR_XDS"
+)
+
+// Users the processes of TestMeshOnSPIRE run as: SPIRE's unix workload
+// attestor tells them apart by these.
+const (
+	meshdUID    = 4711 // meshd (uid and gid)
+	impostorGID = 4343 // root with another gid: an agent whose entry names node-b
+)
+
+// meshConfig is what meshd serves: a service with a pod on node-a.
+const meshConfig = `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo, labels: {app: web}}
+spec: {nodeName: node-a, serviceAccountName: web, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.1.0.10}
+`
+
+// The mesh with SVIDs only from SPIRE: the real meshd binary (--spire-socket,
+// no CA) and the real mesh-agent binary (--spire-socket,
+// --spire-admin-socket) get their own SVIDs from a real spire-agent through
+// the Workload API; the agent's ADS stream is accepted as node-a because
+// its entry has -dns node-a. An agent SVID whose entry names node-b is
+// refused when it claims node-a (by mesh-agent itself at start, and by
+// meshd when a client tries anyway), and meshd refuses to start with an
+// SVID that is not its own ID.
+func TestMeshOnSPIRE(t *testing.T) {
+	Binaries(t)
+	if os.Getuid() != 0 {
+		t.Skip("needs root: meshd runs under another uid (unix:uid selectors) and mesh-agent loads eBPF programs")
+	}
+	cgroupRoot, pinRoot := requireKernel(t)
+	bins := buildMesh(t)
+	srv := StartServer(t, td)
+	meshdID, err := xds.ControlPlaneID(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentID := identity.AgentID(td)
+	agent := StartAgent(t, srv, AgentConfig{AuthorizedDelegates: []spiffeid.ID{agentID}}, func(parent spiffeid.ID) {
+		srv.CreateEntry(t, Entry{Parent: parent, ID: meshdID, Selectors: []string{"unix:uid:" + strconv.Itoa(meshdUID)}})
+		srv.CreateEntry(t, Entry{Parent: parent, ID: agentID, Selectors: []string{"unix:uid:0", "unix:gid:0"}, DNSNames: []string{"node-a"}})
+		srv.CreateEntry(t, Entry{Parent: parent, ID: agentID, Selectors: []string{"unix:uid:0", "unix:gid:" + strconv.Itoa(impostorGID)}, DNSNames: []string{"node-b"}})
+	})
+	// meshd, as uid 4711, must reach the sockets and its config.
+	base := filepath.Dir(srv.Dir)
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	confDir := filepath.Join(base, "mesh")
+	if err := os.Mkdir(confDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(confDir, "mesh.yaml"), []byte(meshConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	xdsAddr, debugAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	meshdArgs := []string{"--config", confDir, "--spire-socket", agent.WorkloadAPIAddr, "--trust-domain", td.Name(),
+		"--xds-addr", xdsAddr, "--debug-addr", debugAddr}
+
+	t.Run("meshd refuses another SPIFFE ID", func(t *testing.T) {
+		// As root (gid 0), SPIRE issues the agent's ID.
+		ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bins.meshd, meshdArgs...).CombinedOutput()
+		if err == nil || ctx.Err() != nil {
+			t.Fatalf("meshd as root: %v (want a refusal at start)\n%s", err, out)
+		}
+		if want := "SPIRE issued meshd the SVID " + agentID.String(); !strings.Contains(string(out), want) {
+			t.Fatalf("meshd's error does not say %q:\n%s", want, out)
+		}
+	})
+
+	t0 := time.Now()
+	meshd := startAs(t, &syscall.Credential{Uid: meshdUID, Gid: meshdUID, Groups: []uint32{}}, "meshd", bins.meshd,
+		filepath.Join(base, "meshd.log"), meshdArgs...)
+	waitFor(t, "meshd", 45*time.Second, func() error {
+		if err := meshd.checkRunning(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := httpGet("http://" + debugAddr + "/readyz")
+		return err
+	})
+	t.Logf("meshd (uid %d) serving with its SVID from SPIRE after %s", meshdUID, time.Since(t0).Round(time.Millisecond))
+	if log, _ := os.ReadFile(meshd.log); strings.Contains(string(log), "ca-dir") {
+		t.Errorf("meshd in SPIRE mode mentions a CA directory:\n%s", log)
+	}
+
+	// The node agent, as root: eBPF programs on a test cgroup.
+	tag := fmt.Sprintf("nmspire-%d", os.Getpid())
+	cgroup, pinDir := filepath.Join(cgroupRoot, tag), filepath.Join(pinRoot, tag)
+	if err := os.Mkdir(cgroup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	statusAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	agentArgs := []string{"--node", "node-a", "--control-plane", xdsAddr, "--trust-domain", td.Name(),
+		"--spire-socket", agent.WorkloadAPIAddr, "--spire-admin-socket", agent.AdminAddr,
+		"--cgroup", cgroup, "--pin-dir", pinDir, "--status-addr", statusAddr, "--node-ip", "10.1.0.1"}
+	t0 = time.Now()
+	meshAgent := start(t, "mesh-agent", bins.agent, filepath.Join(base, "mesh-agent.log"), agentArgs...)
+	t.Cleanup(func() {
+		// Cleanups run last-in first-out: start's own kill comes after
+		// this one, so kill here before removing the pins and cgroup.
+		meshAgent.cmd.Process.Kill()
+		<-meshAgent.exited
+		os.RemoveAll(pinDir)
+		if err := os.Remove(cgroup); err != nil {
+			t.Logf("remove test cgroup %s: %v", cgroup, err)
+		}
+	})
+
+	t.Run("agent of node-a is accepted", func(t *testing.T) {
+		var st struct {
+			ADS struct {
+				Connected, Synced bool
+				LastError         string
+			} `json:"ads"`
+		}
+		waitFor(t, "mesh-agent synced", 45*time.Second, func() error {
+			if err := meshAgent.checkRunning(); err != nil {
+				t.Fatal(err)
+			}
+			body, err := httpGet("http://" + statusAddr + "/status")
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal([]byte(body), &st); err != nil {
+				return err
+			}
+			if !st.ADS.Synced {
+				return fmt.Errorf("not synced: %s", body)
+			}
+			return nil
+		})
+		t.Logf("mesh-agent synced with meshd over mTLS after %s", time.Since(t0).Round(time.Millisecond))
+		body, err := httpGet("http://" + debugAddr + "/debug/syncz?format=json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nodes []xds.NodeStatus
+		if err := json.Unmarshal([]byte(body), &nodes); err != nil {
+			t.Fatal(err)
+		}
+		if len(nodes) != 1 || nodes[0].ID != "node-a" || nodes[0].Streams < 1 {
+			t.Fatalf("meshd's syncz: want node-a connected:\n%s", body)
+		}
+		acked := 0
+		for _, ty := range nodes[0].Types {
+			if ty.Acked != "" && ty.Acked == ty.Sent {
+				acked++
+			}
+		}
+		if acked == 0 {
+			t.Fatalf("node-a ACKed nothing:\n%s", body)
+		}
+		t.Logf("meshd: node-a connected, %d types ACKed", acked)
+	})
+
+	t.Run("an agent whose entry names node-b", func(t *testing.T) {
+		impostor := &syscall.Credential{Uid: 0, Gid: impostorGID, Groups: []uint32{}}
+		ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
+		defer cancel()
+		// mesh-agent itself says what is wrong with the registration.
+		cmd := exec.CommandContext(ctx, bins.agent, agentArgs...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: impostor}
+		out, err := cmd.CombinedOutput()
+		if err == nil || ctx.Err() != nil {
+			t.Fatalf("mesh-agent with node-b's SVID: %v (want a refusal at start)\n%s", err, out)
+		}
+		if !strings.Contains(string(out), `names node "node-b"`) || !strings.Contains(string(out), "-dns node-a") {
+			t.Fatalf("mesh-agent's error does not name node-b and the fix:\n%s", out)
+		}
+		t.Logf("mesh-agent: %s", strings.TrimSpace(string(out)))
+
+		// A client that tries anyway is refused by meshd for node-a and
+		// served as node-b.
+		helper := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperImpostorAgent$", "-test.v")
+		helper.Env = append(os.Environ(), impostorEnv+"=1", impostorWLEnv+"="+agent.WorkloadAPIAddr, impostorXDSEnv+"="+xdsAddr)
+		helper.SysProcAttr = &syscall.SysProcAttr{Credential: impostor}
+		out, err = helper.CombinedOutput()
+		if err != nil {
+			t.Fatalf("helper process: %v\n%s", err, out)
+		}
+		for _, want := range []string{"RESULT node-a code=PermissionDenied", "RESULT node-b code=OK", "cn=node-b"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("helper output lacks %q:\n%s", want, out)
+			}
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "RESULT ") || strings.HasPrefix(line, "SVID ") {
+				t.Log("impostor: " + line)
+			}
+		}
+	})
+}
+
+// TestHelperImpostorAgent is the client of TestMeshOnSPIRE that holds an
+// agent SVID for node-b (run as a subprocess with gid 4343). It does
+// nothing in a normal test run.
+func TestHelperImpostorAgent(t *testing.T) {
+	if os.Getenv(impostorEnv) == "" {
+		t.Skip("helper process of TestMeshOnSPIRE; runs only as its subprocess")
+	}
+	sp, err := identity.NewSPIRE(identity.SPIREConfig{WorkloadAPIAddr: os.Getenv(impostorWLEnv)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 40*time.Second)
+	defer cancel()
+	src, err := sp.X509Source(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("SVID id=%s cn=%s dns=%v\n", own.ID, own.Certificates[0].Subject.CommonName, own.Certificates[0].DNSNames)
+	cfg, err := xds.AgentClientTLS(src, src, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(os.Getenv(impostorXDSEnv), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, node := range []string{"node-a", "node-b"} {
+		err := adsOnce(ctx, conn, node)
+		fmt.Printf("RESULT %s code=%s err=%v\n", node, status.Code(err), err)
+	}
+}
+
+// adsOnce opens an ADS stream as node and waits for one response.
+func adsOnce(ctx context.Context, conn *grpc.ClientConn, node string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		return err
+	}
+	_, err = st.Recv()
+	return err
+}
+
+// requireKernel returns the cgroup v2 mount and the bpffs mount the agent
+// needs, skipping when the machine has none.
+func requireKernel(t *testing.T) (cgroupRoot, pinRoot string) {
+	t.Helper()
+	cgroupRoot, err := nodeagent.CgroupV2Mount()
+	if err != nil {
+		t.Skipf("no cgroup v2: %v", err)
+	}
+	pinRoot = "/sys/fs/bpf"
+	var st unix.Statfs_t
+	if err := unix.Statfs(pinRoot, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Skipf("no bpffs at %s (%v)", pinRoot, err)
+	}
+	return cgroupRoot, pinRoot
+}
+
+type meshBins struct{ meshd, agent string }
+
+// buildMesh builds cmd/meshd and cmd/mesh-agent into a directory every
+// user may read (meshd runs as another uid).
+func buildMesh(t *testing.T) meshBins {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	dir := tempDir(t)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out, err := exec.Command(goTool, "build", "-o", dir+"/",
+		"github.com/nodemesh/nodemesh/cmd/meshd", "github.com/nodemesh/nodemesh/cmd/mesh-agent").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build meshd and mesh-agent: %v\n%s", err, out)
+	}
+	t.Logf("built meshd and mesh-agent in %s", time.Since(start).Round(time.Millisecond))
+	return meshBins{meshd: filepath.Join(dir, "meshd"), agent: filepath.Join(dir, "mesh-agent")}
+}
+
+func httpGet(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s: %s", url, resp.Status, b)
+	}
+	return string(b), nil
+}
