@@ -29,6 +29,7 @@ type Agent struct {
 	conn    *grpc.ClientConn
 	client  *ads.Client
 	applier *Applier
+	svids   *svidManager      // nil without Config.WorkloadSVIDs
 	proxy   *envoy.Proxy      // nil without Config.EnvoySocket
 	sup     *envoy.Supervisor // nil when there is no Envoy binary
 	status  net.Listener      // nil without Config.StatusAddr
@@ -65,7 +66,19 @@ func (a *Agent) open() error {
 		return err
 	}
 	a.applier = NewApplier(dp, ads.StateConfig{Node: cfg.Node, ProxyIP: cfg.NodeIP, PodCgroup: cfg.PodCgroup}, cfg.NodeIP, a.log)
-	a.client, err = ads.New(ads.Config{Node: cfg.Node, Conn: a.conn, Applier: a.applier, Logger: cfg.Logger, Backoff: cfg.Backoff})
+	var applier ads.Applier = a.applier
+	if cfg.WorkloadSVIDs != nil {
+		a.svids = newSVIDManager(svidManagerConfig{Node: cfg.Node, Source: cfg.WorkloadSVIDs, Dir: cfg.WorkloadCertsDir,
+			Retry: cfg.WorkloadSVIDRetry, BundleRefresh: cfg.WorkloadBundleRefresh, Logger: a.log})
+		applier = ads.ApplierFunc(func(ctx context.Context, res *ads.Resources) error {
+			if err := a.applier.Apply(ctx, res); err != nil {
+				return err
+			}
+			a.svids.SetWorkloads(res.Workloads)
+			return nil
+		})
+	}
+	a.client, err = ads.New(ads.Config{Node: cfg.Node, Conn: a.conn, Applier: applier, Logger: cfg.Logger, Backoff: cfg.Backoff})
 	if err != nil {
 		return err
 	}
@@ -95,7 +108,11 @@ func (a *Agent) openEnvoy() error {
 	if err := envoy.WriteBootstrap(cfg.EnvoyBootstrapPath, bc); err != nil {
 		return err
 	}
-	proxy, err := envoy.NewProxy(envoy.ProxyConfig{Socket: cfg.EnvoySocket, Node: cfg.Node, Upstream: a.conn, Logger: cfg.Logger})
+	pc := envoy.ProxyConfig{Socket: cfg.EnvoySocket, Node: cfg.Node, Upstream: a.conn, Logger: cfg.Logger}
+	if cfg.LocalSDS {
+		pc.Secrets = a.svids
+	}
+	proxy, err := envoy.NewProxy(pc)
 	if err != nil {
 		return err
 	}
@@ -118,7 +135,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
 	part := func(name string, run func(context.Context) error) {
 		wg.Go(func() {
 			if err := run(ctx); err != nil && ctx.Err() == nil {
@@ -127,6 +144,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	part("ads client", a.client.Run)
+	if a.svids != nil {
+		part("workload svids", a.svids.Run)
+	}
 	if a.proxy != nil {
 		part("envoy xds proxy", a.proxy.Run)
 	}

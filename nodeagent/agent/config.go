@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/nodeagent/ads"
 	"github.com/nodemesh/nodemesh/nodeagent/envoy"
 )
@@ -55,6 +57,31 @@ type Config struct {
 	StatusAddr string
 	// Backoff between reconnects to the control plane.
 	Backoff ads.Backoff
+
+	// WorkloadSVIDs issues the SVIDs of the service accounts with pods on
+	// this node (the Workloads of the applied resource set whose node is
+	// Node), renewed before half their lifetime, and the trust bundle:
+	// identity.CertClient against meshd's built-in CA, or identity.SPIRE
+	// (Delegated Identity API). Nil: the agent handles no workload SVIDs.
+	WorkloadSVIDs identity.Source
+	// WorkloadCertsDir, when set (needs WorkloadSVIDs), receives each local
+	// service account's SVID as <dir>/<namespace>/<serviceaccount>/
+	// {cert-chain.pem,key.pem,root-cert.pem}, replaced atomically on
+	// renewal and bundle change and removed when the service account's
+	// last pod leaves: what gRPC's file_watcher certificate provider of a
+	// proxyless workload reads. A pod mounts its own service account's
+	// directory; whoever can mount other directories of the host (any
+	// hostPath) can take the other identities.
+	WorkloadCertsDir string
+	// LocalSDS, when set (needs WorkloadSVIDs and EnvoySocket), answers the
+	// node Envoy's SDS requests from WorkloadSVIDs instead of forwarding
+	// them to meshd (SPIRE mode: meshd holds no keys). Other types are
+	// still proxied.
+	LocalSDS bool
+	// WorkloadSVIDRetry is the wait before retrying a failed SVID fetch
+	// (default 5s); WorkloadBundleRefresh how often the trust bundle is
+	// re-read between renewals (default 1m).
+	WorkloadSVIDRetry, WorkloadBundleRefresh time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -79,6 +106,18 @@ func (c Config) Validate() error {
 	}
 	if c.NodeIP.IsValid() && !c.NodeIP.Unmap().Is4() && !c.NodeIP.Is6() {
 		errs = append(errs, fmt.Errorf("node ip %s is not an IP address", c.NodeIP))
+	}
+	if c.WorkloadCertsDir != "" && c.WorkloadSVIDs == nil {
+		errs = append(errs, errors.New("workload certs dir needs a workload SVID source"))
+	}
+	if c.WorkloadCertsDir != "" && !filepath.IsAbs(c.WorkloadCertsDir) {
+		errs = append(errs, fmt.Errorf("workload certs dir %q must be an absolute path", c.WorkloadCertsDir))
+	}
+	if c.LocalSDS && (c.WorkloadSVIDs == nil || c.EnvoySocket == "") {
+		errs = append(errs, errors.New("local SDS needs a workload SVID source and an envoy socket"))
+	}
+	if c.WorkloadSVIDRetry < 0 || c.WorkloadBundleRefresh < 0 {
+		errs = append(errs, errors.New("workload SVID retry and bundle refresh must not be negative"))
 	}
 	if c.Backoff.Jitter < 0 || c.Backoff.Jitter >= 1 {
 		errs = append(errs, fmt.Errorf("backoff jitter %v is outside [0, 1)", c.Backoff.Jitter))

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/nodemesh/nodemesh/identity"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -28,6 +30,13 @@ func TestConfigValidate(t *testing.T) {
 		{"relative socket", func(c *Config) { c.EnvoySocket = "xds.sock" }, "envoy socket"},
 		{"bootstrap without socket", func(c *Config) { c.EnvoyBootstrapPath = "/tmp/b.json" }, "needs an envoy socket"},
 		{"bad jitter", func(c *Config) { c.Backoff.Jitter = 1 }, "jitter"},
+		{"workload svids with files and local sds", func(c *Config) {
+			c.WorkloadSVIDs, c.WorkloadCertsDir, c.LocalSDS, c.EnvoySocket = &identity.CA{}, "/run/nodemesh/certs", true, "/run/nodemesh/xds.sock"
+		}, ""},
+		{"certs dir without a source", func(c *Config) { c.WorkloadCertsDir = "/run/nodemesh/certs" }, "workload certs dir needs a workload SVID source"},
+		{"relative certs dir", func(c *Config) { c.WorkloadSVIDs, c.WorkloadCertsDir = &identity.CA{}, "certs" }, "must be an absolute path"},
+		{"local sds without a source", func(c *Config) { c.LocalSDS, c.EnvoySocket = true, "/run/nodemesh/xds.sock" }, "local SDS needs"},
+		{"local sds without envoy", func(c *Config) { c.LocalSDS, c.WorkloadSVIDs = true, &identity.CA{} }, "local SDS needs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := good

@@ -21,6 +21,9 @@ type Status struct {
 	Counters      *Counters    `json:"counters,omitempty"`
 	CountersError string       `json:"countersError,omitempty"`
 	Envoy         *EnvoyStatus `json:"envoy,omitempty"`
+	// WorkloadSVIDs: the trust bundle and, per local service account,
+	// the SVID's serial and validity, renewals and the last error.
+	WorkloadSVIDs *WorkloadSVIDStatus `json:"workloadSVIDs,omitempty"`
 }
 
 // Counters are nodeagent.Counters with services keyed by "vip:port/PROTO".
@@ -35,7 +38,8 @@ type Counters struct {
 type EnvoyStatus struct {
 	Socket    string                  `json:"socket"`
 	Bootstrap string                  `json:"bootstrap"`
-	Streams   envoy.ProxyStats        `json:"streams"` // Envoy xDS streams forwarded
+	Streams   envoy.ProxyStats        `json:"streams"`            // Envoy xDS streams forwarded
+	LocalSDS  bool                    `json:"localSDS,omitempty"` // secrets served by the agent
 	Process   *envoy.SupervisorStatus `json:"process,omitempty"`
 	Absent    string                  `json:"absent,omitempty"` // why no Envoy is started
 }
@@ -53,8 +57,12 @@ func (a *Agent) Status() Status {
 			st.Counters.Services[k.String()] = v
 		}
 	}
+	if a.svids != nil {
+		ws := a.svids.Status()
+		st.WorkloadSVIDs = &ws
+	}
 	if a.proxy != nil {
-		es := &EnvoyStatus{Socket: a.cfg.EnvoySocket, Bootstrap: a.cfg.EnvoyBootstrapPath, Streams: a.proxy.Stats()}
+		es := &EnvoyStatus{Socket: a.cfg.EnvoySocket, Bootstrap: a.cfg.EnvoyBootstrapPath, Streams: a.proxy.Stats(), LocalSDS: a.cfg.LocalSDS}
 		if a.sup != nil {
 			ps := a.sup.Status()
 			es.Process = &ps

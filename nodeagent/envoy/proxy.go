@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +35,12 @@ type ProxyConfig struct {
 	// 512 MiB (gRPC's 4 MiB default is too small for a large node's first
 	// response).
 	MaxMessageBytes int
+	// Secrets, when set, answers Envoy's SDS requests (type
+	// envoy.extensions.transport_sockets.tls.v3.Secret) locally: they are
+	// no longer forwarded to the control plane, and a change of the
+	// provider's secrets is pushed to Envoy. Every other type is still
+	// proxied. Nil: secrets come from the control plane like the rest.
+	Secrets SecretProvider
 }
 
 // Validate reports what is missing in c.
@@ -66,6 +73,9 @@ type Proxy struct {
 	ads     discovery.AggregatedDiscoveryServiceClient
 	streams atomic.Int64 // open Envoy streams
 	total   atomic.Int64 // streams served
+
+	secretPushes atomic.Int64 // local SDS responses sent
+	secretNACKs  atomic.Int64 // local SDS responses Envoy rejected
 }
 
 // NewProxy checks cfg and builds a Proxy.
@@ -90,14 +100,20 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 	}, nil
 }
 
-// ProxyStats counts Envoy streams.
+// ProxyStats counts Envoy streams and, with ProxyConfig.Secrets, the
+// secrets served locally.
 type ProxyStats struct {
 	Open, Total int64
+	// LocalSecretPushes counts SDS responses sent from
+	// ProxyConfig.Secrets, LocalSecretNACKs those Envoy rejected.
+	LocalSecretPushes int64 `json:",omitempty"`
+	LocalSecretNACKs  int64 `json:",omitempty"`
 }
 
 // Stats returns the stream counters.
 func (p *Proxy) Stats() ProxyStats {
-	return ProxyStats{Open: p.streams.Load(), Total: p.total.Load()}
+	return ProxyStats{Open: p.streams.Load(), Total: p.total.Load(),
+		LocalSecretPushes: p.secretPushes.Load(), LocalSecretNACKs: p.secretNACKs.Load()}
 }
 
 // Run listens on the unix socket (replacing a stale one left by a previous
@@ -143,20 +159,41 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 // StreamAggregatedResources forwards a State of the World stream.
 func (p *Proxy) StreamAggregatedResources(down discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	return forward(p, down,
-		func(ctx context.Context) (upstream[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse], error) {
+	s := stream[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse]{
+		open: func(ctx context.Context) (upstream[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse], error) {
 			return p.ads.StreamAggregatedResources(ctx, grpc.MaxCallRecvMsgSize(p.cfg.MaxMessageBytes))
 		},
-		func(r *discovery.DiscoveryRequest) *corev3.Node { return r.GetNode() })
+		node:    func(r *discovery.DiscoveryRequest) **corev3.Node { return &r.Node },
+		typeURL: func(r *discovery.DiscoveryRequest) string { return r.GetTypeUrl() },
+	}
+	if p.cfg.Secrets != nil {
+		s.secrets = p.serveSotWSecrets
+	}
+	return forward(p, down, s)
 }
 
 // DeltaAggregatedResources forwards a Delta stream.
 func (p *Proxy) DeltaAggregatedResources(down discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
-	return forward(p, down,
-		func(ctx context.Context) (upstream[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse], error) {
+	s := stream[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse]{
+		open: func(ctx context.Context) (upstream[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse], error) {
 			return p.ads.DeltaAggregatedResources(ctx, grpc.MaxCallRecvMsgSize(p.cfg.MaxMessageBytes))
 		},
-		func(r *discovery.DeltaDiscoveryRequest) *corev3.Node { return r.GetNode() })
+		node:    func(r *discovery.DeltaDiscoveryRequest) **corev3.Node { return &r.Node },
+		typeURL: func(r *discovery.DeltaDiscoveryRequest) string { return r.GetTypeUrl() },
+	}
+	if p.cfg.Secrets != nil {
+		s.secrets = p.serveDeltaSecrets
+	}
+	return forward(p, down, s)
+}
+
+// stream is what forward needs to know about one flavour of ADS stream.
+type stream[Req, Resp any] struct {
+	open    func(context.Context) (upstream[Req, Resp], error)
+	node    func(Req) **corev3.Node // the request's node field
+	typeURL func(Req) string
+	// secrets, when set, serves the Secret requests locally.
+	secrets func(ctx context.Context, reqs <-chan Req, send func(Resp) error) error
 }
 
 type downstream[Req, Resp any] interface {
@@ -173,18 +210,41 @@ type upstream[Req, Resp any] interface {
 
 // forward pumps one Envoy stream to a new upstream stream and back. It
 // returns when either side ends; an upstream failure is returned to Envoy
-// as Unavailable so that it reconnects (with its own backoff).
-func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], open func(context.Context) (upstream[Req, Resp], error), node func(Req) *corev3.Node) error {
+// as Unavailable so that it reconnects (with its own backoff). With
+// s.secrets, Secret requests go to it instead of upstream, and it sends
+// its responses on the same Envoy stream.
+func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], s stream[Req, Resp]) error {
 	p.streams.Add(1)
 	p.total.Add(1)
 	defer p.streams.Add(-1)
 
 	ctx, cancel := context.WithCancel(down.Context())
 	defer cancel()
-	up, err := open(ctx)
+	up, err := s.open(ctx)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "opening control plane stream for node %s: %v", p.cfg.Node, err)
 	}
+
+	// Two senders (upstream responses, local secrets) share down.
+	var sendMu sync.Mutex
+	send := func(r Resp) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return down.Send(r)
+	}
+	var local sync.WaitGroup
+	var secretReqs chan Req
+	if s.secrets != nil {
+		secretReqs = make(chan Req, 16)
+		local.Go(func() {
+			if err := s.secrets(ctx, secretReqs, send); err != nil {
+				cancel() // Envoy went away
+			}
+		})
+	}
+	// The local secrets stop sending before the handler returns.
+	defer local.Wait()
+	defer cancel()
 
 	// Envoy -> control plane. The goroutine records why it stopped and
 	// cancels ctx, which ends up.Recv below. It may outlive the handler by
@@ -196,16 +256,40 @@ func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], open func(cont
 	stopped := make(chan stop, 1)
 	go func() {
 		defer cancel()
+		sentFirst := false
+		var envoyNode *corev3.Node // from Envoy's first request
 		for {
 			req, err := down.Recv()
 			if err != nil {
 				stopped <- stop{err: err}
 				return
 			}
-			if n := node(req); n != nil && n.GetId() != p.cfg.Node {
-				p.log.Warn("envoy sent another node id; replacing it", "got", n.GetId())
-				n.Id = p.cfg.Node
+			n := s.node(req)
+			if *n != nil && (*n).GetId() != p.cfg.Node {
+				p.log.Warn("envoy sent another node id; replacing it", "got", (*n).GetId())
+				(*n).Id = p.cfg.Node
 			}
+			if envoyNode == nil {
+				envoyNode = *n
+			}
+			if secretReqs != nil && isSecretRequest(s.typeURL(req)) {
+				select {
+				case secretReqs <- req:
+					continue
+				case <-ctx.Done():
+					stopped <- stop{err: ctx.Err()}
+					return
+				}
+			}
+			if !sentFirst && *n == nil {
+				// The node went with a Secret request that stayed here;
+				// the control plane needs it on its first request.
+				*n = envoyNode
+				if *n == nil {
+					*n = &corev3.Node{Id: p.cfg.Node}
+				}
+			}
+			sentFirst = true
 			if err := up.Send(req); err != nil {
 				stopped <- stop{err: err, upstream: true}
 				return
@@ -236,7 +320,7 @@ func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], open func(cont
 			p.log.Warn("control plane stream ended; closing the envoy stream", "error", err)
 			return status.Errorf(codes.Unavailable, "control plane stream for node %s: %v", p.cfg.Node, err)
 		}
-		if err := down.Send(resp); err != nil {
+		if err := send(resp); err != nil {
 			return err // Envoy went away
 		}
 	}
