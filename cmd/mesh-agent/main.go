@@ -25,6 +25,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/nodeagent"
 	"github.com/nodemesh/nodemesh/nodeagent/agent"
 )
@@ -67,7 +68,7 @@ func run() error {
 		flag.Usage()
 		return errors.New("--node and exactly one of --control-plane, --state or --uninstall are required")
 	}
-	if err := sf.check(*certDir); err != nil {
+	if err := sf.check(*certDir, *envoySocket); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
@@ -96,6 +97,7 @@ func run() error {
 			}
 		}
 		var dial []grpc.DialOption
+		var workloads identity.Source
 		if sf.on() {
 			sp, creds, err := sf.spire(*node, *trustDomain)
 			if err != nil {
@@ -103,6 +105,7 @@ func run() error {
 			}
 			defer sp.Close()
 			dial = append(dial, creds)
+			workloads = sf.workloadSVIDs(sp, log)
 		} else if *certDir != "" {
 			creds, err := xdsCredentials(*certDir, *trustDomain)
 			if err != nil {
@@ -114,7 +117,7 @@ func run() error {
 		}
 		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
-			StatusAddr: *statusAddr, Logger: log})
+			StatusAddr: *statusAddr, WorkloadSVIDs: workloads, LocalSDS: sf.localSDS(*envoySocket), Logger: log})
 		if err != nil {
 			return err
 		}

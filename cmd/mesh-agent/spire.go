@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -27,14 +28,34 @@ type spireFlags struct {
 func (f spireFlags) on() bool { return f.socket != "" }
 
 // check refuses combinations that cannot work.
-func (f spireFlags) check(certDir string) error {
+func (f spireFlags) check(certDir, envoySocket string) error {
 	switch {
 	case f.adminSocket != "" && f.socket == "":
 		return errors.New("--spire-admin-socket needs --spire-socket")
 	case f.socket != "" && certDir != "":
 		return errors.New("--spire-socket and --xds-cert-dir are exclusive: the agent's certificate comes from SPIRE or from files")
+	case f.socket != "" && envoySocket != "" && f.adminSocket == "":
+		return errors.New("--envoy-socket with --spire-socket needs --spire-admin-socket: in SPIRE mode meshd serves no secrets, the agent serves the node Envoy's SDS from SPIRE's Delegated Identity API")
 	}
 	return nil
+}
+
+// workloadSVIDs is the source of the node's workload SVIDs in SPIRE mode:
+// SPIRE's Delegated Identity API (the agent's SPIFFE ID must be in the
+// SPIRE agent's authorized_delegates), or none without
+// --spire-admin-socket.
+func (f spireFlags) workloadSVIDs(sp *identity.SPIRE, log *slog.Logger) identity.Source {
+	if f.adminSocket == "" {
+		log.Warn("no --spire-admin-socket: the node's workloads get no SVIDs from this agent")
+		return nil
+	}
+	return sp
+}
+
+// localSDS: in SPIRE mode the agent answers the node Envoy's SDS itself
+// (meshd holds no keys).
+func (f spireFlags) localSDS(envoySocket string) bool {
+	return f.on() && f.adminSocket != "" && envoySocket != ""
 }
 
 // spire connects to the local SPIRE agent and waits for this agent's own

@@ -55,19 +55,20 @@ func TestCheckAgentSVID(t *testing.T) {
 
 func TestSPIREFlagsCheck(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		f       spireFlags
-		certDir string
-		want    string
+		name           string
+		f              spireFlags
+		certDir, envoy string
+		want           string
 	}{
-		{"off", spireFlags{}, "/certs", ""},
-		{"workload api", spireFlags{socket: "unix:///a"}, "", ""},
-		{"both sockets", spireFlags{socket: "unix:///a", adminSocket: "unix:///b"}, "", ""},
-		{"admin alone", spireFlags{adminSocket: "unix:///b"}, "", "--spire-admin-socket needs --spire-socket"},
-		{"with cert dir", spireFlags{socket: "unix:///a"}, "/certs", "exclusive"},
+		{"off", spireFlags{}, "/certs", "/envoy.sock", ""},
+		{"workload api", spireFlags{socket: "unix:///a"}, "", "", ""},
+		{"both sockets", spireFlags{socket: "unix:///a", adminSocket: "unix:///b"}, "", "/envoy.sock", ""},
+		{"admin alone", spireFlags{adminSocket: "unix:///b"}, "", "", "--spire-admin-socket needs --spire-socket"},
+		{"with cert dir", spireFlags{socket: "unix:///a"}, "/certs", "", "exclusive"},
+		{"envoy without admin", spireFlags{socket: "unix:///a"}, "", "/envoy.sock", "needs --spire-admin-socket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.f.check(tc.certDir)
+			err := tc.f.check(tc.certDir, tc.envoy)
 			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 				t.Fatalf("got %v; want %q", err, tc.want)
 			}

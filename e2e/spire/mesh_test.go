@@ -17,17 +17,21 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/nodeagent"
+	"github.com/nodemesh/nodemesh/translate/secure"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -81,10 +85,16 @@ func TestMeshOnSPIRE(t *testing.T) {
 		t.Fatal(err)
 	}
 	agentID := identity.AgentID(td)
+	webID := mustID(t, "demo", "web")
+	const webTTL = 20 * time.Second
 	agent := StartAgent(t, srv, AgentConfig{AuthorizedDelegates: []spiffeid.ID{agentID}}, func(parent spiffeid.ID) {
 		srv.CreateEntry(t, Entry{Parent: parent, ID: meshdID, Selectors: []string{"unix:uid:" + strconv.Itoa(meshdUID)}})
 		srv.CreateEntry(t, Entry{Parent: parent, ID: agentID, Selectors: []string{"unix:uid:0", "unix:gid:0"}, DNSNames: []string{"node-a"}})
 		srv.CreateEntry(t, Entry{Parent: parent, ID: agentID, Selectors: []string{"unix:uid:0", "unix:gid:" + strconv.Itoa(impostorGID)}, DNSNames: []string{"node-b"}})
+		// The pod's service account, with the selectors SPIRE's k8s
+		// workload attestor gives its pods; short-lived, so that SPIRE
+		// renews it during the test.
+		srv.CreateEntry(t, Entry{Parent: parent, ID: webID, Selectors: []string{"k8s:ns:demo", "k8s:sa:web"}, X509SVIDTTL: webTTL})
 	})
 	// meshd, as uid 4711, must reach the sockets and its config.
 	base := filepath.Dir(srv.Dir)
@@ -137,9 +147,11 @@ func TestMeshOnSPIRE(t *testing.T) {
 		t.Fatal(err)
 	}
 	statusAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	envoySocket := filepath.Join(base, "envoy", "xds.sock")
 	agentArgs := []string{"--node", "node-a", "--control-plane", xdsAddr, "--trust-domain", td.Name(),
 		"--spire-socket", agent.WorkloadAPIAddr, "--spire-admin-socket", agent.AdminAddr,
-		"--cgroup", cgroup, "--pin-dir", pinDir, "--status-addr", statusAddr, "--node-ip", "10.1.0.1"}
+		"--cgroup", cgroup, "--pin-dir", pinDir, "--status-addr", statusAddr, "--node-ip", "10.1.0.1",
+		"--envoy-socket", envoySocket, "--envoy", filepath.Join(base, "no-envoy")}
 	t0 = time.Now()
 	meshAgent := start(t, "mesh-agent", bins.agent, filepath.Join(base, "mesh-agent.log"), agentArgs...)
 	t.Cleanup(func() {
@@ -198,6 +210,10 @@ func TestMeshOnSPIRE(t *testing.T) {
 			t.Fatalf("node-a ACKed nothing:\n%s", body)
 		}
 		t.Logf("meshd: node-a connected, %d types ACKed", acked)
+	})
+
+	t.Run("the agent serves its workload's SVID from SPIRE over local SDS", func(t *testing.T) {
+		testWorkloadSVID(t, agent, envoySocket, webID, webTTL)
 	})
 
 	t.Run("an agent whose entry names node-b", func(t *testing.T) {
@@ -345,4 +361,93 @@ func httpGet(url string) (string, error) {
 		return "", fmt.Errorf("%s: %s: %s", url, resp.Status, b)
 	}
 	return string(b), nil
+}
+
+// testWorkloadSVID plays the node's Envoy: it asks mesh-agent's local SDS
+// for the SVID of web (a pod of node-a in meshd's config) and the bundle,
+// checks them against what SPIRE hands out (this test process holds the
+// agent's identity, an authorized delegate), and waits for SPIRE's renewal
+// to reach it.
+func testWorkloadSVID(t *testing.T, agent *Agent, envoySocket string, web spiffeid.ID, ttl time.Duration) {
+	sp, err := identity.NewSPIRE(identity.SPIREConfig{WorkloadAPIAddr: agent.WorkloadAPIAddr, AdminSocketAddr: agent.AdminAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
+	defer cancel()
+	bundle, err := sp.TrustBundle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("unix://"+envoySocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{secure.SecretName(web), secure.BundleSecretName(td)}
+	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.SecretType, ResourceNames: names}
+	// recvSVID waits for a response holding web's SVID and ACKs it.
+	recvSVID := func() *x509svid.SVID {
+		t.Helper()
+		for {
+			if err := st.Send(req); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := st.Recv()
+			if err != nil {
+				t.Fatalf("local SDS: %v", err)
+			}
+			req.VersionInfo, req.ResponseNonce = resp.GetVersionInfo(), resp.GetNonce()
+			for _, a := range resp.GetResources() {
+				sec := &tlsv3.Secret{}
+				if err := a.UnmarshalTo(sec); err != nil {
+					t.Fatal(err)
+				}
+				if sec.GetName() != secure.SecretName(web) {
+					continue
+				}
+				tc := sec.GetTlsCertificate()
+				svid, err := x509svid.Parse(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+				if err != nil {
+					t.Fatalf("secret %s: %v", sec.GetName(), err)
+				}
+				return svid
+			}
+		}
+	}
+	t0 := time.Now()
+	first := recvSVID()
+	if id, _, err := x509svid.Verify(first.Certificates, bundle); err != nil || id != web {
+		t.Fatalf("local SDS served %s (%v); want an SVID of %s from SPIRE's CA", id, err, web)
+	}
+	leaf := first.Certificates[0]
+	t.Logf("local SDS served %s (serial %s, lifetime %s) %s after asking", web, leaf.SerialNumber, leaf.NotAfter.Sub(leaf.NotBefore), time.Since(t0).Round(time.Millisecond))
+	if got := leaf.NotAfter.Sub(leaf.NotBefore); got > ttl+time.Minute {
+		t.Errorf("SVID lifetime %s: not the entry's %s (not issued by SPIRE for this entry?)", got, ttl)
+	}
+	// The SVID SPIRE's Delegated Identity API hands this process is the
+	// same one (or its renewal).
+	direct, err := sp.SVIDFor(ctx, identity.Workload{ID: web, Selectors: []identity.Selector{{Type: "k8s", Value: "ns:demo"}, {Type: "k8s", Value: "sa:web"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !direct.Certificates[0].Equal(leaf) && direct.Certificates[0].NotBefore.Before(leaf.NotBefore) {
+		t.Errorf("SPIRE's SVID for %s (serial %s) is not the agent's (serial %s)", web, direct.Certificates[0].SerialNumber, leaf.SerialNumber)
+	}
+	for {
+		next := recvSVID()
+		if next.Certificates[0].Equal(leaf) {
+			continue // same SVID (a bundle update)
+		}
+		if time.Now().After(leaf.NotAfter) {
+			t.Errorf("renewed SVID arrived after the previous one expired")
+		}
+		t.Logf("renewed SVID (serial %s) pushed over local SDS %s after the first one's NotBefore", next.Certificates[0].SerialNumber, time.Since(leaf.NotBefore).Round(time.Second))
+		return
+	}
 }
