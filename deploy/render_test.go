@@ -127,7 +127,7 @@ func TestRenderDefaults(t *testing.T) {
 	for _, want := range []string{"Deployment/meshd", "PodDisruptionBudget/meshd", "DaemonSet/mesh-agent",
 		"Service/meshd", "Service/meshd-debug", "ServiceAccount/meshd", "ServiceAccount/mesh-agent",
 		"ClusterRole/nodemesh-meshd", "ClusterRoleBinding/nodemesh-meshd", "Role/meshd-leader-election",
-		"RoleBinding/meshd-leader-election"} {
+		"RoleBinding/meshd-leader-election", "Role/meshd-ca-root", "RoleBinding/meshd-ca-root"} {
 		if !slices.Contains(kinds, want) {
 			t.Errorf("rendered objects %v lack %s", kinds, want)
 		}
@@ -161,6 +161,40 @@ func TestRenderDefaults(t *testing.T) {
 	}
 	if !strings.Contains(yamlOf(t, d), "secretName: nodemesh-ca") {
 		t.Error("meshd does not mount the CA Secret nodemesh-ca")
+	}
+	checkAgentBootstrap(t, objs)
+}
+
+// meshd reviews the agents' tokens and publishes its bundle; the agents
+// hold a pod-bound token for meshd's audience and the bundle, and pass both
+// to mesh-agent.
+func checkAgentBootstrap(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	meshd, _, _ := unstructured.NestedSlice(find(objs, "Deployment", "meshd").Object, "spec", "template", "spec", "containers")
+	margs, _, _ := unstructured.NestedStringSlice(meshd[0].(map[string]any), "args")
+	for _, want := range []string{"--agent-service-account=" + releaseNS + "/mesh-agent", "--agent-token-audience=nodemesh",
+		"--root-cert-configmap=nodemesh-ca-root", "--lease-namespace=$(POD_NAMESPACE)"} {
+		if !slices.Contains(margs, want) {
+			t.Errorf("meshd args %v lack %s", margs, want)
+		}
+	}
+	spec, _, _ := unstructured.NestedMap(find(objs, "DaemonSet", "mesh-agent").Object, "spec", "template", "spec")
+	c := spec["containers"].([]any)[0].(map[string]any)
+	args, _, _ := unstructured.NestedStringSlice(c, "args")
+	for _, want := range []string{"--node=$(NODE_NAME)", "--xds-token=/var/run/nodemesh/token/token", "--xds-root-cert=/var/run/nodemesh/ca/root-cert.pem"} {
+		if !slices.Contains(args, want) {
+			t.Errorf("mesh-agent args %v lack %s", args, want)
+		}
+	}
+	ds := yamlOf(t, find(objs, "DaemonSet", "mesh-agent"))
+	for _, want := range []string{"audience: nodemesh", "expirationSeconds: 3600", "path: token", "name: nodemesh-ca-root",
+		"mountPath: /var/run/nodemesh/token", "mountPath: /var/run/nodemesh/ca"} {
+		if !strings.Contains(ds, want) {
+			t.Errorf("mesh-agent DaemonSet lacks %q", want)
+		}
+	}
+	if !strings.Contains(yamlOf(t, find(objs, "ClusterRole", "nodemesh-meshd")), "tokenreviews") {
+		t.Error("meshd's ClusterRole does not allow TokenReviews")
 	}
 }
 

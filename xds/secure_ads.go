@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,10 +74,15 @@ func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {
 	return r.svid, nil
 }
 
-// ServerTLS is meshd's ADS TLS: its own SVID (spiffe://<td>/ns/
-// nodemesh-system/sa/meshd, re-issued before half-life), a client
-// certificate of the trust domain required. Which node a client may speak
-// for is decided per stream by ADSGuard.
+// ServerTLS is meshd's TLS: its own SVID (spiffe://<td>/ns/
+// nodemesh-system/sa/meshd, re-issued before half-life). A client
+// certificate is optional, but when given it must be an SVID of the trust
+// domain that verifies against the bundle: a node agent's first
+// CreateCertificate call has no certificate yet and authenticates with a
+// bearer token instead (identity.CertService). Everything else served on
+// the port refuses a peer without a verified certificate
+// (RequireClientCert; ADSGuard with RequireTLS), and which node a client
+// may speak for is decided per stream by ADSGuard.
 func ServerTLS(ca CA, now func() time.Time) (*tls.Config, error) {
 	id, err := ControlPlaneID(ca.TrustDomain())
 	if err != nil {
@@ -91,6 +97,14 @@ func ServerTLS(ca CA, now func() time.Time) (*tls.Config, error) {
 	}
 	cfg := tlsconfig.MTLSServerConfig(src, ca, tlsconfig.AuthorizeMemberOf(ca.TrustDomain()))
 	cfg.MinVersion = tls.VersionTLS13
+	verify := cfg.VerifyPeerCertificate
+	cfg.ClientAuth = tls.RequestClientCert
+	cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return nil // no certificate: each service decides (see above)
+		}
+		return verify(raw, chains)
+	}
 	return cfg, nil
 }
 

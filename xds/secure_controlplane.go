@@ -8,7 +8,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/translate/secure"
@@ -28,12 +32,15 @@ import (
 //     xDS/SDS), so it needs no certificate of its own. In tests and demos
 //     meshd's CA issues agent certificates directly (identity.NewAgentSVID;
 //     meshd --bootstrap-agents writes them to files). In production the
-//     agent gets its SVID either from SPIRE (identity.SPIRE, node
-//     attestation by SPIRE, the node name as a selector-bound registration
-//     entry) or by exchanging a one-time bootstrap token, bound to one node
-//     name and delivered out of band, for a certificate from
-//     identity.CertService with an Authorizer that checks and burns the
-//     token before SignAgentCSR; after that it renews with its own SVID.
+//     agent gets its SVID either from SPIRE (SPIRE mode, see
+//     secure_spire.go: node attestation by SPIRE, the node name as the
+//     registration entry's first DNS name) or, with Tokens set, from meshd's CreateCertificate: the
+//     agent connects without a client certificate (the TLS config allows
+//     it; only CreateCertificate serves such a peer) and presents a bearer
+//     token that Tokens binds to one node (in Kubernetes: a service account
+//     token bound to the agent's pod, hence its node, checked by
+//     TokenReview); the agent identity is only signed bound to that node.
+//     After that it renews with its own SVID.
 //   - Proxyless gRPC clients present their own workload SVID
 //     (spiffe://<td>/ns/<ns>/sa/<sa>, from the file_watcher files the agent
 //     writes for them, or from SPIRE) and may only connect as a
@@ -56,6 +63,12 @@ type ControlPlaneSecurity struct {
 	RootNamespace string
 	// RotationCheck: see SecurityConfig (default 1m).
 	RotationCheck time.Duration
+	// Tokens authenticates CreateCertificate callers without a client
+	// certificate by their bearer token: a node agent's first certificate
+	// (e.g. kubetoken, Kubernetes service account tokens bound to a pod,
+	// hence to its node). nil: no token bootstrap, a caller must present a
+	// certificate. Unused with InsecureXDS (no CertService is served).
+	Tokens identity.TokenAuthenticator
 }
 
 // Validate reports a configuration meshd cannot start with.
@@ -90,17 +103,52 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 		if err != nil {
 			return nil, nil, err
 		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+		// The TLS config lets peers without a certificate in (a node
+		// agent's first CreateCertificate); nothing else serves them.
+		unary, stream := requireClientCert(securityv1alpha1.IstioCertificateService_CreateCertificate_FullMethodName)
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)),
+			grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream))
 		if signer, ok := sec.CA.(identity.CSRSigner); ok {
 			// Istio's certificate API on the same mTLS port.
 			if cp.certs, err = identity.NewCertService(identity.CertServiceConfig{
-				Signer: signer, Authorizer: certAuthorizer(ss),
+				Signer: signer, Authorizer: certAuthorizer(ss), Tokens: sec.Tokens,
 			}); err != nil {
 				return nil, nil, err
 			}
 		}
 	}
 	return ss, opts, nil
+}
+
+// requireClientCert refuses (Unauthenticated) every call from a peer
+// without a client certificate, except the methods named. The TLS config
+// has verified any certificate given; a method allowed without one must
+// authenticate the peer itself.
+func requireClientCert(except ...string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	check := func(ctx context.Context, method string) error {
+		if slices.Contains(except, method) {
+			return nil
+		}
+		if p, ok := peer.FromContext(ctx); ok {
+			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+				return nil
+			}
+		}
+		return status.Errorf(codes.Unauthenticated, "%s: a client certificate is required", method)
+	}
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if err := check(ctx, info.FullMethod); err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := check(ss.Context(), info.FullMethod); err != nil {
+			return err
+		}
+		return handler(srv, ss)
+	}
+	return unary, stream
 }
 
 // certAuthorizer is who may get which SVID from CreateCertificate: a

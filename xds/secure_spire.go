@@ -112,6 +112,8 @@ func (c *ControlPlaneSecurity) validateUpstream() error {
 		return errors.New("control plane security: CA or SPIRE is required")
 	case c.CA != nil && c.SPIRE != nil:
 		return errors.New("control plane security: CA and SPIRE are exclusive (SPIRE mode runs no CA)")
+	case c.SPIRE != nil && c.Tokens != nil:
+		return errors.New("control plane security: Tokens bootstrap agent certificates from the built-in CA; with SPIRE, SPIRE attests the nodes")
 	case c.SPIRE != nil:
 		return c.SPIRE.Validate()
 	}

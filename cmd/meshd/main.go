@@ -12,12 +12,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/identity/kubetoken"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -33,6 +35,7 @@ func main() {
 		agentsDir   string
 		kf          kubeFlags
 		spireSocket string
+		publisher   *kubetoken.BundlePublisher
 	)
 	flag.StringVar(&cfg.ConfigDir, "config", "", "directory of Kubernetes and Istio YAML to serve (or --kube)")
 	flag.StringVar(&cfg.XDSAddr, "xds-addr", "127.0.0.1:15010", "ADS gRPC listen address")
@@ -45,7 +48,7 @@ func main() {
 	flag.BoolVar(&xdsInsecure, "xds-insecure", false, "serve ADS without TLS (demos and tests only: any client can claim any node)")
 	flag.StringVar(&caDir, "ca-dir", defaultCADir(), "directory of the built-in CA (Istio cacerts layout); a root is generated and persisted there on first start")
 	flag.DurationVar(&svidTTL, "svid-ttl", identity.DefaultSVIDTTL, "lifetime of workload SVIDs (renewed at half)")
-	flag.StringVar(&agentCerts, "bootstrap-agents", "", "comma-separated node names: write an agent certificate for each under --agent-certs-dir at start (tests and demos; production agents get theirs from SPIRE or a one-time bootstrap token)")
+	flag.StringVar(&agentCerts, "bootstrap-agents", "", "comma-separated node names: write an agent certificate for each under --agent-certs-dir at start (tests and demos; in a cluster agents get theirs with a service account token, see --agent-service-account)")
 	flag.StringVar(&agentsDir, "agent-certs-dir", "", "where --bootstrap-agents writes <node>/{cert-chain.pem,key.pem,root-cert.pem}")
 	flag.StringVar(&spireSocket, "spire-socket", "", "SPIRE mode: the SPIRE agent's Workload API (unix:///path/api.sock); meshd's SVID (spiffe://<td>/ns/nodemesh-system/sa/meshd) and bundle come from SPIRE, no built-in CA runs and no secrets are served (agents get SVIDs from their own SPIRE agent)")
 	flag.BoolVar(&kf.enabled, "kube", false, "read the mesh from the Kubernetes API (in-cluster config unless --kubeconfig) instead of --config")
@@ -54,7 +57,12 @@ func main() {
 	flag.StringVar(&kf.leaseNamespace, "lease-namespace", "", "with --kube: namespace of the Lease electing the replica that writes Events")
 	flag.StringVar(&kf.leaseName, "lease-name", "nodemesh-meshd", "with --kube: name of that Lease")
 	flag.StringVar(&kf.leaseIdentity, "lease-identity", "", "with --kube: this replica's identity in the election (e.g. the pod name)")
+	flag.StringVar(&kf.agentServiceAccount, "agent-service-account", "nodemesh-system/mesh-agent", "with --kube and mTLS: namespace/name of the node agents' ServiceAccount; a pod-bound token of it gets a first agent certificate for the pod's node (checked by TokenReview). Without --kube there is no token bootstrap")
+	flag.StringVar(&kf.agentTokenAudience, "agent-token-audience", kubetoken.DefaultAudience, "with --kube and mTLS: audience the agents' projected tokens must be issued for; empty disables token bootstrap")
+	flag.StringVar(&kf.rootCertConfigMap, "root-cert-configmap", kubetoken.DefaultRootCertConfigMap, "with --kube, mTLS and --lease-namespace: ConfigMap in the lease namespace where meshd publishes its trust bundle (key root-cert.pem) for the agents to verify it; empty disables")
 	flag.Parse()
+	kf.explicit = map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { kf.explicit[f.Name] = true })
 	if (cfg.ConfigDir == "") == !kf.on() || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: meshd (--config DIR | --kube [--kubeconfig FILE]) [--xds-addr ADDR] [--debug-addr ADDR] [--ca-dir DIR | --spire-socket unix:///PATH] [--xds-insecure] [--mtls=false] [--log-level LEVEL]")
 		os.Exit(2)
@@ -87,6 +95,12 @@ func main() {
 			os.Exit(1)
 		}
 		cfg.Security = &xds.ControlPlaneSecurity{CA: ca, InsecureXDS: xdsInsecure}
+		if kf.on() && !xdsInsecure {
+			if publisher, err = kf.agentBootstrap(ca, cfg.Security, log); err != nil {
+				log.Error("meshd failed to set up the node agents' bootstrap", "err", err)
+				os.Exit(2)
+			}
+		}
 		if err := bootstrapAgents(ca, agentCerts, agentsDir); err != nil {
 			log.Error("meshd failed to write agent certificates", "err", err)
 			os.Exit(1)
@@ -103,11 +117,18 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	var wg sync.WaitGroup
+	runCtx, cancelRun := context.WithCancel(ctx)
+	if publisher != nil {
+		wg.Go(func() { _ = publisher.Run(runCtx) })
+	}
 	select {
 	case <-ctx.Done():
 		log.Info("meshd stopping")
 	case <-cp.Done():
 	}
+	cancelRun()
+	wg.Wait()
 	if err := cp.Stop(); err != nil {
 		log.Error("meshd stopped with an error", "err", err)
 		os.Exit(1)

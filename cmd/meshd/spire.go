@@ -17,9 +17,11 @@ import (
 // spireStartTimeout bounds the wait for meshd's first SVID from SPIRE.
 const spireStartTimeout = 30 * time.Second
 
-// builtInCAFlags are the flags of the built-in CA, refused with
-// --spire-socket (SPIRE mode runs no CA).
-var builtInCAFlags = []string{"ca-dir", "svid-ttl", "bootstrap-agents", "agent-certs-dir"}
+// builtInCAFlags are the flags of the built-in CA and of its agent
+// bootstrap, refused with --spire-socket (SPIRE mode runs no CA; SPIRE
+// attests the nodes).
+var builtInCAFlags = []string{"ca-dir", "svid-ttl", "bootstrap-agents", "agent-certs-dir",
+	"agent-service-account", "agent-token-audience", "root-cert-configmap"}
 
 // checkSPIREFlags refuses flag combinations that make no sense in SPIRE
 // mode: the built-in CA's flags, and --mtls=false.
