@@ -7,6 +7,15 @@
 //   - --state FILE: standalone; programs the maps from a YAML file of
 //     nodeagent.State and re-applies it whenever the file changes.
 //
+// Identity in control-plane mode: --xds-cert-dir (certificate files), or
+// SPIRE mode: --spire-socket gives the agent its own SVID from the node's
+// SPIRE agent (spiffe://<td>/ns/nodemesh-system/sa/mesh-agent, its entry's
+// first DNS name the node name; see identity/agent.go), renewed by SPIRE,
+// and --spire-admin-socket the SVIDs of the node's service accounts through
+// SPIRE's Delegated Identity API (selectors k8s:ns:<ns> and k8s:sa:<sa>),
+// which the agent serves to the node's Envoy over local SDS: meshd serves
+// no secrets then.
+//
 // SIGTERM/SIGINT exit and leave the pinned programs and maps in place, so
 // traffic keeps flowing; --uninstall removes them.
 package main

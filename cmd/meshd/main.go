@@ -1,6 +1,9 @@
 // Command meshd is the nodemesh control plane: it reads Kubernetes and
 // Istio YAML from a directory, translates it per node and serves it over
-// ADS (see package xds). This file only reads flags and wires the parts.
+// ADS (see package xds). Identity comes from its built-in CA (--ca-dir), or
+// in SPIRE mode (--spire-socket) from a SPIRE agent: meshd's SVID and the
+// bundle from the Workload API, no CA, no secrets served (spire.go). This
+// file only reads flags and wires the parts.
 package main
 
 import (
