@@ -210,6 +210,27 @@ func TestMeshOnSPIRE(t *testing.T) {
 			t.Fatalf("node-a ACKed nothing:\n%s", body)
 		}
 		t.Logf("meshd: node-a connected, %d types ACKed", acked)
+
+		// meshd names the pod's SDS secret in node-a's config but serves
+		// no secret: the agent does, from SPIRE.
+		body, err = httpGet("http://" + debugAddr + "/debug/config_dump?node=node-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dump struct {
+			Dataplane map[string]json.RawMessage `json:"dataplane"`
+		}
+		if err := json.Unmarshal([]byte(body), &dump); err != nil {
+			t.Fatal(err)
+		}
+		for typ := range dump.Dataplane {
+			if typ == "SDS" || strings.Contains(typ, "Secret") {
+				t.Errorf("meshd serves node-a %s in SPIRE mode", typ)
+			}
+		}
+		if !strings.Contains(body, `"`+webID.String()+`"`) {
+			t.Errorf("node-a's config does not name the SDS secret %s:\n%s", webID, body)
+		}
 	})
 
 	t.Run("the agent serves its workload's SVID from SPIRE over local SDS", func(t *testing.T) {
