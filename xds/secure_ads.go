@@ -79,9 +79,9 @@ func (r *rotatingSVID) GetX509SVID() (*x509svid.SVID, error) {
 // certificate is optional, but when given it must be an SVID of the trust
 // domain that verifies against the bundle: a node agent's first
 // CreateCertificate call has no certificate yet and authenticates with a
-// bearer token instead (identity.CertService). Everything else served on
-// the port refuses a peer without a verified certificate
-// (RequireClientCert; ADSGuard with RequireTLS), and which node a client
+// bearer token instead (identity.CertService). A server using this config
+// must refuse such peers everywhere else: StartControlPlane does, on every
+// other method, and ADSGuard with RequireTLS on ADS. Which node a client
 // may speak for is decided per stream by ADSGuard.
 func ServerTLS(ca CA, now func() time.Time) (*tls.Config, error) {
 	id, err := ControlPlaneID(ca.TrustDomain())
