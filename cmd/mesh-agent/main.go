@@ -3,7 +3,9 @@
 //   - --control-plane ADDR: the full agent (nodeagent/agent): one ADS stream
 //     to meshd for the dataplane resources, applied to the node's eBPF maps
 //     (ACK after the maps are written), the shared Envoy's xDS proxied over
-//     the same connection (--envoy-socket), status over HTTP (--status-addr).
+//     the same connection (--envoy-socket), status over HTTP (--status-addr),
+//     and with --workload-certs-dir the SVIDs of the node's service accounts
+//     (from meshd's CA) as files for proxyless gRPC workloads.
 //   - --state FILE: standalone; programs the maps from a YAML file of
 //     nodeagent.State and re-applies it whenever the file changes.
 //
@@ -59,6 +61,7 @@ func run() error {
 	statusAddr := flag.String("status-addr", "", "HTTP status address host:port, e.g. 127.0.0.1:15020 (control-plane mode)")
 	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
+	workloadCerts := flag.String("workload-certs-dir", "", "write the SVIDs of the node's service accounts, from meshd's CA (or SPIRE), to DIR/<namespace>/<serviceaccount>/{cert-chain,key,root-cert}.pem for gRPC's file_watcher certificate provider (control-plane mode; needs --xds-cert-dir or --spire-admin-socket)")
 	certDir := flag.String("xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd (control-plane mode); empty: plaintext, for meshd --xds-insecure only")
 	var sf spireFlags
 	flag.StringVar(&sf.socket, "spire-socket", "", "SPIRE mode: the local SPIRE agent's Workload API (unix:///path/api.sock) for this agent's own SVID (mTLS to meshd; must be spiffe://<td>/ns/nodemesh-system/sa/mesh-agent with --node as the entry's first DNS name); exclusive with --xds-cert-dir")
@@ -124,9 +127,21 @@ func run() error {
 		} else {
 			log.Warn("no --xds-cert-dir or --spire-socket: talking to meshd in plaintext (meshd must run with --xds-insecure)")
 		}
-		a, err := agent.New(agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
+		cfg := agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
-			StatusAddr: *statusAddr, WorkloadSVIDs: workloads, LocalSDS: sf.localSDS(*envoySocket), Logger: log})
+			StatusAddr: *statusAddr, WorkloadSVIDs: workloads, LocalSDS: sf.localSDS(*envoySocket), Logger: log}
+		if *workloadCerts != "" && sf.on() {
+			if err := sf.workloadCertsDir(&cfg, *workloadCerts); err != nil {
+				return err
+			}
+		} else if *workloadCerts != "" {
+			closeConn, err := withWorkloadCerts(&cfg, *workloadCerts, *certDir, *trustDomain)
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+		}
+		a, err := agent.New(cfg)
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/nodeagent/agent"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -50,6 +51,16 @@ func (f spireFlags) workloadSVIDs(sp *identity.SPIRE, log *slog.Logger) identity
 		return nil
 	}
 	return sp
+}
+
+// workloadCertsDir has the agent write its workloads' SVIDs from SPIRE to
+// dir (--workload-certs-dir in SPIRE mode).
+func (f spireFlags) workloadCertsDir(cfg *agent.Config, dir string) error {
+	if f.adminSocket == "" {
+		return errors.New("--workload-certs-dir with --spire-socket needs --spire-admin-socket: the workloads' SVIDs come from SPIRE's Delegated Identity API")
+	}
+	cfg.WorkloadCertsDir = dir
+	return nil
 }
 
 // localSDS: in SPIRE mode the agent answers the node Envoy's SDS itself

@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/nodeagent/agent"
 )
 
 func TestCheckAgentSVID(t *testing.T) {
@@ -73,5 +74,15 @@ func TestSPIREFlagsCheck(t *testing.T) {
 				t.Fatalf("got %v; want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestSPIREWorkloadCertsDir(t *testing.T) {
+	var cfg agent.Config
+	if err := (spireFlags{socket: "unix:///a"}).workloadCertsDir(&cfg, "/w"); err == nil || !strings.Contains(err.Error(), "needs --spire-admin-socket") {
+		t.Fatalf("without the admin socket: %v", err)
+	}
+	if err := (spireFlags{socket: "unix:///a", adminSocket: "unix:///b"}).workloadCertsDir(&cfg, "/w"); err != nil || cfg.WorkloadCertsDir != "/w" {
+		t.Fatalf("with the admin socket: %v, dir %q", err, cfg.WorkloadCertsDir)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -148,10 +149,11 @@ func TestMeshOnSPIRE(t *testing.T) {
 	}
 	statusAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	envoySocket := filepath.Join(base, "envoy", "xds.sock")
+	workloadCerts := filepath.Join(base, "workload-certs")
 	agentArgs := []string{"--node", "node-a", "--control-plane", xdsAddr, "--trust-domain", td.Name(),
 		"--spire-socket", agent.WorkloadAPIAddr, "--spire-admin-socket", agent.AdminAddr,
 		"--cgroup", cgroup, "--pin-dir", pinDir, "--status-addr", statusAddr, "--node-ip", "10.1.0.1",
-		"--envoy-socket", envoySocket, "--envoy", filepath.Join(base, "no-envoy")}
+		"--envoy-socket", envoySocket, "--envoy", filepath.Join(base, "no-envoy"), "--workload-certs-dir", workloadCerts}
 	t0 = time.Now()
 	meshAgent := start(t, "mesh-agent", bins.agent, filepath.Join(base, "mesh-agent.log"), agentArgs...)
 	t.Cleanup(func() {
@@ -235,6 +237,24 @@ func TestMeshOnSPIRE(t *testing.T) {
 
 	t.Run("the agent serves its workload's SVID from SPIRE over local SDS", func(t *testing.T) {
 		testWorkloadSVID(t, agent, envoySocket, webID, webTTL)
+	})
+
+	t.Run("the agent writes its workload's SVID from SPIRE for proxyless gRPC", func(t *testing.T) {
+		dir := filepath.Join(workloadCerts, "demo", "web")
+		var svid *x509svid.SVID
+		waitFor(t, "workload cert files", 20*time.Second, func() error {
+			var err error
+			svid, err = x509svid.Load(filepath.Join(dir, "cert-chain.pem"), filepath.Join(dir, "key.pem"))
+			return err
+		})
+		roots, err := x509bundle.Load(td, filepath.Join(dir, "root-cert.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id, _, err := x509svid.Verify(svid.Certificates, roots); err != nil || id != webID {
+			t.Fatalf("%s holds %s (%v); want an SVID of %s verified by root-cert.pem", dir, id, err, webID)
+		}
+		t.Logf("%s: SVID %s (serial %s) from SPIRE", dir, svid.ID, svid.Certificates[0].SerialNumber)
 	})
 
 	t.Run("an agent whose entry names node-b", func(t *testing.T) {

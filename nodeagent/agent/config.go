@@ -78,9 +78,11 @@ type Config struct {
 	// them to meshd (SPIRE mode: meshd holds no keys). Other types are
 	// still proxied.
 	LocalSDS bool
-	// WorkloadSVIDRetry is the wait before retrying a failed SVID fetch
-	// (default 5s); WorkloadBundleRefresh how often the trust bundle is
-	// re-read between renewals (default 1m).
+	// WorkloadSVIDRetry is the first wait before retrying a failed SVID
+	// fetch, doubled after each further failure up to 20s, and the least
+	// time between two fetches for one service account (default 5s);
+	// WorkloadBundleRefresh how often the trust bundle is re-read between
+	// renewals (default 1m).
 	WorkloadSVIDRetry, WorkloadBundleRefresh time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger

@@ -32,8 +32,39 @@
 // Envoy is absent and keeps the socket, so an Envoy started by other means
 // can connect.
 //
+// Workload SVIDs. With Config.WorkloadSVIDs (an identity.Source: the
+// built-in CA through identity.CertClient, or SPIRE's Delegated Identity
+// API through identity.SPIRE) the agent keeps one SVID per service account
+// with pods on the node: the Workloads of each applied resource set whose
+// node is this node (a set is taken only once it is in the kernel). Each
+// is asked for as Workload{ID: spiffe://<td>/ns/<ns>/sa/<sa>, Selectors:
+// k8s:ns:<ns>, k8s:sa:<sa>} and renewed by an identity.Rotator before half
+// its lifetime (a failed fetch keeps the current SVID and is retried after
+// WorkloadSVIDRetry, doubling up to 20s; fetches of one service account
+// are never closer than WorkloadSVIDRetry); the trust bundle comes with
+// each SVID and is re-read every WorkloadBundleRefresh. When the last pod of a service account
+// leaves, its SVID is dropped. They go to:
+//
+//   - Config.WorkloadCertsDir: <dir>/<namespace>/<serviceaccount>/
+//     {cert-chain.pem,key.pem,root-cert.pem} (directories 0700, key 0600),
+//     each file replaced by rename on renewal and bundle change, removed on
+//     drop; files of service accounts no longer on the node (left by a
+//     previous run) are removed after the first applied set. These are the
+//     files gRPC's file_watcher certificate provider of a proxyless
+//     workload reads (translate/secure.DefaultCertProviderInstance). A pod
+//     mounts its own service account's directory (hostPath); like any
+//     hostPath, whoever may mount other directories of the host can take
+//     the identities there. Files stay on shutdown, so pods keep valid
+//     certificates while the agent restarts.
+//   - Config.LocalSDS: the Envoy proxy answers the node Envoy's SDS itself
+//     (envoy.SecretProvider): the SVIDs named by SPIFFE ID and the bundle as
+//     a validation context named spiffe://<td>, as meshd names them. For
+//     SPIRE mode, where meshd holds no keys; with the built-in CA meshd
+//     serves SDS itself.
+//
 // Status. With Config.StatusAddr set, the agent serves /status (JSON: ADS
 // per-type ACK/NACK and versions, the last apply, kernel counters, Envoy
-// proxy and process), /debug/ads, /debug/dataplane (a map dump),
+// proxy and process, workload SVIDs per service account: serial,
+// validity, renewals, last error), /debug/ads, /debug/dataplane (a map dump),
 // /healthz and /readyz (200 once the first full set was applied).
 package agent

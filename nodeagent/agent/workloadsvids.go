@@ -209,7 +209,7 @@ func (m *svidManager) reconcile(ctx context.Context) {
 func (m *svidManager) startAccount(ctx context.Context, a *account) {
 	ctx, a.cancel = context.WithCancel(ctx)
 	rot, err := identity.NewRotator(identity.RotatorConfig{
-		Source: m.cfg.Source,
+		Source: paced(m.cfg.Source, m.cfg.Retry),
 		Workload: identity.Workload{ID: a.ID, Selectors: []identity.Selector{
 			{Type: "k8s", Value: "ns:" + a.Namespace}, {Type: "k8s", Value: "sa:" + a.ServiceAccount}}},
 		RetryInterval: m.cfg.Retry,

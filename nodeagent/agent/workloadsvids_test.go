@@ -296,11 +296,11 @@ func TestSVIDManager(t *testing.T) {
 			_, b, err := readFiles(webDir, web)
 			return err == nil && b.HasX509Authority(root) && len(b.X509Authorities()) == 2
 		})
-		s, _ := m.Secrets()
-		roots, err := identity.ParseCertsPEM(s[identity.DefaultTrustDomain.IDString()].GetValidationContext().GetTrustedCa().GetInlineBytes())
-		if err != nil || len(roots) != 2 {
-			t.Fatalf("bundle secret roots: %d (%v)", len(roots), err)
-		}
+		waitUntil(t, "the new root in the bundle secret", 10*time.Second, func() bool {
+			s, _ := m.Secrets()
+			roots, err := identity.ParseCertsPEM(s[identity.DefaultTrustDomain.IDString()].GetValidationContext().GetTrustedCa().GetInlineBytes())
+			return err == nil && len(roots) == 2 && roots[0].Equal(root)
+		})
 	})
 
 	t.Run("the last pod leaving drops the SVID", func(t *testing.T) {

@@ -23,5 +23,12 @@
 //
 // Per-namespace connection limits and stat prefixes are not in the
 // bootstrap: they come with each namespace's listeners from the control
-// plane. Neither are secrets: SDS flows over the same ADS stream.
+// plane. Neither are secrets: SDS flows over the same ADS stream, from the
+// control plane, or, with ProxyConfig.Secrets (a SecretProvider: the node
+// agent's workload SVIDs), answered by the proxy itself (secrets.go, SotW
+// and Delta): Secret requests then never reach the control plane, a
+// change of the provider's secrets is pushed, a secret the provider does
+// not have is never served, and every other type is still forwarded. The
+// local answers share the Envoy stream, so they stop when the control
+// plane stream does (Envoy reconnects and keeps its secrets meanwhile).
 package envoy
