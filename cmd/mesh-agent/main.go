@@ -80,7 +80,7 @@ func run() error {
 		flag.Usage()
 		return errors.New("--node and exactly one of --control-plane, --state or --uninstall are required")
 	}
-	if err := sf.check(*certDir, *envoySocket); err != nil {
+	if err := sf.check(*certDir != "", *envoySocket); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))

@@ -28,13 +28,15 @@ type spireFlags struct {
 
 func (f spireFlags) on() bool { return f.socket != "" }
 
-// check refuses combinations that cannot work.
-func (f spireFlags) check(certDir, envoySocket string) error {
+// check refuses combinations that cannot work; otherCreds says whether
+// another source of the agent's certificate (--xds-cert-dir, --xds-token)
+// is set.
+func (f spireFlags) check(otherCreds bool, envoySocket string) error {
 	switch {
 	case f.adminSocket != "" && f.socket == "":
 		return errors.New("--spire-admin-socket needs --spire-socket")
-	case f.socket != "" && certDir != "":
-		return errors.New("--spire-socket and --xds-cert-dir are exclusive: the agent's certificate comes from SPIRE or from files")
+	case f.socket != "" && otherCreds:
+		return errors.New("--spire-socket is exclusive with --xds-cert-dir and --xds-token: the agent's certificate comes from SPIRE or from meshd's CA")
 	case f.socket != "" && envoySocket != "" && f.adminSocket == "":
 		return errors.New("--envoy-socket with --spire-socket needs --spire-admin-socket: in SPIRE mode meshd serves no secrets, the agent serves the node Envoy's SDS from SPIRE's Delegated Identity API")
 	}

@@ -56,20 +56,21 @@ func TestCheckAgentSVID(t *testing.T) {
 
 func TestSPIREFlagsCheck(t *testing.T) {
 	for _, tc := range []struct {
-		name           string
-		f              spireFlags
-		certDir, envoy string
-		want           string
+		name       string
+		f          spireFlags
+		otherCreds bool
+		envoy      string
+		want       string
 	}{
-		{"off", spireFlags{}, "/certs", "/envoy.sock", ""},
-		{"workload api", spireFlags{socket: "unix:///a"}, "", "", ""},
-		{"both sockets", spireFlags{socket: "unix:///a", adminSocket: "unix:///b"}, "", "/envoy.sock", ""},
-		{"admin alone", spireFlags{adminSocket: "unix:///b"}, "", "", "--spire-admin-socket needs --spire-socket"},
-		{"with cert dir", spireFlags{socket: "unix:///a"}, "/certs", "", "exclusive"},
-		{"envoy without admin", spireFlags{socket: "unix:///a"}, "", "/envoy.sock", "needs --spire-admin-socket"},
+		{"off", spireFlags{}, true, "/envoy.sock", ""},
+		{"workload api", spireFlags{socket: "unix:///a"}, false, "", ""},
+		{"both sockets", spireFlags{socket: "unix:///a", adminSocket: "unix:///b"}, false, "/envoy.sock", ""},
+		{"admin alone", spireFlags{adminSocket: "unix:///b"}, false, "", "--spire-admin-socket needs --spire-socket"},
+		{"with cert files or token", spireFlags{socket: "unix:///a"}, true, "", "exclusive"},
+		{"envoy without admin", spireFlags{socket: "unix:///a"}, false, "/envoy.sock", "needs --spire-admin-socket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.f.check(tc.certDir, tc.envoy)
+			err := tc.f.check(tc.otherCreds, tc.envoy)
 			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 				t.Fatalf("got %v; want %q", err, tc.want)
 			}
