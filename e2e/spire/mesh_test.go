@@ -2,6 +2,8 @@ package spire
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -87,10 +89,12 @@ func TestMeshOnSPIRE(t *testing.T) {
 	}
 	agentID := identity.AgentID(td)
 	webID := mustID(t, "demo", "web")
-	const webTTL = 20 * time.Second
+	const webTTL, shortTTL = 20 * time.Second, 20 * time.Second
 	agent := StartAgent(t, srv, AgentConfig{AuthorizedDelegates: []spiffeid.ID{agentID}}, func(parent spiffeid.ID) {
-		srv.CreateEntry(t, Entry{Parent: parent, ID: meshdID, Selectors: []string{"unix:uid:" + strconv.Itoa(meshdUID)}})
-		srv.CreateEntry(t, Entry{Parent: parent, ID: agentID, Selectors: []string{"unix:uid:0", "unix:gid:0"}, DNSNames: []string{"node-a"}})
+		// meshd and the agent of node-a get short-lived SVIDs: SPIRE
+		// renews them during the test.
+		srv.CreateEntry(t, Entry{Parent: parent, ID: meshdID, Selectors: []string{"unix:uid:" + strconv.Itoa(meshdUID)}, X509SVIDTTL: shortTTL})
+		srv.CreateEntry(t, Entry{Parent: parent, ID: agentID, Selectors: []string{"unix:uid:0", "unix:gid:0"}, DNSNames: []string{"node-a"}, X509SVIDTTL: shortTTL})
 		srv.CreateEntry(t, Entry{Parent: parent, ID: agentID, Selectors: []string{"unix:uid:0", "unix:gid:" + strconv.Itoa(impostorGID)}, DNSNames: []string{"node-b"}})
 		// The pod's service account, with the selectors SPIRE's k8s
 		// workload attestor gives its pods; short-lived, so that SPIRE
@@ -140,6 +144,16 @@ func TestMeshOnSPIRE(t *testing.T) {
 	if log, _ := os.ReadFile(meshd.log); strings.Contains(string(log), "ca-dir") {
 		t.Errorf("meshd in SPIRE mode mentions a CA directory:\n%s", log)
 	}
+	// This test process is root too: it holds node-a's agent SVID.
+	own, err := identity.NewSPIRE(identity.SPIREConfig{WorkloadAPIAddr: agent.WorkloadAPIAddr, AdminSocketAddr: agent.AdminAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { own.Close() })
+	firstMeshd := meshdCert(t, own, xdsAddr)
+	if id, err := x509svidID(firstMeshd); err != nil || id != meshdID {
+		t.Fatalf("meshd presents %s (%v), want %s", id, err, meshdID)
+	}
 
 	// The node agent, as root: eBPF programs on a test cgroup.
 	tag := fmt.Sprintf("nmspire-%d", os.Getpid())
@@ -167,27 +181,20 @@ func TestMeshOnSPIRE(t *testing.T) {
 		}
 	})
 
+	reconnects := -1
 	t.Run("agent of node-a is accepted", func(t *testing.T) {
-		var st struct {
-			ADS struct {
-				Connected, Synced bool
-				LastError         string
-			} `json:"ads"`
-		}
 		waitFor(t, "mesh-agent synced", 45*time.Second, func() error {
 			if err := meshAgent.checkRunning(); err != nil {
 				t.Fatal(err)
 			}
-			body, err := httpGet("http://" + statusAddr + "/status")
+			st, err := agentADS(statusAddr)
 			if err != nil {
 				return err
 			}
-			if err := json.Unmarshal([]byte(body), &st); err != nil {
-				return err
+			if !st.Synced {
+				return fmt.Errorf("not synced: %+v", st)
 			}
-			if !st.ADS.Synced {
-				return fmt.Errorf("not synced: %s", body)
-			}
+			reconnects = st.Reconnects
 			return nil
 		})
 		t.Logf("mesh-agent synced with meshd over mTLS after %s", time.Since(t0).Round(time.Millisecond))
@@ -236,7 +243,33 @@ func TestMeshOnSPIRE(t *testing.T) {
 	})
 
 	t.Run("the agent serves its workload's SVID from SPIRE over local SDS", func(t *testing.T) {
-		testWorkloadSVID(t, agent, envoySocket, webID, webTTL)
+		testWorkloadSVID(t, own, envoySocket, webID, webTTL)
+	})
+
+	t.Run("SPIRE's renewals keep the mesh connected", func(t *testing.T) {
+		if reconnects < 0 {
+			t.Skip("the agent never synced")
+		}
+		var renewed *x509.Certificate
+		waitFor(t, "meshd's renewed SVID", 2*shortTTL, func() error {
+			renewed = meshdCert(t, own, xdsAddr)
+			if renewed.Equal(firstMeshd) {
+				return fmt.Errorf("meshd still presents serial %s", firstMeshd.SerialNumber)
+			}
+			return nil
+		})
+		if err := meshd.checkRunning(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("meshd presents SPIRE's renewed SVID (serial %s -> %s) %s after the first one's NotBefore, without a restart",
+			firstMeshd.SerialNumber, renewed.SerialNumber, renewed.NotBefore.Sub(firstMeshd.NotBefore).Round(time.Second))
+		st, err := agentADS(statusAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Connected || st.Reconnects != reconnects {
+			t.Fatalf("the agent's stream did not survive the renewals: connected %v, reconnects %d -> %d (%s)", st.Connected, reconnects, st.Reconnects, st.LastError)
+		}
 	})
 
 	t.Run("the agent writes its workload's SVID from SPIRE for proxyless gRPC", func(t *testing.T) {
@@ -409,12 +442,7 @@ func httpGet(url string) (string, error) {
 // checks them against what SPIRE hands out (this test process holds the
 // agent's identity, an authorized delegate), and waits for SPIRE's renewal
 // to reach it.
-func testWorkloadSVID(t *testing.T, agent *Agent, envoySocket string, web spiffeid.ID, ttl time.Duration) {
-	sp, err := identity.NewSPIRE(identity.SPIREConfig{WorkloadAPIAddr: agent.WorkloadAPIAddr, AdminSocketAddr: agent.AdminAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+func testWorkloadSVID(t *testing.T, sp *identity.SPIRE, envoySocket string, web spiffeid.ID, ttl time.Duration) {
 	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
 	defer cancel()
 	bundle, err := sp.TrustBundle(ctx)
@@ -492,3 +520,48 @@ func testWorkloadSVID(t *testing.T, agent *Agent, envoySocket string, web spiffe
 		return
 	}
 }
+
+// adsStatus is the part of mesh-agent's /status this test reads.
+type adsStatus struct {
+	Connected, Synced bool
+	Reconnects        int
+	LastError         string
+}
+
+func agentADS(statusAddr string) (adsStatus, error) {
+	var st struct {
+		ADS adsStatus `json:"ads"`
+	}
+	body, err := httpGet("http://" + statusAddr + "/status")
+	if err != nil {
+		return st.ADS, err
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		return st.ADS, fmt.Errorf("status %s: %w", body, err)
+	}
+	return st.ADS, nil
+}
+
+// meshdCert is the certificate meshd presents to a new connection (the
+// handshake authenticates this process with its own SVID from sp).
+func meshdCert(t *testing.T, sp *identity.SPIRE, xdsAddr string) *x509.Certificate {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	src, err := sp.X509Source(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := xds.AgentClientTLS(src, src, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", xdsAddr, cfg)
+	if err != nil {
+		t.Fatalf("TLS to meshd: %v", err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0]
+}
+
+func x509svidID(cert *x509.Certificate) (spiffeid.ID, error) { return x509svid.IDFromCert(cert) }
