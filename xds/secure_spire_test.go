@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -220,6 +221,7 @@ func TestSPIREModeRefusals(t *testing.T) {
 		{"both CA and SPIRE", ControlPlaneSecurity{CA: upstream, SPIRE: &SPIRETLS{TrustDomain: tdLocal, SVID: staticSVID{good}, Bundle: upstream}}, "exclusive"},
 		{"no bundle", ControlPlaneSecurity{SPIRE: &SPIRETLS{TrustDomain: tdLocal, SVID: staticSVID{good}}}, "Bundle source is required"},
 		{"neither", ControlPlaneSecurity{}, "CA or SPIRE is required"},
+		{"token bootstrap", ControlPlaneSecurity{SPIRE: &SPIRETLS{TrustDomain: tdLocal, SVID: staticSVID{good}, Bundle: upstream}, Tokens: noTokens{}}, "with SPIRE, SPIRE attests the nodes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sec := tc.sec
@@ -236,4 +238,11 @@ func TestSPIREModeRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// noTokens is a TokenAuthenticator that accepts nothing.
+type noTokens struct{}
+
+func (noTokens) AuthenticateToken(context.Context, string) (identity.Caller, error) {
+	return identity.Caller{}, errors.New("no tokens")
 }

@@ -24,7 +24,7 @@ var builtInCAFlags = []string{"ca-dir", "svid-ttl", "bootstrap-agents", "agent-c
 	"agent-service-account", "agent-token-audience", "root-cert-configmap"}
 
 // checkSPIREFlags refuses flag combinations that make no sense in SPIRE
-// mode: the built-in CA's flags, and --mtls=false.
+// mode: the built-in CA's flags, --mtls=false and --xds-insecure.
 func checkSPIREFlags(fs *flag.FlagSet, mtls bool) error {
 	var errs []error
 	fs.Visit(func(f *flag.Flag) {
@@ -36,6 +36,9 @@ func checkSPIREFlags(fs *flag.FlagSet, mtls bool) error {
 	})
 	if !mtls {
 		errs = append(errs, errors.New("--spire-socket needs --mtls (the default): SPIRE mode is workload identity"))
+	}
+	if f := fs.Lookup("xds-insecure"); f != nil && f.Value.String() == "true" {
+		errs = append(errs, errors.New("--spire-socket and --xds-insecure are exclusive: node agents in SPIRE mode authenticate with their SVIDs over mTLS"))
 	}
 	return errors.Join(errs...)
 }
