@@ -187,6 +187,53 @@ func (p *Proxy) DeltaAggregatedResources(down discovery.AggregatedDiscoveryServi
 	return forward(p, down, s)
 }
 
+// stop says why pumpUp stopped.
+type stop struct {
+	err      error
+	upstream bool // up.Send failed (else down.Recv did)
+}
+
+// pumpUp forwards Envoy's requests to the control plane, or to
+// secretReqs for Secret requests when that is set, until one side fails.
+func pumpUp[Req, Resp any](ctx context.Context, p *Proxy, down downstream[Req, Resp], up upstream[Req, Resp], s stream[Req, Resp], secretReqs chan<- Req) stop {
+	sentFirst := false
+	var envoyNode *corev3.Node // from Envoy's first request
+	for {
+		req, err := down.Recv()
+		if err != nil {
+			return stop{err: err}
+		}
+		n := s.node(req)
+		if *n != nil && (*n).GetId() != p.cfg.Node {
+			p.log.Warn("envoy sent another node id; replacing it", "got", (*n).GetId())
+			(*n).Id = p.cfg.Node
+		}
+		if envoyNode == nil {
+			envoyNode = *n
+		}
+		if secretReqs != nil && isSecretRequest(s.typeURL(req)) {
+			select {
+			case secretReqs <- req:
+				continue
+			case <-ctx.Done():
+				return stop{err: ctx.Err()}
+			}
+		}
+		if !sentFirst && *n == nil {
+			// The node went with a Secret request that stayed here; the
+			// control plane needs it on its first request.
+			*n = envoyNode
+			if *n == nil {
+				*n = &corev3.Node{Id: p.cfg.Node}
+			}
+		}
+		sentFirst = true
+		if err := up.Send(req); err != nil {
+			return stop{err: err, upstream: true}
+		}
+	}
+}
+
 // stream is what forward needs to know about one flavour of ADS stream.
 type stream[Req, Resp any] struct {
 	open    func(context.Context) (upstream[Req, Resp], error)
@@ -249,52 +296,10 @@ func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], s stream[Req, 
 	// Envoy -> control plane. The goroutine records why it stopped and
 	// cancels ctx, which ends up.Recv below. It may outlive the handler by
 	// the moment gRPC needs to fail down.Recv once the handler returned.
-	type stop struct {
-		err      error
-		upstream bool // up.Send failed (else down.Recv did)
-	}
 	stopped := make(chan stop, 1)
 	go func() {
 		defer cancel()
-		sentFirst := false
-		var envoyNode *corev3.Node // from Envoy's first request
-		for {
-			req, err := down.Recv()
-			if err != nil {
-				stopped <- stop{err: err}
-				return
-			}
-			n := s.node(req)
-			if *n != nil && (*n).GetId() != p.cfg.Node {
-				p.log.Warn("envoy sent another node id; replacing it", "got", (*n).GetId())
-				(*n).Id = p.cfg.Node
-			}
-			if envoyNode == nil {
-				envoyNode = *n
-			}
-			if secretReqs != nil && isSecretRequest(s.typeURL(req)) {
-				select {
-				case secretReqs <- req:
-					continue
-				case <-ctx.Done():
-					stopped <- stop{err: ctx.Err()}
-					return
-				}
-			}
-			if !sentFirst && *n == nil {
-				// The node went with a Secret request that stayed here;
-				// the control plane needs it on its first request.
-				*n = envoyNode
-				if *n == nil {
-					*n = &corev3.Node{Id: p.cfg.Node}
-				}
-			}
-			sentFirst = true
-			if err := up.Send(req); err != nil {
-				stopped <- stop{err: err, upstream: true}
-				return
-			}
-		}
+		stopped <- pumpUp(ctx, p, down, up, s, secretReqs)
 	}()
 
 	// Control plane -> Envoy, on the handler goroutine so that down.Send
@@ -303,14 +308,14 @@ func forward[Req, Resp any](p *Proxy, down downstream[Req, Resp], s stream[Req, 
 		resp, err := up.Recv()
 		if err != nil {
 			select {
-			case s := <-stopped:
-				if !s.upstream {
+			case why := <-stopped:
+				if !why.upstream {
 					return nil // Envoy closed its stream or went away
 				}
 				// A failed client Send says only io.EOF; the stream's
 				// status comes from Recv unless our own cancel ended it.
 				if status.Code(err) == codes.Canceled {
-					err = s.err
+					err = why.err
 				}
 			default:
 				if down.Context().Err() != nil {
