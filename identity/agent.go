@@ -15,6 +15,26 @@ package identity
 // for host names), and only the CA sets it: SignCSR never copies a CSR's
 // subject, and workload SVIDs have an empty subject. AgentNode trusts the
 // common name only on a certificate whose SPIFFE ID is the agent's.
+//
+// With SPIRE as the upstream (meshd and mesh-agent --spire-socket), SPIRE
+// signs the agent's SVID, and SPIRE sets the Subject CN of an X.509-SVID to
+// the first DNS name of its registration entry (e2e/spire checks it with
+// spire-server 1.13.3: an entry with -dns node-b gives CN node-b). So the
+// node agent's entry carries the node name as its first DNS name:
+//
+//	spire-server entry create -spiffeID spiffe://<td>/ns/nodemesh-system/sa/mesh-agent \
+//	    -parentID <the node's SPIRE agent> -selector ... -dns <node name>
+//
+// (with spire-controller-manager: a ClusterSPIFFEID selecting the mesh-agent
+// pods, with dnsNameTemplates ["{{ .PodSpec.NodeName }}"]). The trade-off:
+// there the node name is also a DNS SAN, so the SVID is valid as a server
+// certificate for that host name to any client that trusts the trust
+// domain's bundle (not the web PKI). A node agent serves TLS to no one under
+// that name, and mesh clients authorise peers by SPIFFE ID, not host name,
+// so what it adds is small; but anyone who can create SPIRE entries with DNS
+// names can already mint such certificates, and the registration must be as
+// tightly held as the node attestation behind it: an entry with the agent's
+// ID and another node's DNS name lets that agent speak for the other node.
 
 import (
 	"crypto/x509"

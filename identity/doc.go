@@ -17,7 +17,11 @@
 //     Istio's certificate API over mTLS;
 //   - SPIRE, a SPIRE agent used as the upstream: the process's own SVID
 //     through the Workload API and the SVIDs of the node's workloads through
-//     SPIRE's Delegated Identity API.
+//     SPIRE's Delegated Identity API. In SPIRE mode (meshd and mesh-agent
+//     --spire-socket) meshd runs no CA: its own SVID and the bundle come
+//     from its SPIRE agent, each node agent gets its own SVID (the node
+//     name as the entry's first DNS name, see agent.go) and its workloads'
+//     SVIDs from the SPIRE agent of its node and serves them locally.
 //
 // CertService serves Istio's IstioCertificateService.CreateCertificate over
 // mTLS; an Authorizer decides which caller gets which identity (by default,

@@ -45,6 +45,9 @@ func newSecretCache(issuer Issuer, td spiffeid.TrustDomain, now func() time.Time
 }
 
 func (c *secretCache) epoch() uint64 {
+	if c == nil {
+		return 0 // no issuer: no secrets, one epoch
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.gen

@@ -20,7 +20,7 @@ import (
 )
 
 // Issuer signs workload SVIDs and hands out the trust bundle; identity.CA
-// implements it (and a SPIRE-backed issuer could).
+// implements it.
 type Issuer interface {
 	NewSVID(id spiffeid.ID) (*x509svid.SVID, error)
 	Bundle() *x509bundle.Bundle
@@ -31,6 +31,9 @@ type Issuer interface {
 // every SharedEnvoy node gets, over SDS, the SVIDs of the service accounts
 // of its own pods and the trust bundle, and nothing else.
 type SecurityConfig struct {
+	// Issuer of the SVIDs served over SDS. Nil (SPIRE mode): meshd serves
+	// no secrets, each node's agent serves the ones its configs name (the
+	// node's AllowedSecrets) from its local SPIRE agent.
 	Issuer Issuer
 	// Options of translate/secure; TrustDomain is required.
 	Options secure.Options
@@ -46,9 +49,6 @@ type SecurityConfig struct {
 // Validate reports a configuration the secure source cannot run with.
 func (c *SecurityConfig) Validate() error {
 	var errs []error
-	if c.Issuer == nil {
-		errs = append(errs, errors.New("xds security: Issuer is required"))
-	}
 	if err := c.Options.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -106,8 +106,11 @@ func NewSecureSource(inner Source, cfg SecurityConfig) (*SecureSource, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	return &SecureSource{inner: inner, cfg: cfg, secrets: newSecretCache(cfg.Issuer, cfg.Options.TrustDomain, cfg.Now),
-		changed: make(chan struct{}, 1)}, nil
+	s := &SecureSource{inner: inner, cfg: cfg, changed: make(chan struct{}, 1)}
+	if cfg.Issuer != nil {
+		s.secrets = newSecretCache(cfg.Issuer, cfg.Options.TrustDomain, cfg.Now)
+	}
+	return s, nil
 }
 
 // Current implements Source.
@@ -159,6 +162,9 @@ func (s *SecureSource) Run(ctx context.Context) error {
 // a changed trust bundle; when anything changed it signals Changed (nodes
 // then get a push) and reports true. Run calls it every RotationCheck.
 func (s *SecureSource) Rotate() bool {
+	if s.secrets == nil {
+		return false // no issuer: nothing to rotate
+	}
 	if v, ok := s.inner.Current().(SnapshotView); ok {
 		s.secrets.prune(meshIdentities(v.Snapshot(), s.cfg.Options.TrustDomain))
 	}
@@ -252,7 +258,13 @@ func (v *secureView) Check(nc *translate.NodeConfig) error {
 	}
 	var have []string
 	if sv, ok := v.inner.(SnapshotView); ok && nc.Proxy.Kind == translate.SharedEnvoy {
-		have = v.src.secrets.have(secure.Identities(sv.Snapshot(), nc.Proxy.Node, v.src.cfg.Options.TrustDomain))
+		td := v.src.cfg.Options.TrustDomain
+		if v.src.secrets == nil {
+			// No issuer: the node's agent serves the node's own secrets.
+			have = allowedSecrets(sv.Snapshot(), nc.Proxy.Node, td)
+		} else {
+			have = v.src.secrets.have(secure.Identities(sv.Snapshot(), nc.Proxy.Node, td))
+		}
 	}
 	return errors.Join(err, secure.CheckSecrets(nc, have))
 }
@@ -266,7 +278,7 @@ func (v *secureView) Dataplane(node string) ([]TypedResources, []config.Diagnost
 		out, diags = dv.Dataplane(node)
 	}
 	sv, ok := v.inner.(SnapshotView)
-	if !ok {
+	if !ok || v.src.secrets == nil {
 		return out, diags
 	}
 	ids := secure.Identities(sv.Snapshot(), node, v.src.cfg.Options.TrustDomain)

@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -33,9 +32,9 @@ import (
 //     xDS/SDS), so it needs no certificate of its own. In tests and demos
 //     meshd's CA issues agent certificates directly (identity.NewAgentSVID;
 //     meshd --bootstrap-agents writes them to files). In production the
-//     agent gets its SVID either from SPIRE (identity.SPIRE, node
-//     attestation by SPIRE, the node name as a selector-bound registration
-//     entry) or, with Tokens set, from meshd's CreateCertificate: the
+//     agent gets its SVID either from SPIRE (SPIRE mode, see
+//     secure_spire.go: node attestation by SPIRE, the node name as the
+//     registration entry's first DNS name) or, with Tokens set, from meshd's CreateCertificate: the
 //     agent connects without a client certificate (the TLS config allows
 //     it; only CreateCertificate serves such a peer) and presents a bearer
 //     token that Tokens binds to one node (in Kubernetes: a service account
@@ -53,6 +52,9 @@ import (
 type ControlPlaneSecurity struct {
 	// CA issues workload SVIDs, meshd's own SVID and the bundle (identity.CA).
 	CA CA
+	// SPIRE, instead of CA: meshd's SVID and bundle come from SPIRE and
+	// meshd serves no secrets (see secure_spire.go).
+	SPIRE *SPIRETLS
 	// InsecureXDS serves ADS in plaintext (demos, tests); secrets are still
 	// only served to the node whose pods need them, but any client can
 	// claim any node id, so never use it across an untrusted network.
@@ -71,10 +73,7 @@ type ControlPlaneSecurity struct {
 
 // Validate reports a configuration meshd cannot start with.
 func (c *ControlPlaneSecurity) Validate() error {
-	if c.CA == nil {
-		return errors.New("control plane security: CA is required")
-	}
-	return nil
+	return c.validateUpstream()
 }
 
 // secure wraps src and returns the gRPC server options of the ADS server.
@@ -86,9 +85,9 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 	if err := sec.Validate(); err != nil {
 		return nil, nil, err
 	}
-	td := sec.CA.TrustDomain()
+	td := sec.trustDomain()
 	ss, err := NewSecureSource(src, SecurityConfig{
-		Issuer:        sec.CA,
+		Issuer:        sec.issuer(),
 		Options:       secure.Options{TrustDomain: td, RootNamespace: sec.RootNamespace},
 		RotationCheck: sec.RotationCheck,
 		Logger:        cp.log,
@@ -100,7 +99,7 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 	cp.guard = &ADSGuard{TrustDomain: td, RequireTLS: !sec.InsecureXDS, Allowed: ss.AllowedSecrets, Logger: cp.log}
 	opts := []grpc.ServerOption{grpc.ChainStreamInterceptor(cp.guard.StreamInterceptor())}
 	if !sec.InsecureXDS {
-		tlsCfg, err := ServerTLS(sec.CA, nil)
+		tlsCfg, err := sec.serverTLS()
 		if err != nil {
 			return nil, nil, err
 		}

@@ -10,11 +10,17 @@
 //     nodeagent.State and re-applies it whenever the file changes.
 //
 // In control-plane mode the agent proves its node to meshd with an mTLS
-// certificate (identity.AgentCert): --xds-cert-dir DIR (files, re-read
-// when they change) or --xds-token FILE with --xds-root-cert FILE (the
-// certificate is bootstrapped through meshd with the bearer token and
-// renewed at half its lifetime). Neither: plaintext, for meshd
-// --xds-insecure.
+// certificate: --xds-cert-dir DIR (files, re-read when they change),
+// --xds-token FILE with --xds-root-cert FILE (the certificate is
+// bootstrapped through meshd with the bearer token and renewed at half its
+// lifetime, identity.AgentCert), or, in SPIRE mode, --spire-socket: its own
+// SVID from the node's SPIRE agent (spiffe://<td>/ns/nodemesh-system/sa/
+// mesh-agent, its entry's first DNS name the node name; see
+// identity/agent.go), renewed by SPIRE, with --spire-admin-socket for the
+// SVIDs of the node's service accounts through SPIRE's Delegated Identity
+// API (selectors k8s:ns:<ns> and k8s:sa:<sa>), which the agent serves to the
+// node's Envoy over local SDS: meshd serves no secrets then. None of them:
+// plaintext, for meshd --xds-insecure.
 //
 // SIGTERM/SIGINT exit and leave the pinned programs and maps in place, so
 // traffic keeps flowing; --uninstall removes them.
@@ -34,6 +40,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/nodeagent"
 	"github.com/nodemesh/nodemesh/nodeagent/agent"
 )
@@ -59,10 +66,13 @@ func run() error {
 	interval := flag.Duration("interval", time.Second, "how often the state file is checked for changes (standalone mode)")
 	uninstall := flag.Bool("uninstall", false, "detach the programs, remove the pins and exit")
 	var xf xdsFlags
-	flag.StringVar(&xf.certDir, "xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd, re-read when they change (control-plane mode); without it and --xds-token: plaintext, for meshd --xds-insecure only")
+	flag.StringVar(&xf.certDir, "xds-cert-dir", "", "directory with the agent's cert-chain.pem, key.pem and root-cert.pem for mTLS to meshd, re-read when they change (control-plane mode); without it, --xds-token and --spire-socket: plaintext, for meshd --xds-insecure only")
 	flag.StringVar(&xf.token, "xds-token", "", "file with a bearer token (e.g. a projected service account token, re-read for every request): the agent gets its certificate from meshd with it and renews it (control-plane mode; needs --xds-root-cert)")
 	flag.StringVar(&xf.rootCert, "xds-root-cert", "", "PEM file with the roots that verify meshd, re-read when it changes (with --xds-token)")
-	workloadCerts := flag.String("workload-certs-dir", "", "write the SVIDs of the node's service accounts, from meshd's CA, to DIR/<namespace>/<serviceaccount>/{cert-chain,key,root-cert}.pem for gRPC's file_watcher certificate provider (control-plane mode; needs --xds-cert-dir or --xds-token)")
+	workloadCerts := flag.String("workload-certs-dir", "", "write the SVIDs of the node's service accounts, from meshd's CA (or SPIRE), to DIR/<namespace>/<serviceaccount>/{cert-chain,key,root-cert}.pem for gRPC's file_watcher certificate provider (control-plane mode; needs --xds-cert-dir, --xds-token or --spire-admin-socket)")
+	var sf spireFlags
+	flag.StringVar(&sf.socket, "spire-socket", "", "SPIRE mode: the local SPIRE agent's Workload API (unix:///path/api.sock) for this agent's own SVID (mTLS to meshd; must be spiffe://<td>/ns/nodemesh-system/sa/mesh-agent with --node as the entry's first DNS name); exclusive with --xds-cert-dir and --xds-token")
+	flag.StringVar(&sf.adminSocket, "spire-admin-socket", "", "SPIRE mode: the SPIRE agent's admin socket (unix:///path/admin.sock; Delegated Identity API) for the SVIDs of this node's workloads")
 	var logLevel slog.Level
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	trustDomain := flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of meshd's identity")
@@ -79,6 +89,9 @@ func run() error {
 	}
 	if xf.set() && *controlPlane == "" {
 		return errors.New("--xds-cert-dir, --xds-token and --xds-root-cert need --control-plane")
+	}
+	if err := sf.check(xf.set(), *envoySocket); err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 	if *cgroup == "" {
@@ -105,18 +118,34 @@ func run() error {
 				return fmt.Errorf("--node-ip: %w", err)
 			}
 		}
-		creds, err := xdsCredentials(xf, *node, *controlPlane, *trustDomain, log)
-		if err != nil {
-			return err
-		}
+		var creds xdsCreds // the agent's certificate from files or meshd; zero in SPIRE mode
 		var dial []grpc.DialOption
-		if creds.dial != nil {
-			dial = append(dial, creds.dial)
+		var workloads identity.Source
+		if sf.on() {
+			sp, spireDial, err := sf.spire(*node, *trustDomain)
+			if err != nil {
+				return err
+			}
+			defer sp.Close()
+			dial = append(dial, spireDial)
+			workloads = sf.workloadSVIDs(sp, log)
+		} else {
+			var err error
+			if creds, err = xdsCredentials(xf, *node, *controlPlane, *trustDomain, log); err != nil {
+				return err
+			}
+			if creds.dial != nil {
+				dial = append(dial, creds.dial)
+			}
 		}
 		cfg := agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
-			StatusAddr: *statusAddr, XDSCredentials: creds.Status(), Logger: log}
-		if *workloadCerts != "" {
+			StatusAddr: *statusAddr, XDSCredentials: creds.Status(), WorkloadSVIDs: workloads, LocalSDS: sf.localSDS(*envoySocket), Logger: log}
+		if *workloadCerts != "" && sf.on() {
+			if err := sf.workloadCertsDir(&cfg, *workloadCerts); err != nil {
+				return err
+			}
+		} else if *workloadCerts != "" {
 			closeConn, err := withWorkloadCerts(&cfg, *workloadCerts, creds, *trustDomain)
 			if err != nil {
 				return err

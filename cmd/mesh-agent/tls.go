@@ -65,7 +65,7 @@ func (c xdsCreds) Status() func() any {
 // Without any of them the agent talks plaintext (meshd --xds-insecure).
 func xdsCredentials(f xdsFlags, node, controlPlane, trustDomain string, log *slog.Logger) (xdsCreds, error) {
 	if !f.set() {
-		log.Warn("no --xds-cert-dir or --xds-token: talking to meshd in plaintext (meshd must run with --xds-insecure)")
+		log.Warn("no --xds-cert-dir, --xds-token or --spire-socket: talking to meshd in plaintext (meshd must run with --xds-insecure)")
 		return xdsCreds{}, nil
 	}
 	td, err := spiffeid.TrustDomainFromString(trustDomain)

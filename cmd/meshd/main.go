@@ -1,6 +1,9 @@
 // Command meshd is the nodemesh control plane: it reads Kubernetes and
 // Istio YAML from a directory, translates it per node and serves it over
-// ADS (see package xds). This file only reads flags and wires the parts.
+// ADS (see package xds). Identity comes from its built-in CA (--ca-dir), or
+// in SPIRE mode (--spire-socket) from a SPIRE agent: meshd's SVID and the
+// bundle from the Workload API, no CA, no secrets served (spire.go). This
+// file only reads flags and wires the parts.
 package main
 
 import (
@@ -34,6 +37,7 @@ func main() {
 		agentCerts  string
 		agentsDir   string
 		kf          kubeFlags
+		spireSocket string
 		publisher   *kubetoken.BundlePublisher
 	)
 	flag.StringVar(&cfg.ConfigDir, "config", "", "directory of Kubernetes and Istio YAML to serve (or --kube)")
@@ -49,6 +53,7 @@ func main() {
 	flag.DurationVar(&svidTTL, "svid-ttl", identity.DefaultSVIDTTL, "lifetime of workload SVIDs (renewed at half)")
 	flag.StringVar(&agentCerts, "bootstrap-agents", "", "comma-separated node names: write an agent certificate for each under --agent-certs-dir at start (tests and demos; in a cluster agents get theirs with a service account token, see --agent-service-account)")
 	flag.StringVar(&agentsDir, "agent-certs-dir", "", "where --bootstrap-agents writes <node>/{cert-chain.pem,key.pem,root-cert.pem}")
+	flag.StringVar(&spireSocket, "spire-socket", "", "SPIRE mode: the SPIRE agent's Workload API (unix:///path/api.sock); meshd's SVID (spiffe://<td>/ns/nodemesh-system/sa/meshd) and bundle come from SPIRE, no built-in CA runs and no secrets are served (agents get SVIDs from their own SPIRE agent)")
 	flag.BoolVar(&kf.enabled, "kube", false, "read the mesh from the Kubernetes API (in-cluster config unless --kubeconfig) instead of --config")
 	flag.StringVar(&kf.kubeconfig, "kubeconfig", "", "kubeconfig file for --kube")
 	flag.StringVar(&kf.namespace, "kube-namespace", "", "with --kube: read only this namespace")
@@ -62,7 +67,7 @@ func main() {
 	kf.explicit = map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { kf.explicit[f.Name] = true })
 	if (cfg.ConfigDir == "") == !kf.on() || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: meshd (--config DIR | --kube [--kubeconfig FILE]) [--xds-addr ADDR] [--debug-addr ADDR] [--ca-dir DIR] [--xds-insecure] [--mtls=false] [--log-level LEVEL]")
+		fmt.Fprintln(os.Stderr, "usage: meshd (--config DIR | --kube [--kubeconfig FILE]) [--xds-addr ADDR] [--debug-addr ADDR] [--ca-dir DIR | --spire-socket unix:///PATH] [--xds-insecure] [--mtls=false] [--log-level LEVEL]")
 		os.Exit(2)
 	}
 	if err := kf.check(); err != nil {
@@ -74,7 +79,19 @@ func main() {
 	if kf.on() {
 		cfg.NewFeed = kf.newFeed(log)
 	}
-	if mtls {
+	if spireSocket != "" {
+		if err := checkSPIREFlags(flag.CommandLine, mtls); err != nil {
+			fmt.Fprintln(os.Stderr, "meshd:", err)
+			os.Exit(2)
+		}
+		sec, closer, err := spireSecurity(spireSocket, cfg.TrustDomain)
+		if err != nil {
+			log.Error("meshd failed to get its SVID from SPIRE", "err", err)
+			os.Exit(1)
+		}
+		defer closer.Close()
+		cfg.Security = &xds.ControlPlaneSecurity{SPIRE: sec, InsecureXDS: xdsInsecure}
+	} else if mtls {
 		ca, err := newCA(caDir, cfg.TrustDomain, svidTTL)
 		if err != nil {
 			log.Error("meshd failed to start its CA", "dir", caDir, "err", err)

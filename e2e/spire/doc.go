@@ -7,4 +7,9 @@
 // and spire-agent (join token, insecure bootstrap, unix workload attestor)
 // with its Workload API and admin (Delegated Identity API) sockets in
 // separate directories, all under a per-test temporary directory.
+//
+// TestMeshOnSPIRE runs nodemesh in SPIRE mode on them: the real meshd
+// binary (as another uid, told apart by unix:uid selectors) and the real
+// mesh-agent binary (root, eBPF on a test cgroup and pin directory), with
+// SVIDs only from SPIRE.
 package spire

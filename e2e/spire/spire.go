@@ -102,6 +102,12 @@ func (p *process) checkRunning() error {
 
 func start(t testing.TB, name, bin, logPath string, args ...string) *process {
 	t.Helper()
+	return startAs(t, nil, name, bin, logPath, args...)
+}
+
+// startAs starts a process as cred (nil: as this process).
+func startAs(t testing.TB, cred *syscall.Credential, name, bin, logPath string, args ...string) *process {
+	t.Helper()
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +115,7 @@ func start(t testing.TB, name, bin, logPath string, args ...string) *process {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Die with the test binary, whatever happens to it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		t.Fatalf("start %s: %v", name, err)
@@ -266,6 +272,9 @@ type Entry struct {
 	Selectors []string
 	// X509SVIDTTL, if set, overrides the server's SVID lifetime.
 	X509SVIDTTL time.Duration
+	// DNSNames become the SVID's DNS SANs; SPIRE also sets the Subject
+	// CN to the first one (how a node agent's SVID names its node).
+	DNSNames []string
 }
 
 // CreateEntry registers e with spire-server entry create.
@@ -274,6 +283,9 @@ func (s *Server) CreateEntry(t testing.TB, e Entry) {
 	args := []string{"entry", "create", "-socketPath", s.SocketPath, "-parentID", e.Parent.String(), "-spiffeID", e.ID.String()}
 	for _, sel := range e.Selectors {
 		args = append(args, "-selector", sel)
+	}
+	for _, dns := range e.DNSNames {
+		args = append(args, "-dns", dns)
 	}
 	if e.X509SVIDTTL > 0 {
 		args = append(args, "-x509SVIDTTL", strconv.Itoa(int(e.X509SVIDTTL/time.Second)))
