@@ -94,12 +94,15 @@ func TestSPIREModeControlPlane(t *testing.T) {
 			if err := a.UnmarshalTo(c); err != nil {
 				t.Fatal(err)
 			}
-			if c.Name == "outbound|9080||details.default.svc.cluster.local~default/bookinfo-productpage" {
-				found = c.GetTransportSocket() != nil
+			if c.Name != "outbound|9080||details.default.svc.cluster.local" {
+				continue
+			}
+			for _, tm := range c.GetTransportSocketMatches() {
+				found = found || (tm.GetName() == "default/bookinfo-productpage" && tm.GetTransportSocket() != nil)
 			}
 		}
 		if !found {
-			t.Fatal("node-a has no per-service-account TLS cluster for productpage -> details")
+			t.Fatal("node-a's details cluster has no TLS socket for productpage's service account")
 		}
 	}
 
