@@ -63,6 +63,10 @@ type ControlPlaneSecurity struct {
 	RootNamespace string
 	// RotationCheck: see SecurityConfig (default 1m).
 	RotationCheck time.Duration
+	// PerAccountClusters: copy clusters per service account instead of
+	// selecting the account's transport socket by filter state, for node
+	// Envoys older than 1.38 (secure.Options.PerAccountClusters).
+	PerAccountClusters bool
 	// Tokens authenticates CreateCertificate callers without a client
 	// certificate by their bearer token: a node agent's first certificate
 	// (e.g. kubetoken, Kubernetes service account tokens bound to a pod,
@@ -88,7 +92,7 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 	td := sec.trustDomain()
 	ss, err := NewSecureSource(src, SecurityConfig{
 		Issuer:        sec.issuer(),
-		Options:       secure.Options{TrustDomain: td, RootNamespace: sec.RootNamespace},
+		Options:       secure.Options{TrustDomain: td, RootNamespace: sec.RootNamespace, PerAccountClusters: sec.PerAccountClusters},
 		RotationCheck: sec.RotationCheck,
 		Logger:        cp.log,
 	})

@@ -63,6 +63,7 @@ func main() {
 	flag.StringVar(&kf.agentServiceAccount, "agent-service-account", "nodemesh-system/mesh-agent", "with --kube and mTLS: namespace/name of the node agents' ServiceAccount; a pod-bound token of it gets a first agent certificate for the pod's node (checked by TokenReview). Without --kube there is no token bootstrap")
 	flag.StringVar(&kf.agentTokenAudience, "agent-token-audience", kubetoken.DefaultAudience, "with --kube and mTLS: audience the agents' projected tokens must be issued for; empty disables token bootstrap")
 	flag.StringVar(&kf.rootCertConfigMap, "root-cert-configmap", kubetoken.DefaultRootCertConfigMap, "with --kube, mTLS and --lease-namespace: ConfigMap in the lease namespace where meshd publishes its trust bundle (key root-cert.pem) for the agents to verify it; empty disables")
+	perAccountClusters := flag.Bool("envoy-per-account-clusters", false, "with mTLS: copy every upstream cluster per service account instead of selecting the account's certificate by filter state in one cluster (needed for node Envoys older than 1.38, which lack envoy.hashable_string; many times the clusters)")
 	flag.Parse()
 	kf.explicit = map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { kf.explicit[f.Name] = true })
@@ -113,6 +114,9 @@ func main() {
 		os.Exit(2)
 	}
 
+	if cfg.Security != nil {
+		cfg.Security.PerAccountClusters = *perAccountClusters
+	}
 	cp, err := xds.StartControlPlane(cfg)
 	if err != nil {
 		log.Error("meshd failed to start", "err", err)
