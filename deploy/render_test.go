@@ -198,14 +198,40 @@ func checkAgentBootstrap(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 }
 
-// SPIRE mode is not wired into meshd and mesh-agent yet: the chart refuses
-// it rather than rendering flags the binaries do not have. Unknown modes
-// are refused too.
+// ca.mode=spire: meshd and mesh-agent get their SVIDs from the node's
+// SPIRE agent (the agent its workloads' too, through the admin socket);
+// none of the built-in CA's flags, Secret, token or bundle ConfigMap.
+// Unknown modes are refused.
 func TestRenderCAModes(t *testing.T) {
-	for mode, want := range map[string]string{"spire": "not wired into meshd and mesh-agent yet", "vault": "ca.mode"} {
-		if _, err := render(t, map[string]any{"ca": map[string]any{"mode": mode}}); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("ca.mode=%s: err %v, want one saying %q", mode, err, want)
+	objs := mustRender(t, map[string]any{"ca": map[string]any{"mode": "spire"}})
+	args := func(kind, name string) []string {
+		cs, _, _ := unstructured.NestedSlice(find(objs, kind, name).Object, "spec", "template", "spec", "containers")
+		a, _, _ := unstructured.NestedStringSlice(cs[0].(map[string]any), "args")
+		return a
+	}
+	margs, aargs := args("Deployment", "meshd"), args("DaemonSet", "mesh-agent")
+	for _, want := range []string{"--spire-socket=unix:///run/spire/sockets/agent.sock"} {
+		if !slices.Contains(margs, want) {
+			t.Errorf("meshd args %v lack %s", margs, want)
 		}
+	}
+	for _, want := range []string{"--spire-socket=unix:///run/spire/sockets/agent.sock", "--spire-admin-socket=unix:///run/spire/admin/admin.sock"} {
+		if !slices.Contains(aargs, want) {
+			t.Errorf("mesh-agent args %v lack %s", aargs, want)
+		}
+	}
+	for _, a := range slices.Concat(margs, aargs) {
+		for _, builtin := range []string{"--ca-dir", "--agent-", "--root-cert-configmap", "--xds-token", "--xds-root-cert"} {
+			if strings.HasPrefix(a, builtin) {
+				t.Errorf("ca.mode=spire renders the built-in CA's %s", a)
+			}
+		}
+	}
+	if ds := yamlOf(t, find(objs, "DaemonSet", "mesh-agent")); strings.Contains(ds, "nodemesh-ca-root") || strings.Contains(ds, "serviceAccountToken") {
+		t.Error("ca.mode=spire: the agent still mounts the bundle ConfigMap or a token for meshd")
+	}
+	if _, err := render(t, map[string]any{"ca": map[string]any{"mode": "vault"}}); err == nil || !strings.Contains(err.Error(), "ca.mode") {
+		t.Errorf("ca.mode=vault: err %v, want one naming ca.mode", err)
 	}
 }
 

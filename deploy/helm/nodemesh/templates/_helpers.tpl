@@ -19,9 +19,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "nodemesh.validate" -}}
-{{- if eq .Values.ca.mode "spire" }}
-{{- fail "ca.mode=spire: SPIRE mode is not wired into meshd and mesh-agent yet; use ca.mode=builtin" }}
-{{- end }}
 {{- if not (has .Values.ca.mode (list "builtin" "spire")) }}
 {{- fail (printf "ca.mode must be builtin or spire, not %q" .Values.ca.mode) }}
 {{- end }}
