@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -57,12 +58,19 @@ func (a *AgentCert) fetch(ctx context.Context, client *x509svid.SVID) (*x509svid
 	if client != nil {
 		tlsCfg = tlsconfig.MTLSClientConfig(client, a, authorize)
 	} else {
+		tlsCfg = tlsconfig.TLSClientConfig(a, authorize)
+	}
+	// The token goes with every request, renewals over mTLS included:
+	// meshd renews an agent certificate only for a still valid token of
+	// the same node.
+	if a.cfg.TokenFile != "" {
 		tok, err := readToken(a.cfg.TokenFile)
-		if err != nil {
+		if err != nil && client == nil {
 			return nil, err
 		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
-		tlsCfg = tlsconfig.TLSClientConfig(a, authorize)
+		if err == nil {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		}
 	}
 	tlsCfg.MinVersion = tls.VersionTLS13
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -73,7 +81,9 @@ func (a *AgentCert) fetch(ctx context.Context, client *x509svid.SVID) (*x509svid
 	if err != nil {
 		return nil, fmt.Errorf("csr: %w", err)
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}, a.cfg.DialOptions...)
+	// Our TLS last: a later transport option wins, and the token must
+	// never go out in plaintext.
+	opts := append(slices.Clone(a.cfg.DialOptions), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	conn, err := grpc.NewClient(a.cfg.Address, opts...)
 	if err != nil {
 		return nil, err

@@ -101,8 +101,9 @@ func checkStatus(t *testing.T, a *AgentCert, wantVia string, wantUpdates int) Ag
 	return st
 }
 
-// Bootstrap by token, renewal over mTLS at the half-life (even with the
-// token revoked), fallback to the token after expiry, with backoff.
+// Bootstrap by token, renewal over mTLS at the half-life (with the token:
+// a revoked one stops renewal, keeping the current certificate), fallback
+// to the token after expiry, with backoff.
 func TestAgentCertTokenBootstrapRenewExpire(t *testing.T) {
 	clock := newFakeClock()
 	ca := newTestCA(t, CAConfig{Now: clock.Now})
@@ -138,6 +139,15 @@ func TestAgentCertTokenBootstrapRenewExpire(t *testing.T) {
 
 	writeFile(t, filepath.Join(dir, "token"), []byte("revoked"))
 	clock.Add(time.Second)
+	a.check(t.Context())
+	if st := a.Status(); st.Updates != 1 || st.Failures != 1 || !strings.Contains(st.LastError, "over mtls") {
+		t.Fatalf("renewal with a revoked token: updates %d, failures %d, last error %q; want refused over mtls too", st.Updates, st.Failures, st.LastError)
+	}
+	if got := currentSerial(t, a); got != first {
+		t.Fatalf("a refused renewal replaced the certificate: %s -> %s", first, got)
+	}
+	writeFile(t, filepath.Join(dir, "token"), []byte("tok-a"))
+	clock.Add(time.Second) // past the backoff
 	checkStatus(t, a, "mtls", 2)
 	second := currentSerial(t, a)
 	if second == first {
@@ -146,6 +156,7 @@ func TestAgentCertTokenBootstrapRenewExpire(t *testing.T) {
 
 	// Past NotAfter the certificate is useless for mTLS: the token it is,
 	// and the revoked one fails.
+	writeFile(t, filepath.Join(dir, "token"), []byte("revoked"))
 	clock.Add(11 * time.Minute)
 	if _, err := a.GetX509SVID(); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("GetX509SVID after NotAfter = %v; want expired", err)

@@ -136,13 +136,17 @@ func (s *CertService) Register(r grpc.ServiceRegistrar) {
 
 // CreateCertificate implements IstioCertificateServiceServer.
 func (s *CertService) CreateCertificate(ctx context.Context, req *securityv1alpha1.IstioCertificateRequest) (*securityv1alpha1.IstioCertificateResponse, error) {
-	caller, err := s.caller(ctx)
-	if err != nil {
-		return nil, status.Errorf(codes.Unauthenticated, "create certificate: %v", err)
-	}
+	// The CSR first: a malformed request costs no token review.
 	csr, err := parseCSR(req.GetCsr())
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "create certificate: %v", err)
+	}
+	if req.GetValidityDuration() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "create certificate: negative validity_duration %d", req.GetValidityDuration())
+	}
+	caller, err := s.caller(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "create certificate: %v", err)
 	}
 	requested, err := requestedID(csr, req, caller)
 	if err != nil {
@@ -154,18 +158,13 @@ func (s *CertService) CreateCertificate(ctx context.Context, req *securityv1alph
 	if err := s.cfg.Authorizer.AuthorizeSVID(ctx, caller, requested); err != nil {
 		return nil, status.Errorf(codes.PermissionDenied, "create certificate: %v", err)
 	}
-	if req.GetValidityDuration() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "create certificate: negative validity_duration %d", req.GetValidityDuration())
-	}
 	ttl := time.Duration(req.GetValidityDuration()) * time.Second
 	var chain []*x509.Certificate
 	if requested == AgentID(s.cfg.Signer.TrustDomain()) {
-		// The agent identity is only ever issued bound to the caller's
-		// node: a token for node A, or A's own agent SVID when renewing.
-		if caller.Node == "" {
-			return nil, status.Errorf(codes.PermissionDenied, "create certificate: %s is issued only to a caller bound to a node", requested)
+		if err := s.authorizeAgent(ctx, caller); err != nil {
+			return nil, err
 		}
-		chain, err = s.cfg.Signer.SignAgentCSR(csr, caller.Node, ttl)
+		chain, err = s.cfg.Signer.SignAgentCSR(csr, caller.Node, min(ttl, DefaultSVIDTTL))
 	} else {
 		chain, err = s.cfg.Signer.SignCSR(csr, requested, ttl)
 	}
@@ -210,6 +209,33 @@ func (s *CertService) caller(ctx context.Context) (Caller, error) {
 	return c, nil
 }
 
+// authorizeAgent decides whether caller may get the agent identity. It is
+// only ever issued bound to the caller's node: to a token for node A, or to
+// A's own agent SVID renewing. Where tokens are checked at all
+// (Config.Tokens), a renewal must also bring a valid token for the same
+// node, so that a certificate outlives neither the node's agent pod nor
+// its token: a stolen certificate cannot renew itself forever.
+func (s *CertService) authorizeAgent(ctx context.Context, caller Caller) error {
+	if caller.Node == "" {
+		return status.Errorf(codes.PermissionDenied, "create certificate: %s is issued only to a caller bound to a node", AgentID(s.cfg.Signer.TrustDomain()))
+	}
+	if s.cfg.Tokens == nil || len(caller.Certificates) == 0 {
+		return nil // no tokens in use, or caller is the token's
+	}
+	tok, err := s.tokenCaller(ctx)
+	if err != nil {
+		return status.Errorf(codes.Unauthenticated, "create certificate: renewing the agent identity of node %s needs the node agent's bearer token too: %v", caller.Node, err)
+	}
+	if tok.Node != caller.Node {
+		return status.Errorf(codes.PermissionDenied, "create certificate: the certificate is node %s's, the token node %s's", caller.Node, tok.Node)
+	}
+	return nil
+}
+
+// maxTokenBytes bounds a bearer token: Kubernetes service account tokens
+// are about 1 KiB; a larger one is refused without a review.
+const maxTokenBytes = 8 << 10
+
 // tokenCaller authenticates the bearer token of a caller without a client
 // certificate.
 func (s *CertService) tokenCaller(ctx context.Context) (Caller, error) {
@@ -218,11 +244,14 @@ func (s *CertService) tokenCaller(ctx context.Context) (Caller, error) {
 	}
 	auth := metadata.ValueFromIncomingContext(ctx, "authorization")
 	if len(auth) != 1 {
-		return Caller{}, fmt.Errorf("peer sent no client certificate and %d authorization headers, want one bearer token", len(auth))
+		return Caller{}, fmt.Errorf("%d authorization headers, want one bearer token", len(auth))
 	}
 	token, ok := strings.CutPrefix(auth[0], "Bearer ")
-	if !ok || token == "" {
+	switch {
+	case !ok || token == "":
 		return Caller{}, errors.New("authorization header is not a bearer token")
+	case len(token) > maxTokenBytes:
+		return Caller{}, fmt.Errorf("bearer token of %d bytes, more than %d", len(token), maxTokenBytes)
 	}
 	c, err := s.cfg.Tokens.AuthenticateToken(ctx, token)
 	if err != nil {

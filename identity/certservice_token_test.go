@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,5 +141,54 @@ func TestCertServiceAgentIdentityStaysBound(t *testing.T) {
 	_, err = dialAs(t, ca, addr, web).CreateCertificate(t.Context(), &securityv1alpha1.IstioCertificateRequest{Csr: csrPEM(t, AgentID(ca.TrustDomain()))})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("workload asking for the agent identity: %v; want PermissionDenied", err)
+	}
+}
+
+// Where tokens are in use, an agent renewing over mTLS must bring a valid
+// token of its own node: a stolen certificate cannot renew itself after
+// its pod and token are gone.
+func TestCertServiceAgentRenewalNeedsToken(t *testing.T) {
+	ca := newTestCA(t, CAConfig{Now: time.Now})
+	svc, err := NewCertService(CertServiceConfig{Signer: ca, Tokens: tokenTable{"tok-a": "node-a", "tok-b": "node-b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startTokenCertService(t, ca, svc)
+	agentSVID, err := ca.NewAgentSVID("node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := dialAs(t, ca, addr, agentSVID)
+	withToken := func(tok string) context.Context {
+		return metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+tok)
+	}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		want codes.Code
+	}{
+		{"no token", t.Context(), codes.Unauthenticated},
+		{"unknown token", withToken("tok-x"), codes.Unauthenticated},
+		{"another node's token", withToken("tok-b"), codes.PermissionDenied},
+		{"oversized token", withToken(strings.Repeat("x", 9<<10)), codes.Unauthenticated},
+		{"own node's token", withToken("tok-a"), codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := client.CreateCertificate(tc.ctx, &securityv1alpha1.IstioCertificateRequest{Csr: csrPEM(t), ValidityDuration: int64(30 * 24 * time.Hour / time.Second)})
+			if status.Code(err) != tc.want {
+				t.Fatalf("CreateCertificate = %v; want %s", err, tc.want)
+			}
+			if err != nil {
+				return
+			}
+			leaf := parseChain(t, resp)[0]
+			if node, err := AgentNode(leaf, ca.TrustDomain()); err != nil || node != "node-a" {
+				t.Errorf("AgentNode = %q, %v; want node-a", node, err)
+			}
+			// 30 days asked for: an agent certificate lives at most DefaultSVIDTTL.
+			if life := leaf.NotAfter.Sub(leaf.NotBefore); life > DefaultSVIDTTL+time.Minute {
+				t.Errorf("agent certificate lives %s; want at most %s", life, DefaultSVIDTTL)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
@@ -97,11 +98,21 @@ func New(cfg Config) (*Authenticator, error) {
 // ServiceAccount and is bound to a pod on exactly one valid node. The error
 // names the rule that failed; it never contains the token.
 func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (identity.Caller, error) {
+	// Service account tokens are JWTs: anything else costs no review.
+	if strings.Count(token, ".") != 2 {
+		return identity.Caller{}, errors.New("token is not a JWT")
+	}
 	tr, err := a.cfg.Client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{a.cfg.Audience}},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return identity.Caller{}, fmt.Errorf("token review: %w", err)
+		// The reason only: the caller is not yet authenticated, and the
+		// API error names the server and meshd's permissions.
+		reason := string(apierrors.ReasonForError(err))
+		if reason == "" {
+			reason = "no answer from the API server"
+		}
+		return identity.Caller{}, fmt.Errorf("token review failed: %s", reason)
 	}
 	node, err := a.check(tr.Status)
 	if err != nil {

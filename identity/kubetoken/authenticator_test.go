@@ -63,7 +63,7 @@ func TestAuthenticateToken(t *testing.T) {
 			ExtraPodName: pod, ExtraNodeName: {"node-a", "node-b"}}), nil, "", "names 2 nodes"},
 		{"invalid node name", boundStatus(agentUser, "nodemesh", map[string]authenticationv1.ExtraValue{
 			ExtraPodName: pod, ExtraNodeName: {"Node_A"}}), nil, "", `node name "Node_A"`},
-		{"API error", authenticationv1.TokenReviewStatus{}, errors.New("connection refused"), "", "token review: connection refused"},
+		{"API error", authenticationv1.TokenReviewStatus{}, errors.New("connection refused"), "", "token review failed: no answer from the API server"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var spec authenticationv1.TokenReviewSpec
@@ -71,8 +71,8 @@ func TestAuthenticateToken(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := a.AuthenticateToken(context.Background(), "secret-token-value")
-			if spec.Token != "secret-token-value" || len(spec.Audiences) != 1 || spec.Audiences[0] != DefaultAudience {
+			c, err := a.AuthenticateToken(context.Background(), "secret.token.value")
+			if spec.Token != "secret.token.value" || len(spec.Audiences) != 1 || spec.Audiences[0] != DefaultAudience {
 				t.Errorf("TokenReview spec = token %q audiences %q; want the token and [%s]", spec.Token, spec.Audiences, DefaultAudience)
 			}
 			if tc.node != "" {
@@ -84,10 +84,26 @@ func TestAuthenticateToken(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.errWant) {
 				t.Fatalf("got %+v, %v; want an error containing %q", c, err, tc.errWant)
 			}
-			if strings.Contains(err.Error(), "secret-token-value") {
+			if strings.Contains(err.Error(), "secret.token.value") {
 				t.Fatalf("error echoes the token: %v", err)
 			}
 		})
+	}
+}
+
+// A token that is not a JWT costs no TokenReview.
+func TestAuthenticateTokenNotJWT(t *testing.T) {
+	var spec authenticationv1.TokenReviewSpec
+	a, err := New(Config{Client: reviewer(authenticationv1.TokenReviewStatus{Authenticated: true}, nil, &spec),
+		ServiceAccount: "nodemesh-system/mesh-agent", TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AuthenticateToken(context.Background(), "opaque-token"); err == nil || !strings.Contains(err.Error(), "not a JWT") {
+		t.Fatalf("AuthenticateToken(opaque) = %v; want not a JWT", err)
+	}
+	if spec.Token != "" {
+		t.Fatal("a TokenReview was made for a token that is not a JWT")
 	}
 }
 
