@@ -157,16 +157,29 @@ func requireClientCert(except ...string) (grpc.UnaryServerInterceptor, grpc.Stre
 
 // certAuthorizer is who may get which SVID from CreateCertificate: a
 // workload its own identity; a node agent the identities of the pods on
-// its node (the same rule as SDS), nothing else.
+// its node (the same rule as SDS), nothing else. The agent identity goes
+// only to agents (CertService binds it to their node), a bearer token gets
+// nothing else, and nodemesh's own namespace (meshd's identity) is never
+// issued here.
 func certAuthorizer(ss *SecureSource) identity.Authorizer {
+	td := ss.cfg.Options.TrustDomain
 	return identity.AuthorizerFunc(func(_ context.Context, caller identity.Caller, requested spiffeid.ID) error {
-		if caller.ID == requested {
+		agent := identity.AgentID(td)
+		switch ns, _, _ := identity.ParseWorkloadID(requested); {
+		case requested == agent:
+			if caller.ID != agent {
+				return fmt.Errorf("%s may not get the node agent identity", caller.ID)
+			}
 			return nil
-		}
-		if caller.Node == "" {
+		case ns == identity.AgentNamespace:
+			return fmt.Errorf("%s is nodemesh's own identity, never issued to a caller", requested)
+		case len(caller.Certificates) == 0:
+			return fmt.Errorf("a bearer token gets only the node agent identity, not %s", requested)
+		case caller.ID == requested:
+			return nil
+		case caller.Node == "":
 			return fmt.Errorf("%s may not get an SVID for %s", caller.ID, requested)
-		}
-		if !slices.Contains(ss.AllowedSecrets(caller.Node), secure.SecretName(requested)) {
+		case !slices.Contains(ss.AllowedSecrets(caller.Node), secure.SecretName(requested)):
 			return fmt.Errorf("node %s runs no pod with identity %s", caller.Node, requested)
 		}
 		return nil

@@ -102,7 +102,16 @@ func (c *ControlPlaneSecurity) serverTLS() (*tls.Config, error) {
 	if c.SPIRE != nil {
 		return SPIREServerTLS(*c.SPIRE)
 	}
-	return ServerTLS(c.CA, nil)
+	cfg, err := ServerTLS(c.CA, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.Tokens == nil {
+		// No token bootstrap: no peer has a reason to come without a
+		// certificate, so the handshake itself refuses them.
+		cfg.ClientAuth = tls.RequireAnyClientCert
+	}
+	return cfg, nil
 }
 
 // validateUpstream: exactly one of CA and SPIRE.

@@ -168,7 +168,17 @@ func TestTokenBootstrapAgentCertificate(t *testing.T) {
 // refuses it (SotW and Delta), and without Tokens so does CreateCertificate.
 func TestCertlessPeerRefused(t *testing.T) {
 	ca := newTestCA(t, 0)
-	cp := startTokenControlPlane(t, ca, nil)
+	// Without token bootstrap the handshake itself refuses such a peer.
+	noTokens := startTokenControlPlane(t, ca, nil)
+	_, err := discoveryv3.NewAggregatedDiscoveryServiceClient(certlessConn(t, ca, noTokens.XDSAddr())).StreamAggregatedResources(t.Context())
+	if err == nil {
+		_, err = agentSVIDByToken(t.Context(), t, certlessConn(t, ca, noTokens.XDSAddr()), "tok-a")
+	}
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate required") {
+		t.Fatalf("without Tokens: %v; want the handshake refused (certificate required)", err)
+	}
+
+	cp := startTokenControlPlane(t, ca, tokenTable{"tok-a": "node-a"})
 	conn := certlessConn(t, ca, cp.XDSAddr())
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 	for _, tc := range []struct {
@@ -201,8 +211,8 @@ func TestCertlessPeerRefused(t *testing.T) {
 			_, err = recvWithin(t, 10*time.Second, st.Recv)
 			return err
 		}},
-		{"CreateCertificate without Tokens", func(ctx context.Context) error {
-			_, err := agentSVIDByToken(ctx, t, conn, "tok-a")
+		{"CreateCertificate with a bad token", func(ctx context.Context) error {
+			_, err := agentSVIDByToken(ctx, t, conn, "tok-x")
 			return err
 		}},
 	} {
@@ -214,7 +224,7 @@ func TestCertlessPeerRefused(t *testing.T) {
 			if status.Code(err) != codes.Unauthenticated {
 				t.Fatalf("got %v; want Unauthenticated (the TLS handshake must succeed, the service refuse)", err)
 			}
-			if tc.name != "CreateCertificate without Tokens" && cp.Guard().RefusedStreams() == before {
+			if tc.name != "CreateCertificate with a bad token" && cp.Guard().RefusedStreams() == before {
 				t.Fatal("refusal not counted")
 			}
 		})

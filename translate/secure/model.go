@@ -1,6 +1,7 @@
 package secure
 
 import (
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -69,6 +70,9 @@ func newNodeModel(snap *config.Snapshot, node string, opts Options, diags *[]con
 			continue
 		}
 		id, err := WorkloadID(opts.TrustDomain, o.Namespace, serviceAccount(pod))
+		if errors.Is(err, ErrReservedNamespace) {
+			continue // nodemesh's own pods are not mesh workloads
+		}
 		if err != nil {
 			m.diag(o, "spec.serviceAccountName", err.Error())
 			continue

@@ -53,9 +53,23 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// ReservedNamespace holds nodemesh's own identities: meshd's
+// spiffe://<td>/ns/nodemesh-system/sa/meshd and the node agents' .../sa/
+// mesh-agent (identity.AgentNamespace, which this pure package cannot
+// import). Its pods get no workload identity from the mesh: a node running
+// a pod there would otherwise be handed meshd's key over SDS.
+const ReservedNamespace = "nodemesh-system"
+
+// ErrReservedNamespace is WorkloadID's error for ReservedNamespace.
+var ErrReservedNamespace = errors.New("namespace " + ReservedNamespace + " holds nodemesh's own identities; its pods get no workload identity")
+
 // WorkloadID is spiffe://<td>/ns/<namespace>/sa/<serviceAccount> (the
-// same form as identity.WorkloadID, which this pure package cannot import).
+// same form as identity.WorkloadID, which this pure package cannot import),
+// or ErrReservedNamespace.
 func WorkloadID(td spiffeid.TrustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {
+	if namespace == ReservedNamespace {
+		return spiffeid.ID{}, ErrReservedNamespace
+	}
 	if serviceAccount == "" {
 		serviceAccount = "default"
 	}

@@ -1,0 +1,111 @@
+package xds
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
+
+	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/translate/secure"
+)
+
+// meshdOnA is a meshd pod (not host network) in nodemesh's own namespace,
+// scheduled on node-a.
+const meshdOnA = `apiVersion: v1
+kind: Pod
+metadata: {name: meshd-0, namespace: nodemesh-system}
+spec: {nodeName: node-a, serviceAccountName: meshd, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.1.0.99}
+`
+
+// A node running a pod in nodemesh's own namespace is not handed that
+// identity (meshd's) by SDS or CreateCertificate, and a bearer token gets
+// only the agent identity.
+func TestReservedIdentitiesNeverIssued(t *testing.T) {
+	if secure.ReservedNamespace != identity.AgentNamespace || ControlPlaneNamespace != identity.AgentNamespace {
+		t.Fatalf("reserved namespace %q, agent namespace %q, control plane namespace %q: must be one", secure.ReservedNamespace, identity.AgentNamespace, ControlPlaneNamespace)
+	}
+	ca := newTestCA(t, 0)
+	dir := secureMeshDir(t)
+	if err := os.WriteFile(filepath.Join(dir, "meshd-pod.yaml"), []byte(meshdOnA), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := StartControlPlane(ControlPlaneConfig{
+		ConfigDir: dir, XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0", PollInterval: 50 * time.Millisecond,
+		Security: &ControlPlaneSecurity{CA: ca, Tokens: tokenTable{"tok-a": "node-a"}},
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Stop() })
+	meshdID, err := ControlPlaneID(tdLocal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allowed := cp.secureSrc.AllowedSecrets("node-a"); slices.Contains(allowed, meshdID.String()) || !slices.Contains(allowed, sa("bookinfo-productpage")) {
+		t.Fatalf("node-a may receive %v; want productpage's SVID and not meshd's", allowed)
+	}
+
+	agent := agentConn(t, ca, cp.XDSAddr(), "node-a")
+	certless := certlessConn(t, ca, cp.XDSAddr())
+	productpage := spiffeid.RequireFromString(sa("bookinfo-productpage"))
+	for _, tc := range []struct {
+		name   string
+		conn   *grpc.ClientConn
+		token  string
+		target spiffeid.ID
+		want   codes.Code
+	}{
+		{"agent asks for meshd's identity", agent, "tok-a", meshdID, codes.PermissionDenied},
+		{"token asks for meshd's identity", certless, "tok-a", meshdID, codes.PermissionDenied},
+		{"token asks for a workload on its node", certless, "tok-a", productpage, codes.PermissionDenied},
+		{"agent asks for a workload on its node", agent, "", productpage, codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := createCertificate(t, tc.conn, tc.token, tc.target)
+			if status.Code(err) != tc.want {
+				t.Fatalf("CreateCertificate(%s) = %v; want %s", tc.target, err, tc.want)
+			}
+		})
+	}
+}
+
+// createCertificate asks for target's SVID, with token as bearer if set.
+func createCertificate(t *testing.T, conn *grpc.ClientConn, token string, target spiffeid.ID) (*securityv1alpha1.IstioCertificateResponse, error) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{target.URL()}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	return securityv1alpha1.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
+		Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+	})
+}
