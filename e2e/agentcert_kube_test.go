@@ -31,12 +31,12 @@ const agentNamespace = "nodemesh-system"
 // the mesh-agent binary with --xds-token (a pod-bound service account token
 // from the TokenRequest API, as a projected volume holds it) and
 // --xds-root-cert (the ConfigMap's root-cert.pem, as a ConfigMap volume
-// holds it). The agent gets its certificate for its pod's node, syncs, and
-// renews over mTLS after the token file has been replaced by a token of a
-// deleted pod (so the token cannot be what renews it), on the ADS stream
-// it opened with the first certificate past that one's expiry. An agent with the
-// token of a pod on another node gets a certificate for that node and
-// refuses it.
+// holds it). The agent gets its certificate for its pod's node, syncs and
+// renews over mTLS (its token alongside); once the token file holds the
+// token of a deleted pod, meshd renews nothing more, and the agent keeps its
+// last certificate and, past its expiry, the ADS stream it opened with the
+// first one. An agent with the token of a pod on another node gets a
+// certificate for that node and refuses it.
 func TestAgentCertOnAPIServer(t *testing.T) {
 	srv := kubeapi.Start(t)
 	c := NewCluster(t, Config{Nodes: 1, PodsPerNode: 1})
@@ -121,14 +121,7 @@ func TestAgentCertOnAPIServer(t *testing.T) {
 	}
 	t.Logf("bootstrapped by the token of pod mesh-agent-%s: serial %s, not after %s", n.Name, first.Serial, first.NotAfter)
 
-	// The pod-bound token dies with its pod: replace the file with such a
-	// token, so that only mTLS can renew.
-	dead := agentPodToken(t, kc, "mesh-agent-gone", n.Name)
-	zero := int64(0)
-	if err := kc.CoreV1().Pods(agentNamespace).Delete(ctx, "mesh-agent-gone", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
-		t.Fatal(err)
-	}
-	writeFileAt(t, tokenFile, []byte(dead))
+	// Renewal over mTLS, the live token alongside.
 	if err := pollUntil(30*time.Second, func() error {
 		if st := status().XDSCredentials; st.Via != "mtls" || st.Serial == first.Serial || st.Node != n.Name {
 			return fmt.Errorf("credentials %+v", st)
@@ -137,13 +130,36 @@ func TestAgentCertOnAPIServer(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("no renewal over mtls: %v", err)
 	}
-	// The stream opened with the first certificate outlives it.
-	time.Sleep(time.Until(first.NotAfter.Add(time.Second)))
+	second := status().XDSCredentials
+	t.Logf("renewed over mtls: serial %s -> %s", first.Serial, second.Serial)
+
+	// The pod-bound token dies with its pod, and with it the right to
+	// renew: with such a token meshd renews nothing, not even over mTLS.
+	// The agent keeps its certificate, and its stream outlives it.
+	dead := agentPodToken(t, kc, "mesh-agent-gone", n.Name)
+	zero := int64(0)
+	if err := kc.CoreV1().Pods(agentNamespace).Delete(ctx, "mesh-agent-gone", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	writeFileAt(t, tokenFile, []byte(dead))
+	const refused = "needs the node agent's bearer token too"
+	if err := pollUntil(30*time.Second, func() error {
+		if st := status().XDSCredentials; !strings.Contains(st.LastError, refused) {
+			return fmt.Errorf("credentials %+v", st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("renewal with a deleted pod's token not refused: %v; want %q", err, refused)
+	}
+	last := status().XDSCredentials
+	time.Sleep(time.Until(last.NotAfter.Add(time.Second)))
 	st := status()
+	if st.XDSCredentials.Serial != last.Serial {
+		t.Errorf("renewed with a deleted pod's token: serial %s -> %s", last.Serial, st.XDSCredentials.Serial)
+	}
 	if !st.ADS.Connected || !st.ADS.Synced || st.ADS.Reconnects != 0 {
 		t.Errorf("ADS connected %v, synced %v, %d reconnects (%s); want the first stream up", st.ADS.Connected, st.ADS.Synced, st.ADS.Reconnects, st.ADS.LastError)
 	}
-	t.Logf("renewed over mtls: serial %s -> %s", first.Serial, st.XDSCredentials.Serial)
 
 	t.Run("token-of-another-node", func(t *testing.T) {
 		meshdID, err := xds.ControlPlaneID(identity.DefaultTrustDomain)
