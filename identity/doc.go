@@ -35,8 +35,10 @@
 // the current ones): certificate files re-read when they change, or a
 // certificate bootstrapped from meshd's CreateCertificate with a bearer
 // token (no client certificate yet) and renewed at half its lifetime over
-// mTLS with the still-valid one, the token again once it has expired. The
-// roots file is re-read when it changes.
+// mTLS with the still-valid one (and the token: where tokens are in use,
+// CertService renews the agent identity only for a valid token of the same
+// node), the token alone once it has expired. The roots file is re-read
+// when it changes.
 //
 // The package does not log: errors are returned, wrapped with %w, and
 // long-running parts report through callbacks. The CA reads time through
