@@ -19,10 +19,11 @@ import (
 	"github.com/nodemesh/nodemesh/identity"
 )
 
-// svidTTL makes the built-in CA's SVIDs renew about 4s after issue: the CA
-// backdates NotBefore by a minute, so the lifetime is TTL+1m and the
-// rotator renews at 40% of it.
-const svidTTL = 100 * time.Second
+// svidTTL makes the built-in CA's SVIDs renew about 5s after issue: the CA
+// backdates NotBefore by TTL/10 (1.5s), so the lifetime is 16.5s and the
+// rotator renews at 40% of it, 6.6s after NotBefore; the SVID expires 15s
+// after issue.
+const svidTTL = 15 * time.Second
 
 // fakeSource is the built-in CA as an identity.Source that can fail on
 // demand and refuses identities, as meshd refuses a node the SVIDs of
