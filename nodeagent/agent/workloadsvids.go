@@ -88,6 +88,10 @@ type svidManager struct {
 	bundleErr string
 	secrets   map[string]*tlsv3.Secret
 	changed   chan struct{}
+
+	// writeHook, set by tests before Run, runs each write of an account's
+	// files (write does it).
+	writeHook func(la localAccount, svid *x509svid.SVID, write func() error) error
 }
 
 // account is one service account's rotation and what it produced.
@@ -96,7 +100,15 @@ type account struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// writeMu serialises the writes of this account's files (renewed, on
+	// its rotation's goroutine, and refreshBundle, on Run's): each takes
+	// the current SVID and bundle under it, so the last write is always of
+	// the newest SVID, and key.pem and cert-chain.pem are of the same one.
+	// Taken before svidManager.mu, never while holding it.
+	writeMu sync.Mutex
+
 	// guarded by svidManager.mu
+	rot        *identity.Rotator
 	svid       *x509svid.SVID
 	updatedAt  time.Time
 	renewals   int
@@ -221,6 +233,9 @@ func (m *svidManager) startAccount(ctx context.Context, a *account) {
 		return
 	}
 	m.log.Info("service account has pods on the node; getting its SVID", "spiffe_id", a.ID)
+	m.mu.Lock()
+	a.rot = rot
+	m.mu.Unlock()
 	sub := rot.Subscribe()
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = rot.Run(ctx) })
@@ -250,6 +265,8 @@ func (m *svidManager) failed(a *account, err error) {
 // renewed takes a new SVID (and the bundle that came with it): files,
 // secrets, status.
 func (m *svidManager) renewed(a *account, upd identity.Update) {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
 	m.mu.Lock()
 	if upd.Bundle != nil && (m.bundle == nil || !m.bundle.Equal(upd.Bundle)) {
 		m.bundle, m.bundleAt, m.bundleErr = upd.Bundle, time.Now(), ""
@@ -294,24 +311,30 @@ func (m *svidManager) refreshBundle(ctx context.Context) {
 		return
 	}
 	m.bundle, m.bundleAt = b, time.Now()
-	type held struct {
-		la   localAccount
-		svid *x509svid.SVID
-	}
-	var rewrite []held
-	for _, a := range m.accounts {
-		if a.svid != nil {
-			rewrite = append(rewrite, held{a.localAccount, a.svid})
-		}
-	}
+	accounts := slices.Collect(maps.Values(m.accounts))
 	m.mu.Unlock()
 	m.log.Info("trust bundle changed", "trust_domain", b.TrustDomain(), "roots", len(b.X509Authorities()))
-	for _, h := range rewrite {
-		if err := m.writeFiles(h.la, h.svid, b); err != nil {
-			m.log.Error("writing workload certificate files", "spiffe_id", h.la.ID, "error", err)
-		}
+	for _, a := range accounts {
+		m.rewriteBundle(a)
 	}
 	m.publish()
+}
+
+// rewriteBundle writes an account's files again with the current bundle.
+// The SVID is read under the account's write lock: one renewed since
+// refreshBundle listed the accounts is the one written, never an older.
+func (m *svidManager) rewriteBundle(a *account) {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	m.mu.Lock()
+	la, svid, bundle := a.localAccount, a.svid, m.bundle
+	m.mu.Unlock()
+	if svid == nil {
+		return
+	}
+	if err := m.writeFiles(la, svid, bundle); err != nil {
+		m.log.Error("writing workload certificate files", "spiffe_id", la.ID, "error", err)
+	}
 }
 
 func (m *svidManager) stopAll() {
