@@ -310,9 +310,14 @@ func TestSVIDManager(t *testing.T) {
 			_, err := os.Stat(webDir)
 			return errors.Is(err, os.ErrNotExist)
 		})
-		s, _ := m.Secrets()
-		if _, ok := s[web.String()]; ok || len(s) != 1 {
-			t.Errorf("secrets after the drop: %v", keys(s))
+		// The files go first, then the secrets are published.
+		waitUntil(t, "web's secret dropped", 10*time.Second, func() bool {
+			s, _ := m.Secrets()
+			_, ok := s[web.String()]
+			return !ok
+		})
+		if s, _ := m.Secrets(); len(s) != 1 {
+			t.Errorf("secrets after the drop: %v, want only the bundle", keys(s))
 		}
 		if st := m.Status(); len(st.Accounts) != 0 {
 			t.Errorf("status accounts %+v", st.Accounts)
