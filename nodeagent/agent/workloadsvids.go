@@ -29,11 +29,17 @@ type localAccount struct {
 // localAccounts picks the service accounts of the workloads placed on
 // node. A workload without a usable SPIFFE ID (meshd found none, or it
 // disagrees with the workload's namespace and service account) is left
-// out and counted in skipped.
-func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[string]localAccount, skipped int) {
+// out and counted in skipped. A workload in the mesh's own namespace
+// (identity.AgentNamespace: meshd's and the agents' identities) never gets
+// an SVID from the agent, whatever it claims: it is counted in reserved.
+func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[string]localAccount, skipped, reserved int) {
 	out = map[string]localAccount{}
 	for _, w := range ws {
 		if w.GetNode() != node {
+			continue
+		}
+		if w.GetNamespace() == identity.AgentNamespace {
+			reserved++
 			continue
 		}
 		id, err := spiffeid.FromString(w.GetSpiffeId())
@@ -42,7 +48,7 @@ func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[st
 			continue
 		}
 		ns, sa, err := identity.ParseWorkloadID(id)
-		if err != nil || ns != w.GetNamespace() || sa != w.GetServiceAccount() || !validName(ns) || !validName(sa) {
+		if err != nil || ns == identity.AgentNamespace || ns != w.GetNamespace() || sa != w.GetServiceAccount() || !validName(ns) || !validName(sa) {
 			skipped++
 			continue
 		}
@@ -51,7 +57,7 @@ func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[st
 		a.Pods++
 		out[id.String()] = a
 	}
-	return out, skipped
+	return out, skipped, reserved
 }
 
 // svidManagerConfig configures the workload SVID manager.
@@ -82,6 +88,7 @@ type svidManager struct {
 	want      map[string]localAccount // set by SetWorkloads
 	synced    bool                    // SetWorkloads was called
 	skipped   int
+	reserved  int
 	accounts  map[string]*account // running, by SPIFFE ID
 	bundle    *x509bundle.Bundle
 	bundleAt  time.Time
@@ -135,10 +142,10 @@ func newSVIDManager(cfg svidManagerConfig) *svidManager {
 // SetWorkloads takes the workloads of an applied resource set; the
 // service accounts of those on this node get SVIDs.
 func (m *svidManager) SetWorkloads(ws map[string]*dataplanev1.Workload) {
-	want, skipped := localAccounts(m.cfg.Node, ws)
+	want, skipped, reserved := localAccounts(m.cfg.Node, ws)
 	m.mu.Lock()
 	same := m.synced && maps.EqualFunc(want, m.want, func(a, b localAccount) bool { return a == b })
-	m.want, m.skipped, m.synced = want, skipped, true
+	m.want, m.skipped, m.reserved, m.synced = want, skipped, reserved, true
 	m.mu.Unlock()
 	if !same {
 		select {
@@ -378,7 +385,8 @@ type WorkloadSVIDStatus struct {
 	Roots       int          `json:"roots"`
 	BundleAt    time.Time    `json:"bundleAt,omitzero"`
 	BundleError string       `json:"bundleError,omitempty"`
-	Skipped     int          `json:"skippedWorkloads,omitempty"` // local workloads without a usable SPIFFE ID
+	Skipped     int          `json:"skippedWorkloads,omitempty"`  // local workloads without a usable SPIFFE ID
+	Reserved    int          `json:"reservedWorkloads,omitempty"` // local workloads in identity.AgentNamespace: never given an SVID
 	Accounts    []SVIDStatus `json:"accounts"`
 }
 
@@ -386,7 +394,7 @@ type WorkloadSVIDStatus struct {
 func (m *svidManager) Status() WorkloadSVIDStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := WorkloadSVIDStatus{CertsDir: m.cfg.Dir, BundleAt: m.bundleAt, BundleError: m.bundleErr, Skipped: m.skipped, Accounts: []SVIDStatus{}}
+	st := WorkloadSVIDStatus{CertsDir: m.cfg.Dir, BundleAt: m.bundleAt, BundleError: m.bundleErr, Skipped: m.skipped, Reserved: m.reserved, Accounts: []SVIDStatus{}}
 	if m.bundle != nil {
 		st.TrustDomain, st.Roots = m.bundle.TrustDomain().Name(), len(m.bundle.X509Authorities())
 	}
