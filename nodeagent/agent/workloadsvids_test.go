@@ -389,7 +389,7 @@ func TestSVIDManagerReservedNamespace(t *testing.T) {
 		<-done
 	}()
 	m.SetWorkloads(map[string]*dataplanev1.Workload{
-		"shop/web-0": workload("shop", "web-0", "web", "node-a"),
+		"shop/web-0":                         workload("shop", "web-0", "web", "node-a"),
 		identity.AgentNamespace + "/meshd-0": workload(identity.AgentNamespace, "meshd-0", "meshd", "node-a"),
 	})
 	waitUntil(t, "web's secret", 10*time.Second, func() bool {
