@@ -36,6 +36,13 @@ func (m *svidManager) writeFiles(la localAccount, svid *x509svid.SVID, b *x509bu
 	if m.cfg.Dir == "" {
 		return nil
 	}
+	if m.writeHook != nil {
+		return m.writeHook(la, svid, func() error { return m.writeFilesNow(la, svid, b) })
+	}
+	return m.writeFilesNow(la, svid, b)
+}
+
+func (m *svidManager) writeFilesNow(la localAccount, svid *x509svid.SVID, b *x509bundle.Bundle) error {
 	chain, key, roots, err := identity.Update{SVID: svid, Bundle: b}.PEM()
 	if err != nil {
 		return err

@@ -20,9 +20,9 @@ const maxSVIDBackoff = 20 * time.Second
 // after a failure the next fetch waits twice as long as the one before
 // (from gap up to maxSVIDBackoff), and any fetch comes at least gap after
 // the previous one. The rotator fetches again at once when a new SVID is
-// already past its renewal time (the built-in CA backdates NotBefore by a
-// minute, so any SVID TTL under about 90s is), which without this would
-// ask the CA in a tight loop.
+// already past its renewal time (a source's cache handing out an aged SVID,
+// or a CA whose clock lags), which without this would ask the source in a
+// tight loop.
 type pacedSource struct {
 	identity.Source
 	gap time.Duration

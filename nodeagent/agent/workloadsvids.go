@@ -29,11 +29,17 @@ type localAccount struct {
 // localAccounts picks the service accounts of the workloads placed on
 // node. A workload without a usable SPIFFE ID (meshd found none, or it
 // disagrees with the workload's namespace and service account) is left
-// out and counted in skipped.
-func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[string]localAccount, skipped int) {
+// out and counted in skipped. A workload in the mesh's own namespace
+// (identity.AgentNamespace: meshd's and the agents' identities) never gets
+// an SVID from the agent, whatever it claims: it is counted in reserved.
+func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[string]localAccount, skipped, reserved int) {
 	out = map[string]localAccount{}
 	for _, w := range ws {
 		if w.GetNode() != node {
+			continue
+		}
+		if w.GetNamespace() == identity.AgentNamespace {
+			reserved++
 			continue
 		}
 		id, err := spiffeid.FromString(w.GetSpiffeId())
@@ -42,7 +48,7 @@ func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[st
 			continue
 		}
 		ns, sa, err := identity.ParseWorkloadID(id)
-		if err != nil || ns != w.GetNamespace() || sa != w.GetServiceAccount() || !validName(ns) || !validName(sa) {
+		if err != nil || ns == identity.AgentNamespace || ns != w.GetNamespace() || sa != w.GetServiceAccount() || !validName(ns) || !validName(sa) {
 			skipped++
 			continue
 		}
@@ -51,7 +57,7 @@ func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[st
 		a.Pods++
 		out[id.String()] = a
 	}
-	return out, skipped
+	return out, skipped, reserved
 }
 
 // svidManagerConfig configures the workload SVID manager.
@@ -82,12 +88,17 @@ type svidManager struct {
 	want      map[string]localAccount // set by SetWorkloads
 	synced    bool                    // SetWorkloads was called
 	skipped   int
+	reserved  int
 	accounts  map[string]*account // running, by SPIFFE ID
 	bundle    *x509bundle.Bundle
 	bundleAt  time.Time
 	bundleErr string
 	secrets   map[string]*tlsv3.Secret
 	changed   chan struct{}
+
+	// writeHook, set by tests before Run, runs each write of an account's
+	// files (write does it).
+	writeHook func(la localAccount, svid *x509svid.SVID, write func() error) error
 }
 
 // account is one service account's rotation and what it produced.
@@ -96,7 +107,15 @@ type account struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// writeMu serialises the writes of this account's files (renewed, on
+	// its rotation's goroutine, and refreshBundle, on Run's): each takes
+	// the current SVID and bundle under it, so the last write is always of
+	// the newest SVID, and key.pem and cert-chain.pem are of the same one.
+	// Taken before svidManager.mu, never while holding it.
+	writeMu sync.Mutex
+
 	// guarded by svidManager.mu
+	rot        *identity.Rotator
 	svid       *x509svid.SVID
 	updatedAt  time.Time
 	renewals   int
@@ -123,10 +142,10 @@ func newSVIDManager(cfg svidManagerConfig) *svidManager {
 // SetWorkloads takes the workloads of an applied resource set; the
 // service accounts of those on this node get SVIDs.
 func (m *svidManager) SetWorkloads(ws map[string]*dataplanev1.Workload) {
-	want, skipped := localAccounts(m.cfg.Node, ws)
+	want, skipped, reserved := localAccounts(m.cfg.Node, ws)
 	m.mu.Lock()
 	same := m.synced && maps.EqualFunc(want, m.want, func(a, b localAccount) bool { return a == b })
-	m.want, m.skipped, m.synced = want, skipped, true
+	m.want, m.skipped, m.reserved, m.synced = want, skipped, reserved, true
 	m.mu.Unlock()
 	if !same {
 		select {
@@ -221,6 +240,9 @@ func (m *svidManager) startAccount(ctx context.Context, a *account) {
 		return
 	}
 	m.log.Info("service account has pods on the node; getting its SVID", "spiffe_id", a.ID)
+	m.mu.Lock()
+	a.rot = rot
+	m.mu.Unlock()
 	sub := rot.Subscribe()
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = rot.Run(ctx) })
@@ -250,6 +272,8 @@ func (m *svidManager) failed(a *account, err error) {
 // renewed takes a new SVID (and the bundle that came with it): files,
 // secrets, status.
 func (m *svidManager) renewed(a *account, upd identity.Update) {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
 	m.mu.Lock()
 	if upd.Bundle != nil && (m.bundle == nil || !m.bundle.Equal(upd.Bundle)) {
 		m.bundle, m.bundleAt, m.bundleErr = upd.Bundle, time.Now(), ""
@@ -294,24 +318,30 @@ func (m *svidManager) refreshBundle(ctx context.Context) {
 		return
 	}
 	m.bundle, m.bundleAt = b, time.Now()
-	type held struct {
-		la   localAccount
-		svid *x509svid.SVID
-	}
-	var rewrite []held
-	for _, a := range m.accounts {
-		if a.svid != nil {
-			rewrite = append(rewrite, held{a.localAccount, a.svid})
-		}
-	}
+	accounts := slices.Collect(maps.Values(m.accounts))
 	m.mu.Unlock()
 	m.log.Info("trust bundle changed", "trust_domain", b.TrustDomain(), "roots", len(b.X509Authorities()))
-	for _, h := range rewrite {
-		if err := m.writeFiles(h.la, h.svid, b); err != nil {
-			m.log.Error("writing workload certificate files", "spiffe_id", h.la.ID, "error", err)
-		}
+	for _, a := range accounts {
+		m.rewriteBundle(a)
 	}
 	m.publish()
+}
+
+// rewriteBundle writes an account's files again with the current bundle.
+// The SVID is read under the account's write lock: one renewed since
+// refreshBundle listed the accounts is the one written, never an older.
+func (m *svidManager) rewriteBundle(a *account) {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	m.mu.Lock()
+	la, svid, bundle := a.localAccount, a.svid, m.bundle
+	m.mu.Unlock()
+	if svid == nil {
+		return
+	}
+	if err := m.writeFiles(la, svid, bundle); err != nil {
+		m.log.Error("writing workload certificate files", "spiffe_id", la.ID, "error", err)
+	}
 }
 
 func (m *svidManager) stopAll() {
@@ -355,7 +385,8 @@ type WorkloadSVIDStatus struct {
 	Roots       int          `json:"roots"`
 	BundleAt    time.Time    `json:"bundleAt,omitzero"`
 	BundleError string       `json:"bundleError,omitempty"`
-	Skipped     int          `json:"skippedWorkloads,omitempty"` // local workloads without a usable SPIFFE ID
+	Skipped     int          `json:"skippedWorkloads,omitempty"`  // local workloads without a usable SPIFFE ID
+	Reserved    int          `json:"reservedWorkloads,omitempty"` // local workloads in identity.AgentNamespace: never given an SVID
 	Accounts    []SVIDStatus `json:"accounts"`
 }
 
@@ -363,7 +394,7 @@ type WorkloadSVIDStatus struct {
 func (m *svidManager) Status() WorkloadSVIDStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := WorkloadSVIDStatus{CertsDir: m.cfg.Dir, BundleAt: m.bundleAt, BundleError: m.bundleErr, Skipped: m.skipped, Accounts: []SVIDStatus{}}
+	st := WorkloadSVIDStatus{CertsDir: m.cfg.Dir, BundleAt: m.bundleAt, BundleError: m.bundleErr, Skipped: m.skipped, Reserved: m.reserved, Accounts: []SVIDStatus{}}
 	if m.bundle != nil {
 		st.TrustDomain, st.Roots = m.bundle.TrustDomain().Name(), len(m.bundle.X509Authorities())
 	}

@@ -19,10 +19,11 @@ import (
 	"github.com/nodemesh/nodemesh/identity"
 )
 
-// svidTTL makes the built-in CA's SVIDs renew about 4s after issue: the CA
-// backdates NotBefore by a minute, so the lifetime is TTL+1m and the
-// rotator renews at 40% of it.
-const svidTTL = 100 * time.Second
+// svidTTL makes the built-in CA's SVIDs renew about 5s after issue: the CA
+// backdates NotBefore by TTL/10 (1.5s), so the lifetime is 16.5s and the
+// rotator renews at 40% of it, 6.6s after NotBefore; the SVID expires 15s
+// after issue.
+const svidTTL = 15 * time.Second
 
 // fakeSource is the built-in CA as an identity.Source that can fail on
 // demand and refuses identities, as meshd refuses a node the SVIDs of
@@ -100,26 +101,35 @@ func wid(t *testing.T, ns, sa string) spiffeid.ID {
 func TestLocalAccounts(t *testing.T) {
 	mismatched := workload("shop", "odd-0", "web", "node-a")
 	mismatched.ServiceAccount = "db"
+	// A pod of the mesh's namespace claiming meshd's identity, and one in
+	// another namespace whose SPIFFE ID names meshd's.
+	meshd := workload(identity.AgentNamespace, "meshd-0", "meshd", "node-a")
+	agentID := workload("shop", "sneaky-0", "mesh-agent", "node-a")
+	agentID.SpiffeId = "spiffe://cluster.local/ns/" + identity.AgentNamespace + "/sa/mesh-agent"
 	for _, tc := range []struct {
-		name    string
-		ws      map[string]*dataplanev1.Workload
-		want    map[string]int // SPIFFE ID -> pods
-		skipped int
+		name     string
+		ws       map[string]*dataplanev1.Workload
+		want     map[string]int // SPIFFE ID -> pods
+		skipped  int
+		reserved int
 	}{
 		{"pods of one service account count once", map[string]*dataplanev1.Workload{
 			"shop/web-0": workload("shop", "web-0", "web", "node-a"), "shop/web-1": workload("shop", "web-1", "web", "node-a"),
-		}, map[string]int{"spiffe://cluster.local/ns/shop/sa/web": 2}, 0},
+		}, map[string]int{"spiffe://cluster.local/ns/shop/sa/web": 2}, 0, 0},
 		{"pods of other nodes are not ours", map[string]*dataplanev1.Workload{
 			"shop/web-0": workload("shop", "web-0", "web", "node-a"), "shop/db-0": workload("shop", "db-0", "db", "node-b"),
-		}, map[string]int{"spiffe://cluster.local/ns/shop/sa/web": 1}, 0},
+		}, map[string]int{"spiffe://cluster.local/ns/shop/sa/web": 1}, 0, 0},
 		{"no or a mismatched SPIFFE ID is skipped", map[string]*dataplanev1.Workload{
 			"shop/none": {Namespace: "shop", Name: "none", ServiceAccount: "web", Node: "node-a"}, "shop/odd-0": mismatched,
-		}, map[string]int{}, 2},
+		}, map[string]int{}, 2, 0},
+		{"the mesh's own namespace is never served", map[string]*dataplanev1.Workload{
+			"nodemesh-system/meshd-0": meshd, "shop/sneaky-0": agentID, "shop/web-0": workload("shop", "web-0", "web", "node-a"),
+		}, map[string]int{"spiffe://cluster.local/ns/shop/sa/web": 1}, 1, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, skipped := localAccounts("node-a", tc.ws)
-			if skipped != tc.skipped || len(got) != len(tc.want) {
-				t.Fatalf("got %+v skipped %d, want %v skipped %d", got, skipped, tc.want, tc.skipped)
+			got, skipped, reserved := localAccounts("node-a", tc.ws)
+			if skipped != tc.skipped || reserved != tc.reserved || len(got) != len(tc.want) {
+				t.Fatalf("got %+v skipped %d reserved %d, want %v skipped %d reserved %d", got, skipped, reserved, tc.want, tc.skipped, tc.reserved)
 			}
 			for id, pods := range tc.want {
 				if got[id].Pods != pods || got[id].ID.String() != id {
@@ -309,9 +319,14 @@ func TestSVIDManager(t *testing.T) {
 			_, err := os.Stat(webDir)
 			return errors.Is(err, os.ErrNotExist)
 		})
-		s, _ := m.Secrets()
-		if _, ok := s[web.String()]; ok || len(s) != 1 {
-			t.Errorf("secrets after the drop: %v", keys(s))
+		// The files go first, then the secrets are published.
+		waitUntil(t, "web's secret dropped", 10*time.Second, func() bool {
+			s, _ := m.Secrets()
+			_, ok := s[web.String()]
+			return !ok
+		})
+		if s, _ := m.Secrets(); len(s) != 1 {
+			t.Errorf("secrets after the drop: %v, want only the bundle", keys(s))
 		}
 		if st := m.Status(); len(st.Accounts) != 0 {
 			t.Errorf("status accounts %+v", st.Accounts)
@@ -354,5 +369,43 @@ func checkSecrets(t *testing.T, secrets map[string]*tlsv3.Secret, id spiffeid.ID
 	roots, err := identity.ParseCertsPEM(b.GetValidationContext().GetTrustedCa().GetInlineBytes())
 	if err != nil || len(roots) != 1 || !roots[0].Equal(ca.Root()) {
 		t.Fatalf("bundle secret: %v (%v)", b, err)
+	}
+}
+
+// TestSVIDManagerReservedNamespace: a pod of the mesh's own namespace on
+// the node (meshd's service account) gets no fetch, no files and no
+// secret, while a workload next to it does.
+func TestSVIDManagerReservedNamespace(t *testing.T) {
+	src := newFakeSource(t)
+	dir := t.TempDir()
+	web, meshd := wid(t, "shop", "web"), wid(t, identity.AgentNamespace, "meshd")
+	m := newSVIDManager(svidManagerConfig{Node: "node-a", Source: src, Dir: dir, Retry: 100 * time.Millisecond,
+		Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	m.SetWorkloads(map[string]*dataplanev1.Workload{
+		"shop/web-0":                         workload("shop", "web-0", "web", "node-a"),
+		identity.AgentNamespace + "/meshd-0": workload(identity.AgentNamespace, "meshd-0", "meshd", "node-a"),
+	})
+	waitUntil(t, "web's secret", 10*time.Second, func() bool {
+		s, _ := m.Secrets()
+		return s[web.String()] != nil
+	})
+	if n, _ := src.count(meshd); n != 0 {
+		t.Errorf("asked the source for meshd's SVID %d times", n)
+	}
+	if s, _ := m.Secrets(); s[meshd.String()] != nil {
+		t.Error("meshd's SVID is served by the local SDS")
+	}
+	if _, err := os.Stat(filepath.Join(dir, identity.AgentNamespace)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("files for the mesh's namespace: %v", err)
+	}
+	if st := m.Status(); len(st.Accounts) != 1 || st.Accounts[0].SPIFFEID != web.String() || st.Reserved != 1 {
+		t.Errorf("status %+v", st)
 	}
 }

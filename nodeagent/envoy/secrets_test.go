@@ -266,7 +266,10 @@ func TestProxyLocalSecretsDelta(t *testing.T) {
 		t.Error("a Secret request reached the control plane")
 	}
 	_, delta, _ := u.requests()
-	if len(delta) == 0 || delta[0].GetNode().GetId() != "node-a" {
+	switch {
+	case len(delta) == 0:
+		t.Error("no Delta request reached the control plane")
+	case delta[0].GetNode().GetId() != "node-a":
 		t.Errorf("first upstream request has node %v", delta[0].GetNode())
 	}
 }
