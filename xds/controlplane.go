@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -232,7 +233,9 @@ type ControlPlane struct {
 
 	secureSrc *SecureSource         // nil without Security
 	certs     *identity.CertService // Istio's certificate API; nil without TLS
-	guard     *ADSGuard
+	// CreateCertificate answers: issued, refused (secure_controlplane.go).
+	certsIssued, certsRefused atomic.Uint64
+	guard                     *ADSGuard
 }
 
 // StartControlPlane loads ConfigDir once (a load with errors is logged and
@@ -440,6 +443,11 @@ func (cp *ControlPlane) debugMux() http.Handler {
 	mux.Handle("/", cp.xds.DebugHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /debug/security", cp.securityMetrics)
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		cp.xds.metrics.write(w)
+		cp.securityMetrics(w, nil) // refusals and certificates, one scrape
+	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if cp.files == nil { // a Feed: serving started only after it synced
 			fmt.Fprintln(w, "ok: config feed synced")

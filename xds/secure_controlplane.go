@@ -111,7 +111,7 @@ func (cp *ControlPlane) secure(src Source) (Source, []grpc.ServerOption, error) 
 		// agent's first CreateCertificate); nothing else serves them.
 		unary, stream := requireClientCert(securityv1alpha1.IstioCertificateService_CreateCertificate_FullMethodName)
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)),
-			grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream))
+			grpc.ChainUnaryInterceptor(cp.countCertificates, unary), grpc.ChainStreamInterceptor(stream))
 		if signer, ok := sec.CA.(identity.CSRSigner); ok {
 			// Istio's certificate API on the same mTLS port.
 			if cp.certs, err = identity.NewCertService(identity.CertServiceConfig{
@@ -197,8 +197,28 @@ func (cp *ControlPlane) runSecure(ctx context.Context) error {
 // Guard is the ADS guard (nil without Security), for its counters.
 func (cp *ControlPlane) Guard() *ADSGuard { return cp.guard }
 
-// securityMetrics serves the ADS guard's counters in the Prometheus text
-// format (all zero without Security).
+// countCertificates counts CreateCertificate answers and logs refusals
+// (who asked, for what, why), as ADSGuard does for SDS.
+func (cp *ControlPlane) countCertificates(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	if info.FullMethod != securityv1alpha1.IstioCertificateService_CreateCertificate_FullMethodName {
+		return resp, err
+	}
+	if err != nil {
+		cp.certsRefused.Add(1)
+		addr := ""
+		if p, ok := peer.FromContext(ctx); ok {
+			addr = p.Addr.String()
+		}
+		cp.log.Warn("certificate request refused", "peer", addr, "code", status.Code(err), "err", status.Convert(err).Message())
+	} else {
+		cp.certsIssued.Add(1)
+	}
+	return resp, err
+}
+
+// securityMetrics serves the ADS guard's and the certificate API's
+// counters in the Prometheus text format (all zero without Security).
 func (cp *ControlPlane) securityMetrics(w http.ResponseWriter, _ *http.Request) {
 	var secrets, streams uint64
 	if cp.guard != nil {
@@ -209,4 +229,8 @@ func (cp *ControlPlane) securityMetrics(w http.ResponseWriter, _ *http.Request) 
 	fmt.Fprintf(w, "nodemesh_xds_refused_secret_requests_total %d\n", secrets)
 	fmt.Fprintf(w, "# HELP nodemesh_xds_refused_streams_total ADS streams refused: no client certificate, or a peer speaking for another node.\n# TYPE nodemesh_xds_refused_streams_total counter\n")
 	fmt.Fprintf(w, "nodemesh_xds_refused_streams_total %d\n", streams)
+	fmt.Fprintf(w, "# HELP nodemesh_xds_certificates_issued_total CreateCertificate requests answered with a certificate.\n# TYPE nodemesh_xds_certificates_issued_total counter\n")
+	fmt.Fprintf(w, "nodemesh_xds_certificates_issued_total %d\n", cp.certsIssued.Load())
+	fmt.Fprintf(w, "# HELP nodemesh_xds_refused_certificate_requests_total CreateCertificate requests refused (unauthenticated, not allowed, malformed).\n# TYPE nodemesh_xds_refused_certificate_requests_total counter\n")
+	fmt.Fprintf(w, "nodemesh_xds_refused_certificate_requests_total %d\n", cp.certsRefused.Load())
 }

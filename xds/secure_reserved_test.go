@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,6 +87,12 @@ func TestReservedIdentitiesNeverIssued(t *testing.T) {
 				t.Fatalf("CreateCertificate(%s) = %v; want %s", tc.target, err, tc.want)
 			}
 		})
+	}
+	got := httpGet(t, "http://"+cp.DebugAddr()+"/metrics")
+	for _, want := range []string{"nodemesh_xds_certificates_issued_total 1\n", "nodemesh_xds_refused_certificate_requests_total 3\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, got)
+		}
 	}
 }
 

@@ -174,8 +174,10 @@ func TestCertlessPeerRefused(t *testing.T) {
 	if err == nil {
 		_, err = agentSVIDByToken(t.Context(), t, certlessConn(t, ca, noTokens.XDSAddr()), "tok-a")
 	}
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "certificate required") {
-		t.Fatalf("without Tokens: %v; want the handshake refused (certificate required)", err)
+	// (TLS 1.3 reports it as an alert, EOF or a broken pipe: Unavailable.
+	// The same client gets through the handshake below, with Tokens.)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("without Tokens: %v; want the handshake refused (Unavailable)", err)
 	}
 
 	cp := startTokenControlPlane(t, ca, tokenTable{"tok-a": "node-a"})
