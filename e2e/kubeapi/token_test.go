@@ -84,6 +84,7 @@ func TestAgentTokenBootstrap(t *testing.T) {
 		"unbound":         requestToken(t, kc, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: agentNS}}, "mesh-agent", kubetoken.DefaultAudience),
 		"pod deleted":     requestToken(t, kc, gone, "mesh-agent", kubetoken.DefaultAudience),
 		"not a k8s token": "not-a-token",
+		"forged JWT":      "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bm9kZW1lc2gtc3lzdGVtOm1lc2gtYWdlbnQifQ.c2ln",
 	}
 	zero := int64(0)
 	if err := kc.CoreV1().Pods(agentNS).Delete(ctx, gone.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
@@ -139,7 +140,8 @@ func TestAgentTokenBootstrap(t *testing.T) {
 		{"other account", "system:serviceaccount:default:web"},
 		{"unbound", "not bound to a pod"},
 		{"pod deleted", "not authenticated"},
-		{"not a k8s token", "not authenticated"},
+		{"not a k8s token", "not a JWT"},
+		{"forged JWT", "not authenticated"},
 	} {
 		t.Run("refused: "+tc.token, func(t *testing.T) {
 			_, err := agentSVIDByToken(ctx, t, conn, tokens[tc.token])
