@@ -18,8 +18,12 @@
 // mesh-agent, its entry's first DNS name the node name; see
 // identity/agent.go), renewed by SPIRE, with --spire-admin-socket for the
 // SVIDs of the node's service accounts through SPIRE's Delegated Identity
-// API (selectors k8s:ns:<ns> and k8s:sa:<sa>), which the agent serves to the
-// node's Envoy over local SDS: meshd serves no secrets then. None of them:
+// API, which the agent serves to the node's Envoy over local SDS (meshd
+// serves no secrets then). It asks SPIRE for a service account's SVID by
+// the PID of a live process of one of its pods on this node, so SPIRE's
+// agent attests that process itself and issues only what a pod running
+// here may have (--spire-workload-selectors, asking by k8s:ns:<ns> and
+// k8s:sa:<sa> instead, trusts every node with every identity). None of them:
 // plaintext, for meshd --xds-insecure.
 //
 // SIGTERM/SIGINT exit and leave the pinned programs and maps in place, so
@@ -72,7 +76,8 @@ func run() error {
 	workloadCerts := flag.String("workload-certs-dir", "", "write the SVIDs of the node's service accounts, from meshd's CA (or SPIRE), to DIR/<namespace>/<serviceaccount>/{cert-chain,key,root-cert}.pem for gRPC's file_watcher certificate provider (control-plane mode; needs --xds-cert-dir, --xds-token or --spire-admin-socket)")
 	var sf spireFlags
 	flag.StringVar(&sf.socket, "spire-socket", "", "SPIRE mode: the local SPIRE agent's Workload API (unix:///path/api.sock) for this agent's own SVID (mTLS to meshd; must be spiffe://<td>/ns/nodemesh-system/sa/mesh-agent with --node as the entry's first DNS name); exclusive with --xds-cert-dir and --xds-token")
-	flag.StringVar(&sf.adminSocket, "spire-admin-socket", "", "SPIRE mode: the SPIRE agent's admin socket (unix:///path/admin.sock; Delegated Identity API) for the SVIDs of this node's workloads")
+	flag.StringVar(&sf.adminSocket, "spire-admin-socket", "", "SPIRE mode: the SPIRE agent's admin socket (unix:///path/admin.sock; Delegated Identity API) for the SVIDs of this node's workloads, each asked for by the PID of a live process of one of its pods on this node (found in the pod's cgroup under --cgroup), which SPIRE attests itself (k8s workload attestor); the entries must match the pods (e.g. spire-controller-manager's per-pod entries parented to this node's SPIRE agent)")
+	flag.BoolVar(&sf.bySelectors, "spire-workload-selectors", false, "INSECURE opt-in (SPIRE mode): ask SPIRE for a service account's SVID by the selectors k8s:ns:<ns> and k8s:sa:<sa> instead of by a process of one of its pods on this node; SPIRE then checks nothing about the node, so with entries that match on every node every node's agent can get every service account's SVID: trusts every node with every identity")
 	var logLevel slog.Level
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	trustDomain := flag.String("trust-domain", "cluster.local", "SPIFFE trust domain of meshd's identity")
@@ -140,7 +145,8 @@ func run() error {
 		}
 		cfg := agent.Config{Node: *node, ControlPlane: *controlPlane, DialOptions: dial, CgroupPath: *cgroup, PinDir: *pinDir,
 			NodeIP: ip, EnvoySocket: *envoySocket, EnvoyBootstrapPath: *envoyBootstrap, EnvoyBinary: *envoyBinary,
-			StatusAddr: *statusAddr, XDSCredentials: creds.Status(), WorkloadSVIDs: workloads, LocalSDS: sf.localSDS(*envoySocket), Logger: log}
+			StatusAddr: *statusAddr, XDSCredentials: creds.Status(), WorkloadSVIDs: workloads, WorkloadSVIDsBy: sf.svidRequest(log),
+			LocalSDS: sf.localSDS(*envoySocket), Logger: log}
 		if *workloadCerts != "" && sf.on() {
 			if err := sf.workloadCertsDir(&cfg, *workloadCerts); err != nil {
 				return err

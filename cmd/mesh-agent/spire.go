@@ -24,6 +24,7 @@ const spireStartTimeout = 30 * time.Second
 type spireFlags struct {
 	socket      string // Workload API: the agent's own SVID
 	adminSocket string // Delegated Identity API: its workloads' SVIDs
+	bySelectors bool   // ask for them by k8s selectors, not by a pod's PID
 }
 
 func (f spireFlags) on() bool { return f.socket != "" }
@@ -33,6 +34,8 @@ func (f spireFlags) on() bool { return f.socket != "" }
 // is set.
 func (f spireFlags) check(otherCreds bool, envoySocket string) error {
 	switch {
+	case f.bySelectors && f.adminSocket == "":
+		return errors.New("--spire-workload-selectors needs --spire-admin-socket")
 	case f.adminSocket != "" && f.socket == "":
 		return errors.New("--spire-admin-socket needs --spire-socket")
 	case f.socket != "" && otherCreds:
@@ -53,6 +56,16 @@ func (f spireFlags) workloadSVIDs(sp *identity.SPIRE, log *slog.Logger) identity
 		return nil
 	}
 	return sp
+}
+
+// svidRequest is how SPIRE is asked for the workloads' SVIDs: by a pod's
+// PID unless --spire-workload-selectors (the agent's default for SPIRE).
+func (f spireFlags) svidRequest(log *slog.Logger) agent.SVIDRequest {
+	if !f.bySelectors {
+		return ""
+	}
+	log.Warn("--spire-workload-selectors: asking SPIRE for workload SVIDs by k8s:ns and k8s:sa selectors, not by a process of a pod on this node; SPIRE does not check that the pods run here")
+	return agent.SVIDBySelectors
 }
 
 // workloadCertsDir has the agent write its workloads' SVIDs from SPIRE to

@@ -68,6 +68,8 @@ func TestSPIREFlagsCheck(t *testing.T) {
 		{"admin alone", spireFlags{adminSocket: "unix:///b"}, false, "", "--spire-admin-socket needs --spire-socket"},
 		{"with cert files or token", spireFlags{socket: "unix:///a"}, true, "", "exclusive"},
 		{"envoy without admin", spireFlags{socket: "unix:///a"}, false, "/envoy.sock", "needs --spire-admin-socket"},
+		{"selectors opt-in", spireFlags{socket: "unix:///a", adminSocket: "unix:///b", bySelectors: true}, false, "", ""},
+		{"selectors without admin", spireFlags{socket: "unix:///a", bySelectors: true}, false, "", "--spire-workload-selectors needs --spire-admin-socket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.f.check(tc.otherCreds, tc.envoy)

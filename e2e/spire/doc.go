@@ -11,5 +11,6 @@
 // TestMeshOnSPIRE runs nodemesh in SPIRE mode on them: the real meshd
 // binary (as another uid, told apart by unix:uid selectors) and the real
 // mesh-agent binary (root, eBPF on a test cgroup and pin directory), with
-// SVIDs only from SPIRE.
+// SVIDs only from SPIRE. Its pods are processes in cgroups below the
+// agent's (each as its own uid), which the agent names to SPIRE by PID.
 package spire

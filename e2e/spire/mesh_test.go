@@ -24,7 +24,10 @@ import (
 // the Workload API; the agent's ADS stream is accepted as node-a because
 // its entry has -dns node-a; the agent serves its pod's SVID, from SPIRE's
 // Delegated Identity API, over local SDS and as files, and follows SPIRE's
-// renewals, as meshd does for its own. An agent SVID whose entry names
+// renewals, as meshd does for its own. The agent asks SPIRE by the PID of
+// the process in the pod's cgroup, which SPIRE attests itself: a service
+// account whose pod's process matches no entry gets nothing, though an
+// entry by k8s selectors exists. An agent SVID whose entry names
 // node-b is refused when it claims node-a (by mesh-agent itself at start,
 // and by meshd when a client tries anyway), and meshd refuses to start
 // with an SVID that is not its own ID.
@@ -38,6 +41,9 @@ func TestMeshOnSPIRE(t *testing.T) {
 	t.Run("the agent serves its workload's SVID from SPIRE over local SDS", m.workloadSVIDOverSDS)
 	t.Run("SPIRE's renewals keep the mesh connected", m.renewals)
 	t.Run("the agent writes its workload's SVID from SPIRE for proxyless gRPC", m.workloadSVIDFiles)
+	t.Run("the agent asks SPIRE by the pid of the pod's process", m.svidByPID)
+	t.Run("no SVID for a service account whose pod's process matches no entry", m.noSVIDWithoutMatchingProcess)
+	t.Run("a new process of the pod is attested when the old one exits", m.newPodProcess)
 	t.Run("an agent whose entry names node-b", m.impostor)
 }
 

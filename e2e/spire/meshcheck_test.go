@@ -256,7 +256,7 @@ func (m *spireMesh) workloadSVIDOverSDS(t *testing.T) {
 	}
 	// The SVID SPIRE's Delegated Identity API hands this process is the
 	// same one (or its renewal).
-	direct, err := sp.SVIDFor(ctx, identity.Workload{ID: web, Selectors: []identity.Selector{{Type: "k8s", Value: "ns:demo"}, {Type: "k8s", Value: "sa:web"}}})
+	direct, err := sp.SVIDFor(ctx, identity.Workload{ID: web, PID: m.webPod.pid()})
 	if err != nil {
 		t.Fatal(err)
 	}

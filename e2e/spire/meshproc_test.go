@@ -39,6 +39,8 @@ const (
 const (
 	meshdUID    = 4711 // meshd (uid and gid)
 	impostorGID = 4343 // root with another gid: an agent whose entry names node-b
+	webUID      = 4712 // the process of pod demo/web-0 (uid and gid)
+	dbUID       = 4713 // the process of pod demo/db-0: no entry matches it
 )
 
 // shortTTL is the lifetime of the SVIDs of meshd, the agent of node-a and
@@ -58,6 +60,12 @@ kind: Pod
 metadata: {name: web-0, namespace: demo, labels: {app: web}}
 spec: {nodeName: node-a, serviceAccountName: web, containers: [{name: c, image: x}]}
 status: {phase: Running, podIP: 10.1.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: demo, labels: {app: db}}
+spec: {nodeName: node-a, serviceAccountName: db, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.1.0.11}
 `
 
 // spireMesh is TestMeshOnSPIRE's world: SPIRE, meshd and mesh-agent
@@ -67,6 +75,7 @@ type spireMesh struct {
 	agent                 *Agent // the SPIRE agent of the node
 	base                  string // the test's directory (SPIRE's, meshd's config, the agent's files)
 	meshdID, agentID, web spiffeid.ID
+	db                    spiffeid.ID // a service account of node-a whose pod no entry matches
 	cgroupRoot, pinRoot   string
 
 	xdsAddr, debugAddr string
@@ -77,7 +86,9 @@ type spireMesh struct {
 	statusAddr, envoySocket, workloadCerts string
 	agentArgs                              []string
 	meshAgent                              *process
-	reconnects                             int // the agent's ADS reconnects once synced; -1 before
+	reconnects                             int    // the agent's ADS reconnects once synced; -1 before
+	podCgroups                             string // the agent's --cgroup: pods' cgroups are <ns>_<pod> below
+	webPod, dbPod                          *podProcess
 
 	// own is this test process's SPIRE client: root like the agent of
 	// node-a, so it holds that SVID and is an authorized delegate.
@@ -91,7 +102,7 @@ func startSPIREMesh(t *testing.T) *spireMesh {
 	if os.Getuid() != 0 {
 		t.Skip("needs root: meshd runs under another uid (unix:uid selectors) and mesh-agent loads eBPF programs")
 	}
-	m := &spireMesh{agentID: identity.AgentID(td), web: mustID(t, "demo", "web"), reconnects: -1}
+	m := &spireMesh{agentID: identity.AgentID(td), web: mustID(t, "demo", "web"), db: mustID(t, "demo", "db"), reconnects: -1}
 	m.cgroupRoot, m.pinRoot = requireKernel(t)
 	m.bins = buildMesh(t)
 	srv := StartServer(t, td)
@@ -103,9 +114,14 @@ func startSPIREMesh(t *testing.T) *spireMesh {
 		srv.CreateEntry(t, Entry{Parent: parent, ID: m.meshdID, Selectors: []string{"unix:uid:" + strconv.Itoa(meshdUID)}, X509SVIDTTL: shortTTL})
 		srv.CreateEntry(t, Entry{Parent: parent, ID: m.agentID, Selectors: []string{"unix:uid:0", "unix:gid:0"}, DNSNames: []string{"node-a"}, X509SVIDTTL: shortTTL})
 		srv.CreateEntry(t, Entry{Parent: parent, ID: m.agentID, Selectors: []string{"unix:uid:0", "unix:gid:" + strconv.Itoa(impostorGID)}, DNSNames: []string{"node-b"}})
-		// The pod's service account, with the selectors SPIRE's k8s
-		// workload attestor gives its pods.
-		srv.CreateEntry(t, Entry{Parent: parent, ID: m.web, Selectors: []string{"k8s:ns:demo", "k8s:sa:web"}, X509SVIDTTL: shortTTL})
+		// The pod's service account, matching the process of its pod on
+		// this node only (as spire-controller-manager's per-pod entries
+		// match k8s:pod-uid, parented to the node's SPIRE agent).
+		srv.CreateEntry(t, Entry{Parent: parent, ID: m.web, Selectors: []string{"unix:uid:" + strconv.Itoa(webUID)}, X509SVIDTTL: shortTTL})
+		// db: an entry as for a service account on every node (the k8s
+		// selectors alone, no process of this node matches them): asking
+		// by selectors would get it anywhere.
+		srv.CreateEntry(t, Entry{Parent: parent, ID: m.db, Selectors: []string{"k8s:ns:demo", "k8s:sa:db"}})
 	})
 	if m.own, err = identity.NewSPIRE(identity.SPIREConfig{WorkloadAPIAddr: m.agent.WorkloadAPIAddr, AdminSocketAddr: m.agent.AdminAddr}); err != nil {
 		t.Fatal(err)
@@ -161,6 +177,10 @@ func (m *spireMesh) startMeshAgent(t *testing.T) {
 	if err := os.Mkdir(cgroup, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	m.podCgroups = cgroup
+	// The pods run before the agent starts, as on a node.
+	m.webPod = startPod(t, cgroup, "demo_web-0", webUID)
+	m.dbPod = startPod(t, cgroup, "demo_db-0", dbUID)
 	m.statusAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	m.envoySocket = filepath.Join(m.base, "envoy", "xds.sock")
 	m.workloadCerts = filepath.Join(m.base, "workload-certs")
@@ -174,6 +194,9 @@ func (m *spireMesh) startMeshAgent(t *testing.T) {
 		// this one, so kill here before removing the pins and cgroup.
 		m.meshAgent.cmd.Process.Kill()
 		<-m.meshAgent.exited
+		for _, pod := range []*podProcess{m.webPod, m.dbPod} {
+			pod.remove(t)
+		}
 		os.RemoveAll(pinDir)
 		if err := os.Remove(cgroup); err != nil {
 			t.Logf("remove test cgroup %s: %v", cgroup, err)

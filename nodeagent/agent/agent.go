@@ -68,7 +68,7 @@ func (a *Agent) open() error {
 	a.applier = NewApplier(dp, ads.StateConfig{Node: cfg.Node, ProxyIP: cfg.NodeIP, PodCgroup: cfg.PodCgroup}, cfg.NodeIP, a.log)
 	var applier ads.Applier = a.applier
 	if cfg.WorkloadSVIDs != nil {
-		a.svids = newSVIDManager(svidManagerConfig{Node: cfg.Node, Source: cfg.WorkloadSVIDs, Dir: cfg.WorkloadCertsDir,
+		a.svids = newSVIDManager(svidManagerConfig{Node: cfg.Node, Source: cfg.WorkloadSVIDs, By: cfg.WorkloadSVIDsBy, PodCgroup: cfg.PodCgroup, Dir: cfg.WorkloadCertsDir,
 			Retry: cfg.WorkloadSVIDRetry, BundleRefresh: cfg.WorkloadBundleRefresh, Logger: a.log})
 		applier = ads.ApplierFunc(func(ctx context.Context, res *ads.Resources) error {
 			if err := a.applier.Apply(ctx, res); err != nil {

@@ -69,6 +69,13 @@ type Config struct {
 	// identity.CertClient against meshd's built-in CA, or identity.SPIRE
 	// (Delegated Identity API). Nil: the agent handles no workload SVIDs.
 	WorkloadSVIDs identity.Source
+	// WorkloadSVIDsBy is how WorkloadSVIDs is asked for a service
+	// account's SVID. Default: SVIDByPID for *identity.SPIRE (SPIRE
+	// attests a live process of one of the account's pods on this node,
+	// found through PodCgroup), SVIDByID for any other source (meshd
+	// checks the node). SVIDBySelectors trusts every node with every
+	// identity: only as an explicit opt-in.
+	WorkloadSVIDsBy SVIDRequest
 	// WorkloadCertsDir, when set (needs WorkloadSVIDs), receives each local
 	// service account's SVID as <dir>/<namespace>/<serviceaccount>/
 	// {cert-chain.pem,key.pem,root-cert.pem}, replaced atomically on
@@ -123,6 +130,9 @@ func (c Config) Validate() error {
 	if c.LocalSDS && (c.WorkloadSVIDs == nil || c.EnvoySocket == "") {
 		errs = append(errs, errors.New("local SDS needs a workload SVID source and an envoy socket"))
 	}
+	if err := c.checkSVIDRequest(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.WorkloadSVIDRetry < 0 || c.WorkloadBundleRefresh < 0 {
 		errs = append(errs, errors.New("workload SVID retry and bundle refresh must not be negative"))
 	}
@@ -150,4 +160,25 @@ func (c Config) withDefaults() Config {
 	}
 	c.NodeIP = c.NodeIP.Unmap()
 	return c
+}
+
+// checkSVIDRequest refuses a WorkloadSVIDsBy the source cannot serve.
+func (c Config) checkSVIDRequest() error {
+	switch c.WorkloadSVIDsBy {
+	case "", SVIDByID, SVIDByPID, SVIDBySelectors:
+	default:
+		return fmt.Errorf("workload SVIDs by %q: want %q, %q or %q", c.WorkloadSVIDsBy, SVIDByID, SVIDByPID, SVIDBySelectors)
+	}
+	if c.WorkloadSVIDs == nil {
+		return nil
+	}
+	_, spire := c.WorkloadSVIDs.(*identity.SPIRE)
+	_, watcher := c.WorkloadSVIDs.(identity.Watcher)
+	switch by := svidRequest(c.WorkloadSVIDsBy, c.WorkloadSVIDs); {
+	case by == SVIDByPID && !watcher:
+		return fmt.Errorf("workload SVIDs by pid needs a source that attests processes (identity.SPIRE), not %T", c.WorkloadSVIDs)
+	case by == SVIDByID && spire:
+		return errors.New("workload SVIDs by id: SPIRE's Delegated Identity API is asked by pid (or, trusting every node with every identity, by selectors)")
+	}
+	return nil
 }

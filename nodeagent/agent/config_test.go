@@ -44,6 +44,11 @@ func TestConfigValidate(t *testing.T) {
 		{"relative certs dir", func(c *Config) { c.WorkloadSVIDs, c.WorkloadCertsDir = &identity.CA{}, "certs" }, "must be an absolute path"},
 		{"local sds without a source", func(c *Config) { c.LocalSDS, c.EnvoySocket = true, "/run/nodemesh/xds.sock" }, "local SDS needs"},
 		{"local sds without envoy", func(c *Config) { c.LocalSDS, c.WorkloadSVIDs = true, &identity.CA{} }, "local SDS needs"},
+		{"spire is asked by pid by default", func(c *Config) { c.WorkloadSVIDs = &identity.SPIRE{} }, ""},
+		{"spire by selectors (opt-in)", func(c *Config) { c.WorkloadSVIDs, c.WorkloadSVIDsBy = &identity.SPIRE{}, SVIDBySelectors }, ""},
+		{"spire by id", func(c *Config) { c.WorkloadSVIDs, c.WorkloadSVIDsBy = &identity.SPIRE{}, SVIDByID }, "asked by pid"},
+		{"by pid from a source that attests no processes", func(c *Config) { c.WorkloadSVIDs, c.WorkloadSVIDsBy = &identity.CA{}, SVIDByPID }, "needs a source that attests processes"},
+		{"unknown request mode", func(c *Config) { c.WorkloadSVIDs, c.WorkloadSVIDsBy = &identity.CA{}, "uid" }, `workload SVIDs by "uid"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := good

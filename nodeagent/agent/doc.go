@@ -36,14 +36,39 @@
 // built-in CA through identity.CertClient, or SPIRE's Delegated Identity
 // API through identity.SPIRE) the agent keeps one SVID per service account
 // with pods on the node: the Workloads of each applied resource set whose
-// node is this node (a set is taken only once it is in the kernel). Each
-// is asked for as Workload{ID: spiffe://<td>/ns/<ns>/sa/<sa>, Selectors:
-// k8s:ns:<ns>, k8s:sa:<sa>} and renewed by an identity.Rotator before half
-// its lifetime (a failed fetch keeps the current SVID and is retried after
-// WorkloadSVIDRetry, doubling up to 20s; fetches of one service account
-// are never closer than WorkloadSVIDRetry); the trust bundle comes with
-// each SVID and is re-read every WorkloadBundleRefresh. When the last pod of a service account
-// leaves, its SVID is dropped. They go to:
+// node is this node (a set is taken only once it is in the kernel).
+// Workloads in the mesh's own namespace (identity.AgentNamespace: meshd's
+// and the agents' identities) never get one, whatever they claim. How a
+// service account's SVID is asked for is Config.WorkloadSVIDsBy:
+//
+//   - SVIDByID (the built-in CA): Workload{ID: spiffe://<td>/ns/<ns>/sa/<sa>};
+//     meshd issues it only to the node of one of the account's pods.
+//   - SVIDByPID (the default for identity.SPIRE): Workload{ID, PID} with
+//     the PID of a live process of one of the account's pods on this node,
+//     read from the pod's cgroup.procs (Config.PodCgroup, and the cgroups
+//     below it: containers). SPIRE's agent attests that process itself
+//     (with the k8s workload attestor: pod UID, namespace, service
+//     account) and issues only entries matching it, so a node gets only
+//     what its own pods may have; only an SVID with the account's ID is
+//     taken. The subscription is renewed with another process when the
+//     process leaves the pod's cgroup, the pod leaves the node, or no SVID
+//     came for it within 30s. With no process yet (pod starting) it is
+//     retried and reported in /status (lastError; process names the one
+//     attested). It never falls back to selectors. The agent must see the
+//     node's PIDs (hostPID), as SPIRE's agent does.
+//   - SVIDBySelectors (opt-in, mesh-agent --spire-workload-selectors):
+//     selectors k8s:ns:<ns> and k8s:sa:<sa>, no process. SPIRE then checks
+//     nothing about the node: with entries that match on every node, every
+//     node's agent can get every service account's SVID.
+//
+// Each SVID is renewed by an identity.Rotator before half its lifetime
+// (SPIRE pushes its renewals; a failed fetch keeps the current SVID and is
+// retried after WorkloadSVIDRetry, doubling up to 20s; fetches of one
+// service account are never closer than WorkloadSVIDRetry); the trust
+// bundle comes with each SVID and is re-read every WorkloadBundleRefresh.
+// A service account's files are written by one writer at a time, always
+// with its newest SVID. When the last pod of a service account leaves, its
+// SVID is dropped. They go to:
 //
 //   - Config.WorkloadCertsDir: <dir>/<namespace>/<serviceaccount>/
 //     {cert-chain.pem,key.pem,root-cert.pem} (directories 0700, key 0600),

@@ -26,44 +26,63 @@ type localAccount struct {
 	Pods                      int
 }
 
+// localSet is what localAccounts found.
+type localSet struct {
+	accounts map[string]localAccount // by SPIFFE ID
+	pods     map[string][]podRef     // each account's pods, sorted
+	// skipped: without a usable SPIFFE ID; reserved: in identity.AgentNamespace.
+	skipped, reserved int
+}
+
 // localAccounts picks the service accounts of the workloads placed on
 // node. A workload without a usable SPIFFE ID (meshd found none, or it
 // disagrees with the workload's namespace and service account) is left
 // out and counted in skipped. A workload in the mesh's own namespace
 // (identity.AgentNamespace: meshd's and the agents' identities) never gets
 // an SVID from the agent, whatever it claims: it is counted in reserved.
-func localAccounts(node string, ws map[string]*dataplanev1.Workload) (out map[string]localAccount, skipped, reserved int) {
-	out = map[string]localAccount{}
+func localAccounts(node string, ws map[string]*dataplanev1.Workload) localSet {
+	set := localSet{accounts: map[string]localAccount{}, pods: map[string][]podRef{}}
 	for _, w := range ws {
 		if w.GetNode() != node {
 			continue
 		}
 		if w.GetNamespace() == identity.AgentNamespace {
-			reserved++
+			set.reserved++
 			continue
 		}
 		id, err := spiffeid.FromString(w.GetSpiffeId())
 		if err != nil {
-			skipped++
+			set.skipped++
 			continue
 		}
 		ns, sa, err := identity.ParseWorkloadID(id)
 		if err != nil || ns == identity.AgentNamespace || ns != w.GetNamespace() || sa != w.GetServiceAccount() || !validName(ns) || !validName(sa) {
-			skipped++
+			set.skipped++
 			continue
 		}
-		a := out[id.String()]
+		a := set.accounts[id.String()]
 		a.ID, a.Namespace, a.ServiceAccount = id, ns, sa
 		a.Pods++
-		out[id.String()] = a
+		set.accounts[id.String()] = a
+		set.pods[id.String()] = append(set.pods[id.String()], podRef{w.GetNamespace(), w.GetName()})
 	}
-	return out, skipped, reserved
+	for _, pods := range set.pods {
+		slices.SortFunc(pods, func(a, b podRef) int { return strings.Compare(a.String(), b.String()) })
+	}
+	return set
 }
 
 // svidManagerConfig configures the workload SVID manager.
 type svidManagerConfig struct {
 	Node   string
 	Source identity.Source
+	// By is how Source is asked (svidRequest's default when empty).
+	By SVIDRequest
+	// PodCgroup finds a local pod's cgroup (SVIDByPID).
+	PodCgroup func(namespace, pod string) string
+	// PIDCheck and AttestTimeout: pidSource's check and timeout (default
+	// pidCheckInterval and attestTimeout).
+	PIDCheck, AttestTimeout time.Duration
 	// Dir, when set, receives <ns>/<sa>/{cert-chain,key,root-cert}.pem.
 	Dir string
 	// Retry is the wait after a failed fetch (identity.RotatorConfig's
@@ -86,6 +105,7 @@ type svidManager struct {
 
 	mu        sync.Mutex
 	want      map[string]localAccount // set by SetWorkloads
+	pods      map[string][]podRef     // set by SetWorkloads: each account's pods
 	synced    bool                    // SetWorkloads was called
 	skipped   int
 	reserved  int
@@ -123,6 +143,7 @@ type account struct {
 	lastErr    string
 	lastErrAt  time.Time
 	filesError string
+	process    string // SVIDByPID: the process attested ("" when none)
 }
 
 func newSVIDManager(cfg svidManagerConfig) *svidManager {
@@ -132,9 +153,16 @@ func newSVIDManager(cfg svidManagerConfig) *svidManager {
 	if cfg.BundleRefresh <= 0 {
 		cfg.BundleRefresh = time.Minute
 	}
+	cfg.By = svidRequest(cfg.By, cfg.Source)
+	if cfg.PIDCheck <= 0 {
+		cfg.PIDCheck = pidCheckInterval
+	}
+	if cfg.AttestTimeout <= 0 {
+		cfg.AttestTimeout = attestTimeout
+	}
 	return &svidManager{
 		cfg: cfg, log: cfg.Logger.With("part", "workload svids"), kick: make(chan struct{}, 1),
-		want: map[string]localAccount{}, accounts: map[string]*account{},
+		want: map[string]localAccount{}, pods: map[string][]podRef{}, accounts: map[string]*account{},
 		secrets: map[string]*tlsv3.Secret{}, changed: make(chan struct{}),
 	}
 }
@@ -142,10 +170,10 @@ func newSVIDManager(cfg svidManagerConfig) *svidManager {
 // SetWorkloads takes the workloads of an applied resource set; the
 // service accounts of those on this node get SVIDs.
 func (m *svidManager) SetWorkloads(ws map[string]*dataplanev1.Workload) {
-	want, skipped, reserved := localAccounts(m.cfg.Node, ws)
+	set := localAccounts(m.cfg.Node, ws)
 	m.mu.Lock()
-	same := m.synced && maps.EqualFunc(want, m.want, func(a, b localAccount) bool { return a == b })
-	m.want, m.skipped, m.reserved, m.synced = want, skipped, reserved, true
+	same := m.synced && maps.EqualFunc(set.accounts, m.want, func(a, b localAccount) bool { return a == b })
+	m.want, m.pods, m.skipped, m.reserved, m.synced = set.accounts, set.pods, set.skipped, set.reserved, true
 	m.mu.Unlock()
 	if !same {
 		select {
@@ -227,10 +255,10 @@ func (m *svidManager) reconcile(ctx context.Context) {
 
 func (m *svidManager) startAccount(ctx context.Context, a *account) {
 	ctx, a.cancel = context.WithCancel(ctx)
+	src, w := m.sourceFor(a)
 	rot, err := identity.NewRotator(identity.RotatorConfig{
-		Source: paced(m.cfg.Source, m.cfg.Retry),
-		Workload: identity.Workload{ID: a.ID, Selectors: []identity.Selector{
-			{Type: "k8s", Value: "ns:" + a.Namespace}, {Type: "k8s", Value: "sa:" + a.ServiceAccount}}},
+		Source:        src,
+		Workload:      w,
 		RetryInterval: m.cfg.Retry,
 		OnError:       func(err error) { m.failed(a, err) },
 	})
@@ -258,6 +286,37 @@ func (m *svidManager) startAccount(ctx context.Context, a *account) {
 			m.renewed(a, upd)
 		}
 	}()
+}
+
+// sourceFor is how an account's SVID is asked for (svidManagerConfig.By).
+func (m *svidManager) sourceFor(a *account) (identity.Source, identity.Workload) {
+	switch m.cfg.By {
+	case SVIDBySelectors:
+		return paced(m.cfg.Source, m.cfg.Retry), identity.Workload{ID: a.ID, Selectors: []identity.Selector{
+			{Type: "k8s", Value: "ns:" + a.Namespace}, {Type: "k8s", Value: "sa:" + a.ServiceAccount}}}
+	case SVIDByPID:
+		if w, ok := m.cfg.Source.(identity.Watcher); ok {
+			return &pidSource{src: w, pods: func() []podRef { return m.podsOf(a.ID.String()) }, cgroup: m.cfg.PodCgroup,
+				onPick: func(desc string) { m.picked(a, desc) }, check: m.cfg.PIDCheck, timeout: m.cfg.AttestTimeout}, identity.Workload{ID: a.ID}
+		}
+	}
+	return paced(m.cfg.Source, m.cfg.Retry), identity.Workload{ID: a.ID}
+}
+
+func (m *svidManager) podsOf(id string) []podRef {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.pods[id])
+}
+
+func (m *svidManager) picked(a *account, desc string) {
+	m.mu.Lock()
+	changed := a.process != desc
+	a.process = desc
+	m.mu.Unlock()
+	if changed && desc != "" {
+		m.log.Info("asking SPIRE for the SVID of a process of the service account's pods", "spiffe_id", a.ID, "process", desc)
+	}
 }
 
 func (m *svidManager) failed(a *account, err error) {
@@ -376,11 +435,15 @@ type SVIDStatus struct {
 	LastError      string    `json:"lastError,omitempty"` // of the last failed fetch; cleared by a success
 	LastErrorAt    time.Time `json:"lastErrorAt,omitzero"`
 	FilesError     string    `json:"filesError,omitempty"`
+	// Process is the process SPIRE attests for the SVID (by PID), e.g.
+	// "pid 42 of pod shop/web-0".
+	Process string `json:"process,omitempty"`
 }
 
 // WorkloadSVIDStatus is the workload SVID manager on /status.
 type WorkloadSVIDStatus struct {
 	CertsDir    string       `json:"certsDir,omitempty"`
+	RequestBy   SVIDRequest  `json:"requestBy"` // how the source is asked: id, pid or selectors
 	TrustDomain string       `json:"trustDomain,omitempty"`
 	Roots       int          `json:"roots"`
 	BundleAt    time.Time    `json:"bundleAt,omitzero"`
@@ -394,13 +457,13 @@ type WorkloadSVIDStatus struct {
 func (m *svidManager) Status() WorkloadSVIDStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := WorkloadSVIDStatus{CertsDir: m.cfg.Dir, BundleAt: m.bundleAt, BundleError: m.bundleErr, Skipped: m.skipped, Reserved: m.reserved, Accounts: []SVIDStatus{}}
+	st := WorkloadSVIDStatus{CertsDir: m.cfg.Dir, RequestBy: m.cfg.By, BundleAt: m.bundleAt, BundleError: m.bundleErr, Skipped: m.skipped, Reserved: m.reserved, Accounts: []SVIDStatus{}}
 	if m.bundle != nil {
 		st.TrustDomain, st.Roots = m.bundle.TrustDomain().Name(), len(m.bundle.X509Authorities())
 	}
 	for _, a := range m.accounts {
 		s := SVIDStatus{SPIFFEID: a.ID.String(), Namespace: a.Namespace, ServiceAccount: a.ServiceAccount, Pods: a.Pods,
-			UpdatedAt: a.updatedAt, Renewals: a.renewals, Failures: a.failures, LastError: a.lastErr, LastErrorAt: a.lastErrAt, FilesError: a.filesError}
+			UpdatedAt: a.updatedAt, Renewals: a.renewals, Failures: a.failures, LastError: a.lastErr, LastErrorAt: a.lastErrAt, FilesError: a.filesError, Process: a.process}
 		if a.svid != nil {
 			leaf := a.svid.Certificates[0]
 			s.Serial, s.NotBefore, s.NotAfter = leaf.SerialNumber.String(), leaf.NotBefore, leaf.NotAfter
