@@ -227,8 +227,15 @@ func TestRenderCAModes(t *testing.T) {
 			}
 		}
 	}
-	if ds := yamlOf(t, find(objs, "DaemonSet", "mesh-agent")); strings.Contains(ds, "nodemesh-ca-root") || strings.Contains(ds, "serviceAccountToken") {
+	ds := yamlOf(t, find(objs, "DaemonSet", "mesh-agent"))
+	if strings.Contains(ds, "nodemesh-ca-root") || strings.Contains(ds, "serviceAccountToken") {
 		t.Error("ca.mode=spire: the agent still mounts the bundle ConfigMap or a token for meshd")
+	}
+	if !strings.Contains(ds, "hostPID: true") {
+		t.Error("ca.mode=spire: the agent does not share the host PID namespace (it asks SPIRE by PID)")
+	}
+	if strings.Contains(yamlOf(t, find(mustRender(t, nil), "DaemonSet", "mesh-agent")), "hostPID") {
+		t.Error("ca.mode=builtin: the agent shares the host PID namespace without need")
 	}
 	if _, err := render(t, map[string]any{"ca": map[string]any{"mode": "vault"}}); err == nil || !strings.Contains(err.Error(), "ca.mode") {
 		t.Errorf("ca.mode=vault: err %v, want one naming ca.mode", err)
