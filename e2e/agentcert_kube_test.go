@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -63,7 +62,7 @@ func TestAgentCertOnAPIServer(t *testing.T) {
 	writeFileAt(t, tokenFile, []byte(agentPodToken(t, kc, "mesh-agent-"+n.Name, n.Name)))
 	writeFileAt(t, otherTokenFile, []byte(agentPodToken(t, kc, "mesh-agent-other", "other-node")))
 
-	xdsAddr := startMeshdBin(t, "--kube", "--kubeconfig", srv.Kubeconfig, "--ca-dir", filepath.Join(dir, "ca"),
+	xdsAddr := kubeapi.StartMeshd(t, "--kube", "--kubeconfig", srv.Kubeconfig, "--ca-dir", filepath.Join(dir, "ca"),
 		"--lease-namespace", agentNamespace, "--lease-identity", "meshd-0", "--svid-ttl", "10s")
 	rootsFile := filepath.Join(dir, "ca-root", kubetoken.RootCertKey)
 	if err := pollUntil(30*time.Second, func() error {
@@ -200,49 +199,7 @@ func agentPodToken(t *testing.T, kc kubernetes.Interface, name, node string) str
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp := int64(3600)
-	tr, err := kc.CoreV1().ServiceAccounts(agentNamespace).CreateToken(t.Context(), "mesh-agent", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{kubetoken.DefaultAudience}, ExpirationSeconds: &exp,
-			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("token of pod %s: %v", name, err)
-	}
-	return tr.Status.Token
-}
-
-// startMeshdBin builds cmd/meshd and runs it with args until the test ends;
-// it returns the xDS address once meshd is ready.
-func startMeshdBin(t *testing.T, args ...string) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "meshd")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodemesh/nodemesh/cmd/meshd").CombinedOutput(); err != nil {
-		t.Fatalf("build meshd: %v\n%s", err, out)
-	}
-	xdsAddr, debugAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, append(args, "--xds-addr", xdsAddr, "--debug-addr", debugAddr)...)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("meshd log:\n%s", tail(logs.String(), 4000))
-		}
-	})
-	if err := pollUntil(60*time.Second, func() error {
-		if code := httpCode("http://" + debugAddr + "/readyz"); code != http.StatusOK {
-			return fmt.Errorf("/readyz: %d", code)
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("meshd not ready: %v\n%s", err, tail(logs.String(), 4000))
-	}
-	return xdsAddr
+	return kubeapi.RequestToken(t, kc, pod, "mesh-agent", kubetoken.DefaultAudience)
 }
 
 func pollUntil(d time.Duration, fn func() error) error {

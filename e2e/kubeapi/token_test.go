@@ -1,7 +1,6 @@
 package kubeapi_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,15 +8,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,7 +26,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -77,12 +69,12 @@ func TestAgentTokenBootstrap(t *testing.T) {
 	web := createBoundPod(t, kc, "default", "web-a", "web", "node-a")
 
 	tokens := map[string]string{
-		"node-a":          requestToken(t, kc, agentA, "mesh-agent", kubetoken.DefaultAudience),
-		"node-b":          requestToken(t, kc, agentB, "mesh-agent", kubetoken.DefaultAudience),
-		"wrong audience":  requestToken(t, kc, agentA, "mesh-agent", "https://kubernetes.default.svc.cluster.local"),
-		"other account":   requestToken(t, kc, web, "web", kubetoken.DefaultAudience),
-		"unbound":         requestToken(t, kc, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: agentNS}}, "mesh-agent", kubetoken.DefaultAudience),
-		"pod deleted":     requestToken(t, kc, gone, "mesh-agent", kubetoken.DefaultAudience),
+		"node-a":          kubeapi.RequestToken(t, kc, agentA, "mesh-agent", kubetoken.DefaultAudience),
+		"node-b":          kubeapi.RequestToken(t, kc, agentB, "mesh-agent", kubetoken.DefaultAudience),
+		"wrong audience":  kubeapi.RequestToken(t, kc, agentA, "mesh-agent", "https://kubernetes.default.svc.cluster.local"),
+		"other account":   kubeapi.RequestToken(t, kc, web, "web", kubetoken.DefaultAudience),
+		"unbound":         kubeapi.RequestToken(t, kc, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: agentNS}}, "mesh-agent", kubetoken.DefaultAudience),
+		"pod deleted":     kubeapi.RequestToken(t, kc, gone, "mesh-agent", kubetoken.DefaultAudience),
 		"not a k8s token": "not-a-token",
 		"forged JWT":      "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bm9kZW1lc2gtc3lzdGVtOm1lc2gtYWdlbnQifQ.c2ln",
 	}
@@ -92,7 +84,7 @@ func TestAgentTokenBootstrap(t *testing.T) {
 	}
 
 	caDir := t.TempDir()
-	xdsAddr := startMeshdBinary(t, "--kube", "--kubeconfig", srv.Kubeconfig, "--ca-dir", caDir,
+	xdsAddr := kubeapi.StartMeshd(t, "--kube", "--kubeconfig", srv.Kubeconfig, "--ca-dir", caDir,
 		"--lease-namespace", agentNS, "--lease-identity", "meshd-0")
 
 	// The bundle, as an agent reads it: from the ConfigMap.
@@ -198,72 +190,6 @@ func createBoundPod(t *testing.T, kc kubernetes.Interface, ns, name, sa, node st
 		t.Fatal(err)
 	}
 	return pod
-}
-
-// requestToken issues a token of sa for audience, bound to pod if it has a
-// name (as a projected serviceAccountToken volume is), else unbound.
-func requestToken(t *testing.T, kc kubernetes.Interface, pod *corev1.Pod, sa, audience string) string {
-	t.Helper()
-	exp := int64(3600)
-	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: &exp}}
-	if pod.Name != "" {
-		req.Spec.BoundObjectRef = &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
-	}
-	got, err := kc.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(t.Context(), sa, req, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("token of %s/%s for %s: %v", pod.Namespace, sa, audience, err)
-	}
-	return got.Status.Token
-}
-
-// startMeshdBinary builds cmd/meshd and runs it with args until the test
-// ends; it returns the xDS address once meshd is ready.
-func startMeshdBinary(t *testing.T, args ...string) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "meshd")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodemesh/nodemesh/cmd/meshd").CombinedOutput(); err != nil {
-		t.Fatalf("build meshd: %v\n%s", err, out)
-	}
-	xdsAddr, debugAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, append(args, "--xds-addr", xdsAddr, "--debug-addr", debugAddr)...)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("meshd log:\n%s", logs.String())
-		}
-	})
-	if err := pollFor(60*time.Second, func() error {
-		resp, err := http.Get("http://" + debugAddr + "/readyz")
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s", resp.Status)
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("meshd not ready: %v\n%s", err, logs.String())
-	}
-	return xdsAddr
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func pollFor(d time.Duration, fn func() error) error {
