@@ -115,14 +115,17 @@ func (ca *CA) persist() error {
 		{CACertFile, encodeCerts([]*x509.Certificate{ca.s.cert}), 0o644},
 	}
 	for _, f := range files {
-		if err := writeFileAtomic(filepath.Join(ca.cfg.Dir, f.name), f.data, f.mode); err != nil {
+		if err := WriteFileAtomic(filepath.Join(ca.cfg.Dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("persist ca: %w", err)
 		}
 	}
 	return nil
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+// WriteFileAtomic replaces path with data (mode perm): a temporary file in
+// the same directory, synced, then renamed over path, so that a reader
+// sees the old content or the new one, never a part.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
@@ -143,7 +146,10 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	return nil
 }
 
 func readCerts(path string) ([]*x509.Certificate, error) {

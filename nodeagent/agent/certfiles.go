@@ -56,36 +56,9 @@ func (m *svidManager) writeFilesNow(la localAccount, svid *x509svid.SVID, b *x50
 		data []byte
 		mode os.FileMode
 	}{{RootCertFile, roots, 0o644}, {KeyFile, key, 0o600}, {CertChainFile, chain, 0o644}} {
-		if err := writeFileAtomic(dir, f.name, f.data, f.mode); err != nil {
+		if err := identity.WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("workload certs for %s: %w", la.ID, err)
 		}
-	}
-	return nil
-}
-
-func writeFileAtomic(dir, name string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // gone after the rename; removes it on failure
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("replacing %s: %w", filepath.Join(dir, name), err)
 	}
 	return nil
 }
