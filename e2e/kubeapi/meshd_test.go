@@ -22,6 +22,7 @@ import (
 	"github.com/nodemesh/nodemesh/config"
 	"github.com/nodemesh/nodemesh/config/kube"
 	"github.com/nodemesh/nodemesh/e2e/kubeapi"
+	"github.com/nodemesh/nodemesh/translate/dataplane"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -35,7 +36,8 @@ const (
 // (xds.StartControlPlane with the Kubernetes source as its Feed: serving
 // starts after the caches synced), and an ADS client for node-a that sees the reviews
 // subset clusters and the pod IPs set through the API, then a pod IP change
-// and a DestinationRule deletion.
+// and a DestinationRule deletion; the pod's dataplane Workload carries the
+// UID the API server gave the pod.
 func TestMeshdOnAPIServer(t *testing.T) {
 	srv := kubeapi.Start(t)
 	srv.InstallCRDs(t)
@@ -56,10 +58,12 @@ func TestMeshdOnAPIServer(t *testing.T) {
 
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var src *kube.Source
+	var store *config.Store
 	cp, err := xds.StartControlPlane(xds.ControlPlaneConfig{
 		XDSAddr: "127.0.0.1:0", DebugAddr: "127.0.0.1:0", SyncTimeout: 30 * time.Second, Logger: log,
-		NewFeed: func(store *config.Store) (xds.Feed, error) {
+		NewFeed: func(s *config.Store) (xds.Feed, error) {
 			var err error
+			store = s
 			src, err = kube.New(kube.Config{RESTConfig: srv.Config, Store: store, Logger: log})
 			return src, err
 		},
@@ -86,6 +90,16 @@ func TestMeshdOnAPIServer(t *testing.T) {
 	pod, err := kc.CoreV1().Pods("default").Get(ctx, "reviews-v1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The node agent finds the pod's cgroup by the UID the API server gave it.
+	var uid string
+	for _, w := range dataplane.Translate(store.Snapshot(), "node-a").Workloads {
+		if w.GetNamespace() == "default" && w.GetName() == "reviews-v1" {
+			uid = w.GetPodUid()
+		}
+	}
+	if uid == "" || uid != string(pod.UID) {
+		t.Errorf("dataplane workload default/reviews-v1: pod_uid %q, want the API server's %q", uid, pod.UID)
 	}
 	pod.Status.PodIP, pod.Status.PodIPs = "10.1.0.99", []corev1.PodIP{{IP: "10.1.0.99"}}
 	if _, err := kc.CoreV1().Pods("default").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {

@@ -187,7 +187,7 @@ func (m *Mesh) readWorkloads() {
 		}
 		w.ips = kept
 		w.msg = &dataplanev1.Workload{Namespace: w.ns, Name: w.name, Ips: addrStrings(kept), Identity: w.identity,
-			SpiffeId: m.spiffeID(w), ServiceAccount: w.sa, Node: w.node, NamespaceId: m.nsIDs[w.ns]}
+			SpiffeId: m.spiffeID(w), ServiceAccount: w.sa, Node: w.node, NamespaceId: m.nsIDs[w.ns], PodUid: string(pod.UID)}
 		m.workloads = append(m.workloads, w)
 		m.byIdentity[w.identity] = append(m.byIdentity[w.identity], w)
 	}

@@ -304,8 +304,11 @@ type Workload struct {
 	ServiceAccount string                 `protobuf:"bytes,6,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
 	Node           string                 `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
 	NamespaceId    uint32                 `protobuf:"varint,8,opt,name=namespace_id,json=namespaceId,proto3" json:"namespace_id,omitempty"` // stable numeric id of the namespace
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// pod_uid is the pod's metadata.uid ("" when unknown): the kubelet names
+	// the pod's cgroup after it, where the agent finds the pod's processes.
+	PodUid        string `protobuf:"bytes,9,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Workload) Reset() {
@@ -392,6 +395,13 @@ func (x *Workload) GetNamespaceId() uint32 {
 		return x.NamespaceId
 	}
 	return 0
+}
+
+func (x *Workload) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
 }
 
 // Policy is one AuthorizationPolicy resolved to identities and ports, for
@@ -634,7 +644,7 @@ const file_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
 	"\x06weight\x18\x03 \x01(\rR\x06weight\x12\x12\n" +
-	"\x04node\x18\x04 \x01(\tR\x04node\"\xe7\x01\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\"\x80\x02\n" +
 	"\bWorkload\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
@@ -643,7 +653,8 @@ const file_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x05 \x01(\tR\bspiffeId\x12'\n" +
 	"\x0fservice_account\x18\x06 \x01(\tR\x0eserviceAccount\x12\x12\n" +
 	"\x04node\x18\a \x01(\tR\x04node\x12!\n" +
-	"\fnamespace_id\x18\b \x01(\rR\vnamespaceId\"\xc6\x01\n" +
+	"\fnamespace_id\x18\b \x01(\rR\vnamespaceId\x12\x17\n" +
+	"\apod_uid\x18\t \x01(\tR\x06podUid\"\xc6\x01\n" +
 	"\x06Policy\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x125\n" +
