@@ -114,7 +114,7 @@ func TestPipeline(t *testing.T) {
 		a := a
 		cl, err := ads.New(ads.Config{Node: a.node.Name, ControlPlane: cp.XDSAddr(), Logger: testLogger(),
 			Applier: ads.NewDataplaneApplier(a.dp, ads.StateConfig{Node: a.node.Name, ProxyIP: a.node.IP,
-				PodCgroup: func(ns, pod string) string {
+				PodCgroup: func(ns, pod, _ string) string {
 					if p := names[pod]; p != nil && ns == "shop" {
 						return p.Cgroup
 					}

@@ -60,7 +60,7 @@ func run() error {
 	node := flag.String("node", "", "node name (required)")
 	controlPlane := flag.String("control-plane", "", "meshd gRPC address host:port (full agent mode)")
 	state := flag.String("state", "", "YAML file with the desired dataplane state (standalone mode)")
-	cgroup := flag.String("cgroup", "", "cgroup v2 directory to attach to; local pods' cgroups are <cgroup>/<namespace>_<pod> or <cgroup>/<pod> (default: the cgroup v2 mount, i.e. every process of the node)")
+	cgroup := flag.String("cgroup", "", "cgroup v2 directory to attach to; local pods' cgroups are found below it by pod UID where the kubelet puts them (kubepods.slice/... with the systemd driver, kubepods/... with cgroupfs), else at <cgroup>/<namespace>_<pod> or <cgroup>/<pod> (default: the cgroup v2 mount, i.e. every process of the node)")
 	pinDir := flag.String("pin-dir", "", "bpffs directory for pins (default "+nodeagent.DefaultPinRoot+"/<node>)")
 	nodeIP := flag.String("node-ip", "", "the node's IP as pods see it: node proxy address and host workload (control-plane mode)")
 	envoySocket := flag.String("envoy-socket", "", "unix socket of the local xDS proxy for the node's Envoy; empty: no Envoy side (control-plane mode)")

@@ -25,9 +25,10 @@ type StateConfig struct {
 	// when any NamespaceListener is present.
 	ProxyIP netip.Addr
 	// PodCgroup returns the cgroup v2 directory of a local pod ("" when
-	// unknown); the kernel identifies connecting clients by cgroup. nil
-	// means identities by IP only.
-	PodCgroup func(namespace, pod string) string
+	// unknown) from its namespace, name and UID (Workload.pod_uid; "" when
+	// the control plane did not send one); the kernel identifies connecting
+	// clients by cgroup. nil means identities by IP only.
+	PodCgroup func(namespace, pod, uid string) string
 }
 
 // ToState converts the node's dataplane resources into the kernel half's

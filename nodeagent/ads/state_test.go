@@ -19,8 +19,8 @@ func stateConfig() StateConfig {
 	return StateConfig{
 		Node:    "node-a",
 		ProxyIP: nodeIP,
-		PodCgroup: func(ns, pod string) string {
-			return "/sys/fs/cgroup/pods/" + ns + "_" + pod
+		PodCgroup: func(ns, pod, uid string) string {
+			return "/sys/fs/cgroup/pods/" + ns + "_" + pod + "/" + uid
 		},
 	}
 }
@@ -34,8 +34,9 @@ func meshResources() *Resources {
 			"blog": {Namespace: "blog", OutboundPort: 15011, InboundPort: 15016},
 		},
 		Workloads: map[string]*dataplanev1.Workload{
-			"shop/web-0": {Namespace: "shop", Name: "web-0", Ips: []string{"10.77.1.10", "fd00::10"}, Identity: 100, Node: "node-a"},
-			"shop/db-0":  {Namespace: "shop", Name: "db-0", Ips: []string{"10.77.2.10"}, Identity: 101, Node: "node-b"},
+			"shop/web-0": {Namespace: "shop", Name: "web-0", Ips: []string{"10.77.1.10", "fd00::10"}, Identity: 100, Node: "node-a",
+				PodUid: "5c0f2e1a-7d3b-4f6e-8a9c-1b2d3e4f5a6b"},
+			"shop/db-0": {Namespace: "shop", Name: "db-0", Ips: []string{"10.77.2.10"}, Identity: 101, Node: "node-b"},
 		},
 		Services: map[string]*dataplanev1.Service{
 			"shop/web:80/TCP": {Namespace: "shop", Name: "web", Vips: []string{"10.96.0.10", "fd00:96::10"}, Port: 80, Protocol: dataplanev1.Protocol_TCP, L7: true,
@@ -70,8 +71,8 @@ func TestToState(t *testing.T) {
 		},
 		Workloads: []nodeagent.Workload{
 			{IP: ip("10.77.2.10"), Identity: 101, Namespace: "shop"},
-			{IP: ip("10.77.1.10"), Identity: 100, Namespace: "shop", Local: true, Cgroup: "/sys/fs/cgroup/pods/shop_web-0"},
-			{IP: ip("fd00::10"), Identity: 100, Namespace: "shop", Local: true, Cgroup: "/sys/fs/cgroup/pods/shop_web-0"},
+			{IP: ip("10.77.1.10"), Identity: 100, Namespace: "shop", Local: true, Cgroup: "/sys/fs/cgroup/pods/shop_web-0/5c0f2e1a-7d3b-4f6e-8a9c-1b2d3e4f5a6b"},
+			{IP: ip("fd00::10"), Identity: 100, Namespace: "shop", Local: true, Cgroup: "/sys/fs/cgroup/pods/shop_web-0/5c0f2e1a-7d3b-4f6e-8a9c-1b2d3e4f5a6b"},
 		},
 		Policies: []nodeagent.PolicyRule{
 			{DstIdentity: 100, SrcIdentity: nodeagent.IdentityHost, Verdict: nodeagent.Allow},

@@ -61,7 +61,7 @@ func addWorkload(st *nodeagent.State, cfg StateConfig, ips map[netip.Addr]string
 	local := w.GetNode() == cfg.Node
 	cgroup := ""
 	if local && cfg.PodCgroup != nil {
-		cgroup = cfg.PodCgroup(w.GetNamespace(), w.GetName())
+		cgroup = cfg.PodCgroup(w.GetNamespace(), w.GetName(), w.GetPodUid())
 	}
 	for i, s := range w.GetIps() {
 		ip, err := netip.ParseAddr(s)

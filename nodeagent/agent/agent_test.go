@@ -5,13 +5,16 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -53,18 +56,39 @@ func kernelDirs(t *testing.T) (cgroup, pins string) {
 	}
 	t.Cleanup(func() {
 		_ = os.RemoveAll(pins)
-		entries, _ := os.ReadDir(cgroup)
-		for _, e := range entries {
-			if e.IsDir() {
-				_ = os.Remove(filepath.Join(cgroup, e.Name()))
-			}
-		}
-		if err := os.Remove(cgroup); err != nil {
+		if err := removeCgroupDirs(cgroup); err != nil {
 			t.Errorf("remove test cgroup: %v", err)
 		}
 	})
 	return cgroup, pins
 }
+
+// removeCgroupDirs removes a cgroup and the cgroups below it, deepest
+// first (a cgroup directory goes only with rmdir, once it has no children).
+func removeCgroupDirs(root string) error {
+	var dirs []string
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	slices.SortFunc(dirs, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// testPodUID is web-0's metadata.uid in testMesh; its cgroup is where a
+// kubelet with the systemd cgroup driver puts a Burstable pod.
+const (
+	testPodUID    = "6b8f3c2a-1e4d-4a7b-9c5e-0f1a2b3c4d5e"
+	testPodCgroup = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6b8f3c2a_1e4d_4a7b_9c5e_0f1a2b3c4d5e.slice"
+)
 
 const testMesh = `apiVersion: v1
 kind: Namespace
@@ -72,7 +96,7 @@ metadata: {name: shop}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: web-0, namespace: shop, labels: {app: web}}
+metadata: {name: web-0, namespace: shop, uid: ` + testPodUID + `, labels: {app: web}}
 spec: {nodeName: node-a, serviceAccountName: web, containers: [{name: c, image: x}]}
 status: {phase: Running, podIP: 10.1.0.5, conditions: [{type: Ready, status: "True"}]}
 ---
@@ -86,13 +110,14 @@ spec:
 `
 
 // TestAgent runs the agent against a real meshd on a cgroup of its own:
-// resources reach the maps (the pod found by its cgroup), status HTTP
+// resources reach the maps (the pod found by its UID in a kubelet cgroup
+// tree, made in the real cgroup v2 file system), status HTTP
 // reports the sync, the Envoy side is set up without an Envoy binary, and
 // a stopped agent leaves the maps pinned for the next one, which adopts
 // them.
 func TestAgent(t *testing.T) {
 	cgroup, pins := kernelDirs(t)
-	if err := os.Mkdir(filepath.Join(cgroup, "shop_web-0"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(cgroup, testPodCgroup), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
@@ -227,7 +252,7 @@ func checkDump(t *testing.T, st nodeagent.State, cgroup string) {
 		len(st.Services[0].Backends) != 1 || st.Services[0].Backends[0].IP != netip.MustParseAddr("10.1.0.5") {
 		t.Errorf("services: %+v", st.Services)
 	}
-	podCgroup, err := nodeagent.CgroupID(filepath.Join(cgroup, "shop_web-0"))
+	podCgroup, err := nodeagent.CgroupID(filepath.Join(cgroup, testPodCgroup))
 	if err != nil {
 		t.Fatal(err)
 	}

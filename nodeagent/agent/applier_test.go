@@ -41,7 +41,7 @@ func resources(workloadIP string) *ads.Resources {
 func TestApplier(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nodeIP := netip.MustParseAddr("10.0.0.1")
-	cfg := ads.StateConfig{Node: "n1", ProxyIP: nodeIP, PodCgroup: func(ns, pod string) string { return "/cg/" + ns + "_" + pod }}
+	cfg := ads.StateConfig{Node: "n1", ProxyIP: nodeIP, PodCgroup: func(ns, pod, _ string) string { return "/cg/" + ns + "_" + pod }}
 	host := nodeagent.Workload{IP: nodeIP, Identity: nodeagent.IdentityHost, Local: true}
 	addrCmp := cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
 

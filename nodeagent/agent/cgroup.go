@@ -3,19 +3,36 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"strings"
 )
 
-// CgroupLayout is the default Config.PodCgroup: a local pod's cgroup is the
-// directory <root>/<namespace>_<pod>, or <root>/<pod> when that one does not
-// exist; "" when neither is a directory. It looks at the file system on
-// every call, so pods created after the agent started are found at the next
-// resync.
-func CgroupLayout(root string) func(namespace, pod string) string {
-	return func(namespace, pod string) string {
-		if pod == "" || !validName(pod) || !validName(namespace) {
+// CgroupLayout is the default Config.PodCgroup: it finds a local pod's
+// cgroup v2 directory under root (the cgroup v2 mount, or the directory the
+// kubelet's cgroups are under) by trying, in order:
+//
+//  1. the kubelet's pod cgroup, named after the pod's UID, when uid is set:
+//     with the systemd cgroup driver
+//     kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice,
+//     kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice
+//     and kubepods.slice/kubepods-pod<uid>.slice (Guaranteed), where <uid>
+//     has its dashes replaced by underscores (a dash in a slice name
+//     separates its parents' names); with the cgroupfs driver
+//     kubepods/burstable/pod<uid>, kubepods/besteffort/pod<uid> and
+//     kubepods/pod<uid>, the UID as it is;
+//  2. <root>/<namespace>_<pod>, then <root>/<pod>: the layout of the e2e
+//     netns harness, whose pods have no kubelet.
+//
+// It returns the first candidate that is a directory, "" when none is. It
+// looks at the file system on every call (at most eight Stats, one for a
+// Burstable pod under systemd) and remembers nothing, so pods created after
+// the agent started are found at the next resync and a pod recreated under
+// the same name (new UID) is never given its predecessor's cgroup.
+func CgroupLayout(root string) func(namespace, pod, uid string) string {
+	return func(namespace, pod, uid string) string {
+		if pod == "" || !validName(pod) || !validName(namespace) || !validName(uid) {
 			return ""
 		}
-		for _, name := range []string{namespace + "_" + pod, pod} {
+		for _, name := range podCgroupCandidates(namespace, pod, uid) {
 			dir := filepath.Join(root, name)
 			if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
 				return dir
@@ -25,8 +42,28 @@ func CgroupLayout(root string) func(namespace, pod string) string {
 	}
 }
 
+// podCgroupCandidates lists the directories, relative to the cgroup root,
+// where a pod's cgroup may be, most likely first.
+func podCgroupCandidates(namespace, pod, uid string) []string {
+	var out []string
+	if uid != "" {
+		sd := strings.ReplaceAll(uid, "-", "_")
+		out = append(out,
+			// systemd driver (the kubeadm default since Kubernetes 1.22).
+			"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"+sd+".slice",
+			"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"+sd+".slice",
+			"kubepods.slice/kubepods-pod"+sd+".slice",
+			// cgroupfs driver.
+			"kubepods/burstable/pod"+uid,
+			"kubepods/besteffort/pod"+uid,
+			"kubepods/pod"+uid,
+		)
+	}
+	return append(out, namespace+"_"+pod, pod)
+}
+
 // validName rejects names that would leave root ("..", "a/b"): pod and
-// namespace names come from the control plane.
+// namespace names and pod UIDs come from the control plane.
 func validName(s string) bool {
 	if s == "." || s == ".." {
 		return false

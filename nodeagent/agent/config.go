@@ -39,9 +39,11 @@ type Config struct {
 	// nodeagent.IdentityHost) so that the node reaches default-deny pods.
 	// Optional; without it namespace listeners are NACKed.
 	NodeIP netip.Addr
-	// PodCgroup returns the cgroup v2 directory of a local pod, or "" when
-	// unknown. Default CgroupLayout(CgroupPath).
-	PodCgroup func(namespace, pod string) string
+	// PodCgroup returns the cgroup v2 directory of a local pod from its
+	// namespace, name and UID ("" when the control plane sent none), or ""
+	// when unknown. Default CgroupLayout(CgroupPath): the kubelet's layouts,
+	// then the e2e harness's.
+	PodCgroup func(namespace, pod, uid string) string
 	// EnvoySocket is the unix socket of the local xDS proxy Envoy connects
 	// to. Empty: no Envoy side at all.
 	EnvoySocket string

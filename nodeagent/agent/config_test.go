@@ -3,7 +3,6 @@ package agent
 import (
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,39 +71,5 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if c.NodeIP != netip.MustParseAddr("10.0.0.1") {
 		t.Errorf("node IP %s not unmapped", c.NodeIP)
-	}
-}
-
-func TestCgroupLayout(t *testing.T) {
-	root := t.TempDir()
-	for _, d := range []string{"shop_web-0", "db-0", "shop_db-0"} {
-		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(root, "file"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	resolve := CgroupLayout(root)
-	for _, tc := range []struct{ ns, pod, want string }{
-		{"shop", "web-0", "shop_web-0"}, // <namespace>_<pod>
-		{"other", "db-0", "db-0"},       // falls back to <pod>
-		{"shop", "db-0", "shop_db-0"},   // the namespaced name wins
-		{"shop", "missing", ""},
-		{"shop", "file", ""}, // not a directory
-		{"shop", "..", ""},   // never leaves root
-		{"..", "x", ""},
-		{"shop", "a/b", ""},
-		{"shop", "", ""},
-	} {
-		t.Run(tc.ns+"/"+tc.pod, func(t *testing.T) {
-			want := ""
-			if tc.want != "" {
-				want = filepath.Join(root, tc.want)
-			}
-			if got := resolve(tc.ns, tc.pod); got != want {
-				t.Errorf("got %q, want %q", got, want)
-			}
-		})
 	}
 }

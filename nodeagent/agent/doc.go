@@ -20,11 +20,18 @@
 //
 // Pod cgroups. The kernel identifies a connecting client by its cgroup (a
 // socket has no source address at connect time), so the agent must know
-// where each local pod's cgroup is. Config.PodCgroup answers that; by
-// default (CgroupLayout) a pod's cgroup is a directory right below the
-// node's CgroupPath named "<namespace>_<pod>", or, when that does not
-// exist, "<pod>" (the e2e cluster's layout, whose pods are named after
-// their cgroup). A pod whose cgroup is not found is identified by its IP.
+// where each local pod's cgroup is. Config.PodCgroup answers that from the
+// pod's namespace, name and UID (Workload.pod_uid, meshd's copy of the
+// pod's metadata.uid). By default (CgroupLayout) it is looked for below the
+// node's CgroupPath where a kubelet puts it, named after the UID (systemd
+// or cgroupfs cgroup driver, every QoS class: e.g.
+// kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice
+// or kubepods/besteffort/pod<uid>), then as a directory right below
+// CgroupPath named "<namespace>_<pod>", or "<pod>" (the e2e cluster's
+// layout, whose pods are named after their cgroup). A pod whose cgroup is
+// not found is identified by its IP. The kernel matches the connecting
+// process's own cgroup: the e2e pods' processes are in the pod's cgroup,
+// a kubelet's in container cgroups below it, which are not mapped.
 //
 // Envoy. With Config.EnvoySocket set, the agent writes the Envoy bootstrap
 // (nodeagent/envoy.Bootstrap), serves the xDS socket, and starts Envoy

@@ -64,8 +64,8 @@ const pidCheckInterval = time.Second
 // the next one of the pods (say a pause container no entry matches).
 const attestTimeout = 30 * time.Second
 
-// podRef is a local pod.
-type podRef struct{ Namespace, Name string }
+// podRef is a local pod; UID is "" when the control plane sent none.
+type podRef struct{ Namespace, Name, UID string }
 
 func (p podRef) String() string { return p.Namespace + "/" + p.Name }
 
@@ -78,8 +78,8 @@ func (p podRef) String() string { return p.Namespace + "/" + p.Name }
 // retried likewise. It never falls back to selectors.
 type pidSource struct {
 	src    identity.Watcher
-	pods   func() []podRef                    // the account's pods on the node now
-	cgroup func(namespace, pod string) string // Config.PodCgroup
+	pods   func() []podRef                         // the account's pods on the node now
+	cgroup func(namespace, pod, uid string) string // Config.PodCgroup
 	// onPick reports the process a subscription attests ("" when none).
 	onPick         func(desc string)
 	check, timeout time.Duration
@@ -101,7 +101,7 @@ func (p *pidSource) candidates() ([]pidCandidate, []string) {
 	var out []pidCandidate
 	var missing []string
 	for _, pod := range p.pods() {
-		dir := p.cgroup(pod.Namespace, pod.Name)
+		dir := p.cgroup(pod.Namespace, pod.Name, pod.UID)
 		if dir == "" {
 			missing = append(missing, pod.String()+" (no cgroup)")
 			continue
@@ -146,7 +146,7 @@ func (p *pidSource) alive(c pidCandidate) bool {
 	if !found {
 		return false
 	}
-	dir := p.cgroup(c.pod.Namespace, c.pod.Name)
+	dir := p.cgroup(c.pod.Namespace, c.pod.Name, c.pod.UID)
 	if dir == "" {
 		return false
 	}

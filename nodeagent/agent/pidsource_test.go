@@ -79,7 +79,9 @@ func TestCgroupPIDs(t *testing.T) {
 
 // TestSVIDManagerByPID drives the manager as in SPIRE mode, with pod
 // cgroups in a directory tree (their cgroup.procs files written by the
-// test): no process yet is reported and retried, never asked by
+// test; web-0 found by its UID where a kubelet with the cgroupfs driver
+// puts a Guaranteed pod, db-0 in the e2e harness layout): no process yet
+// is reported and retried, never asked by
 // selectors; a process found is attested by PID; when it leaves its
 // cgroup another one is; a pod whose process SPIRE matches to no entry
 // gets nothing, and that is reported.
@@ -87,7 +89,7 @@ func TestSVIDManagerByPID(t *testing.T) {
 	src := &fakeAttestor{fakeSource: newFakeSource(t), unmatched: map[int32]bool{999: true}}
 	root := t.TempDir()
 	web, db := wid(t, "shop", "web"), wid(t, "shop", "db")
-	webPod := filepath.Join(root, "shop_web-0")
+	webPod := filepath.Join(root, "kubepods", "pod0e7d4c1b-2a3f-4b5c-8d6e-7f8091a2b3c4")
 	writeProcs(t, webPod, "") // starting: no process yet
 	writeProcs(t, filepath.Join(root, "shop_db-0"), "999\n")
 	dir := t.TempDir()
@@ -100,8 +102,10 @@ func TestSVIDManagerByPID(t *testing.T) {
 		cancel()
 		<-done
 	}()
+	webWorkload := workload("shop", "web-0", "web", "node-a")
+	webWorkload.PodUid = "0e7d4c1b-2a3f-4b5c-8d6e-7f8091a2b3c4"
 	m.SetWorkloads(map[string]*dataplanev1.Workload{
-		"shop/web-0": workload("shop", "web-0", "web", "node-a"),
+		"shop/web-0": webWorkload,
 		"shop/db-0":  workload("shop", "db-0", "db", "node-a"),
 	})
 	status := func(id string) SVIDStatus {

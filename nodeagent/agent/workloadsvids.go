@@ -64,7 +64,7 @@ func localAccounts(node string, ws map[string]*dataplanev1.Workload) localSet {
 		a.ID, a.Namespace, a.ServiceAccount = id, ns, sa
 		a.Pods++
 		set.accounts[id.String()] = a
-		set.pods[id.String()] = append(set.pods[id.String()], podRef{w.GetNamespace(), w.GetName()})
+		set.pods[id.String()] = append(set.pods[id.String()], podRef{w.GetNamespace(), w.GetName(), w.GetPodUid()})
 	}
 	for _, pods := range set.pods {
 		slices.SortFunc(pods, func(a, b podRef) int { return strings.Compare(a.String(), b.String()) })
@@ -79,7 +79,7 @@ type svidManagerConfig struct {
 	// By is how Source is asked (svidRequest's default when empty).
 	By SVIDRequest
 	// PodCgroup finds a local pod's cgroup (SVIDByPID).
-	PodCgroup func(namespace, pod string) string
+	PodCgroup func(namespace, pod, uid string) string
 	// PIDCheck and AttestTimeout: pidSource's check and timeout (default
 	// pidCheckInterval and attestTimeout).
 	PIDCheck, AttestTimeout time.Duration
