@@ -34,9 +34,11 @@
 // udp_peers {cookie, peer} (LRU), sock_hash and accel_peers.
 //
 // Choices worth knowing:
-//   - The client of a connect is identified by its cgroup (cgroup_workloads),
-//     then by the socket's bound source address: a pod's socket has no
-//     source address yet when connect4 runs.
+//   - The client of a connect is identified by its cgroup (cgroup_workloads)
+//     or, failing that, its nearest ancestor there (levels 1..16: a
+//     kubelet's container cgroups sit below the mapped pod cgroup), then by
+//     the socket's bound source address: a pod's socket has no source
+//     address yet when connect4 runs.
 //   - Weighted selection: bpf_get_prandom_u32 % total weight, then a binary
 //     search over the cumulative weights of the slots (bpf_loop, 17 steps).
 //   - L7 redirect: a TCP connect to a service with l7_proxy_port != 0 goes to

@@ -217,13 +217,47 @@ __noinline int policy_verdict(__u32 dst_id, __u32 src_id, __u32 port, __u32 prot
 	return VERDICT_ALLOW;
 }
 
-/* client_info finds the calling workload: by the cgroup of the task first
- * (a pod's socket is unbound at connect time), then by the socket's bound
- * source address. */
-static __always_inline struct endpoint_info *client_info(struct bpf_sock_addr *ctx)
+/* CGROUP_MAX_LEVEL is the deepest cgroup v2 level (the root is 0) whose
+ * cgroup cgroup_client looks up as an ancestor of the caller's. A kubelet
+ * puts a pod at level 3 (kubepods.slice/kubepods-burstable.slice/
+ * kubepods-burstable-pod<uid>.slice) and its containers one below; 16
+ * leaves room for a deeper --cgroup and nested runtimes. The caller's own
+ * cgroup is always looked up, whatever its level. */
+#define CGROUP_MAX_LEVEL 16
+
+/* cgroup_client finds the workload of the calling task by its cgroup, or
+ * failing that by its nearest ancestor in cgroup_workloads: the agent maps
+ * a pod's cgroup, and a kubelet runs the pod's processes in container
+ * cgroups below it (.../kubepods-<qos>-pod<uid>.slice/cri-containerd-<id>
+ * .scope). Levels deeper than the caller's give 0 and are skipped, so a
+ * task outside every mapped cgroup costs CGROUP_MAX_LEVEL helper calls and
+ * as many lookups as it has ancestors. A mapped cgroup must therefore not
+ * contain other workloads' cgroups (the node's is never mapped). */
+static __always_inline struct endpoint_info *cgroup_client(void)
 {
 	__u64 cg = bpf_get_current_cgroup_id();
 	struct endpoint_info *ei = bpf_map_lookup_elem(&cgroup_workloads, &cg);
+
+	if (ei)
+		return ei;
+	for (int level = CGROUP_MAX_LEVEL; level > 0; level--) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+		if (!id || id == cg)
+			continue;
+		ei = bpf_map_lookup_elem(&cgroup_workloads, &id);
+		if (ei)
+			return ei;
+	}
+	return 0;
+}
+
+/* client_info finds the calling workload: by the cgroup of the task or its
+ * nearest mapped ancestor first (a pod's socket is unbound at connect
+ * time), then by the socket's bound source address. */
+static __always_inline struct endpoint_info *client_info(struct bpf_sock_addr *ctx)
+{
+	struct endpoint_info *ei = cgroup_client();
 	struct bpf_sock *sk;
 	struct addr src = {};
 

@@ -176,3 +176,78 @@ func TestPolicyUDPServerReplies(t *testing.T) {
 		t.Errorf("sendmsg denied %d replies", denied)
 	}
 }
+
+// TestPolicyNestedCgroup: a kubelet runs a pod's processes in container
+// cgroups below the pod's cgroup, which is the one registered; the client is
+// identified by its nearest registered ancestor (at connect4/6 and
+// sendmsg4), while a process in an unrelated cgroup is not taken for the pod.
+func TestPolicyNestedCgroup(t *testing.T) {
+	e := newEnv(t)
+	const pod, sidecar, server = 210, 211, 310
+	_, podID := e.subCgroup("pod")
+	ctr, _ := e.subCgroup("pod/cri-containerd-1.scope")
+	e.subCgroup("pod/a")
+	e.subCgroup("pod/a/b")
+	deep, _ := e.subCgroup("pod/a/b/c")
+	own, ownID := e.subCgroup("pod/own") // registered itself: nearest wins
+	e.subCgroup("other")
+	other, _ := e.subCgroup("other/cri-containerd-2.scope")
+	e.putCgroupWorkload(podID, pod, 0)
+	e.putCgroupWorkload(ownID, sidecar, 0)
+
+	tcp4 := fmt.Sprintf("127.0.0.22:%d", freePort(t, "tcp4", "127.0.0.22"))
+	tcp6 := fmt.Sprintf("[::1]:%d", freePort(t, "tcp6", "::1"))
+	udp4 := fmt.Sprintf("127.0.0.22:%d", freePort(t, "udp4", "127.0.0.22"))
+	nameServers(t, "tcp4", tcp4)
+	nameServers(t, "tcp6", tcp6)
+	nameServers(t, "udp4", udp4)
+	e.putWorkload("127.0.0.22", server, 0, true)
+	e.putWorkload("::1", server, 0, true)
+
+	type flow struct {
+		name, cgroup, mode, net, addr string
+		allow                         bool
+	}
+	phases := []struct {
+		name   string
+		policy func()
+		flows  []flow
+	}{
+		{"deny from the pod", func() { e.putPolicy(server, pod, 0, 0, VerdictDeny) }, []flow{
+			{"container/tcp4", ctr, "dial", "tcp4", tcp4, false},
+			{"container/tcp6", ctr, "dial", "tcp6", tcp6, false},
+			{"container/udp4-sendto", ctr, "udp-sendto", "udp4", udp4, false},
+			{"three levels below", deep, "dial", "tcp4", tcp4, false},
+			{"registered child", own, "dial", "tcp4", tcp4, true},
+			{"unrelated cgroup", other, "dial", "tcp4", tcp4, true},
+		}},
+		{"allow from the pod only", func() {
+			k := MeshPolicyKey{DstIdentity: server, SrcIdentity: pod}
+			if err := e.objs.Policy.Delete(&k); err != nil {
+				t.Fatal(err)
+			}
+			e.putPolicy(server, pod, 0, 0, VerdictAllow)
+		}, []flow{
+			{"container/tcp4", ctr, "dial", "tcp4", tcp4, true},
+			{"container/tcp6", ctr, "dial", "tcp6", tcp6, true},
+			{"three levels below", deep, "dial", "tcp4", tcp4, true},
+			{"registered child", own, "dial", "tcp4", tcp4, false},
+			{"unrelated cgroup", other, "dial", "tcp4", tcp4, false},
+		}},
+	}
+	for _, p := range phases {
+		p.policy()
+		for _, f := range p.flows {
+			t.Run(p.name+"/"+f.name, func(t *testing.T) {
+				const n = 3
+				res := e.client(f.cgroup, childReq{Mode: f.mode, Net: f.net, Addr: f.addr, N: n})
+				if f.allow && res.Replies[f.addr] != n {
+					t.Errorf("want %d replies, got replies %v errors %v", n, res.Replies, res.Errors)
+				}
+				if !f.allow && res.Errors["EPERM"] != n {
+					t.Errorf("want %d EPERM, got replies %v errors %v", n, res.Replies, res.Errors)
+				}
+			})
+		}
+	}
+}

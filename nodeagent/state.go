@@ -45,9 +45,12 @@ type Backend struct {
 //
 // The kernel finds the identity of a connecting client by its cgroup first
 // (Cgroup or CgroupID: a pod's socket has no source address yet at connect
-// time), then by the socket's bound source address; the destination, and the
-// source of packets arriving at a local pod, are found by IP. Give local pods
-// their cgroup; give remote pods only IP, Identity and Namespace.
+// time), or the nearest ancestor of it that is a workload's (a process in a
+// container cgroup below the pod's counts as the pod), then by the socket's
+// bound source address; the destination, and the source of packets arriving
+// at a local pod, are found by IP. Give local pods their cgroup, never one
+// that holds other workloads' cgroups (such as the node's); give remote pods
+// only IP, Identity and Namespace.
 type Workload struct {
 	IP        netip.Addr `json:"ip"`
 	Identity  uint32     `json:"identity"` // 0 and 1 are reserved (unknown, host)
