@@ -20,7 +20,11 @@ import (
 //     kubepods/burstable/pod<uid>, kubepods/besteffort/pod<uid> and
 //     kubepods/pod<uid>, the UID as it is;
 //  2. <root>/<namespace>_<pod>, then <root>/<pod>: the layout of the e2e
-//     netns harness, whose pods have no kubelet.
+//     netns harness, whose pods have no kubelet. Such a directory counts
+//     only if no cgroup is below it, as an e2e pod's: the kernel gives a
+//     process in a cgroup below a mapped one that one's identity, so a pod
+//     named after a cgroup that holds others (kubepods, system.slice) must
+//     not take theirs.
 //
 // It returns the first candidate that is a directory, "" when none is. It
 // looks at the file system on every call (at most eight Stats, one for a
@@ -32,9 +36,14 @@ func CgroupLayout(root string) func(namespace, pod, uid string) string {
 		if pod == "" || !validName(pod) || !validName(namespace) || !validName(uid) {
 			return ""
 		}
-		for _, name := range podCgroupCandidates(namespace, pod, uid) {
-			dir := filepath.Join(root, name)
-			if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		byUID, byName := podCgroupCandidates(namespace, pod, uid)
+		for _, name := range byUID {
+			if dir := filepath.Join(root, name); isDir(dir) {
+				return dir
+			}
+		}
+		for _, name := range byName {
+			if dir := filepath.Join(root, name); isDir(dir) && !hasSubdir(dir) {
 				return dir
 			}
 		}
@@ -42,13 +51,32 @@ func CgroupLayout(root string) func(namespace, pod, uid string) string {
 	}
 }
 
+func isDir(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
+}
+
+// hasSubdir reports whether dir has a directory in it (or cannot be read).
+func hasSubdir(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return true
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			return true
+		}
+	}
+	return false
+}
+
 // podCgroupCandidates lists the directories, relative to the cgroup root,
-// where a pod's cgroup may be, most likely first.
-func podCgroupCandidates(namespace, pod, uid string) []string {
-	var out []string
+// where a pod's cgroup may be, most likely first: the kubelet's by UID,
+// then the e2e harness's by name.
+func podCgroupCandidates(namespace, pod, uid string) (byUID, byName []string) {
 	if uid != "" {
 		sd := strings.ReplaceAll(uid, "-", "_")
-		out = append(out,
+		byUID = append(byUID,
 			// systemd driver (the kubeadm default since Kubernetes 1.22).
 			"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"+sd+".slice",
 			"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"+sd+".slice",
@@ -59,7 +87,7 @@ func podCgroupCandidates(namespace, pod, uid string) []string {
 			"kubepods/pod"+uid,
 		)
 	}
-	return append(out, namespace+"_"+pod, pod)
+	return byUID, []string{namespace + "_" + pod, pod}
 }
 
 // validName rejects names that would leave root ("..", "a/b"): pod and

@@ -55,6 +55,12 @@ func TestCgroupLayout(t *testing.T) {
 		{name: "harness namespace_pod", dirs: []string{"shop_web-0", "web-0"}, ns: "shop", pod: "web-0", uid: uid, want: "shop_web-0"},
 		{name: "harness pod", dirs: []string{"web-0"}, ns: "shop", pod: "web-0", uid: uid, want: "web-0"},
 		{name: "harness without uid", dirs: []string{systemd["burstable"], "shop_web-0"}, ns: "shop", pod: "web-0", want: "shop_web-0"},
+		// A cgroup that holds others is no e2e pod: the kernel would take
+		// every process below it for this pod.
+		{name: "harness pod named like the kubelet's parent", ns: "shop", pod: "kubepods.slice", uid: uid},
+		{name: "harness pod named like the cgroupfs parent", ns: "shop", pod: "kubepods"},
+		{name: "harness pod named like a system slice", dirs: []string{"system.slice/containerd.service"}, ns: "shop", pod: "system.slice"},
+		{name: "harness namespace_pod with a cgroup below", dirs: []string{"shop_web-0/x", "web-0"}, ns: "shop", pod: "web-0", uid: uid, want: "web-0"},
 		{name: "missing pod", dirs: []string{"shop_db-0"}, ns: "shop", pod: "web-0", uid: uid},
 		{name: "missing pod without uid", ns: "shop", pod: "web-0"},
 		{name: "not a directory", files: []string{"kubepods/pod" + uid, "shop_web-0"}, ns: "shop", pod: "web-0", uid: uid},

@@ -27,11 +27,12 @@
 // or cgroupfs cgroup driver, every QoS class: e.g.
 // kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice
 // or kubepods/besteffort/pod<uid>), then as a directory right below
-// CgroupPath named "<namespace>_<pod>", or "<pod>" (the e2e cluster's
-// layout, whose pods are named after their cgroup). A pod whose cgroup is
-// not found is identified by its IP. The kernel matches the connecting
-// process's own cgroup: the e2e pods' processes are in the pod's cgroup,
-// a kubelet's in container cgroups below it, which are not mapped.
+// CgroupPath named "<namespace>_<pod>", or "<pod>", with no cgroup below
+// it (the e2e cluster's layout, whose pods are named after their cgroup).
+// A pod whose cgroup is not found is identified by its IP. The kernel
+// matches the connecting process's cgroup or its nearest mapped ancestor:
+// the e2e pods' processes are in the pod's cgroup, a kubelet's in
+// container cgroups below it.
 //
 // Envoy. With Config.EnvoySocket set, the agent writes the Envoy bootstrap
 // (nodeagent/envoy.Bootstrap), serves the xDS socket, and starts Envoy
