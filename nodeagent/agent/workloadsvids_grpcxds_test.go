@@ -30,20 +30,10 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	sotwclient "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -56,10 +46,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	grpcxds "google.golang.org/grpc/xds"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/internal/grpcxdstest"
 	"github.com/nodemesh/nodemesh/nodeagent"
 	"github.com/nodemesh/nodemesh/translate/secure"
 	"github.com/nodemesh/nodemesh/xds"
@@ -207,7 +196,7 @@ func TestWorkloadSVIDsGRPCXDS(t *testing.T) {
 		}
 	})
 
-	startServer(t, ctx, echoLis, filesFor(echoDir), clientID)
+	grpcxdstest.StartServer(t, ctx, echoLis, filesFor(echoDir), clientID)
 	call := func(t *testing.T, nodeID string) (caller, serial string, server spiffeid.ID) {
 		t.Helper()
 		c := grpcClient(t, cp, ca, filesFor(clientDir), nodeID)
@@ -424,7 +413,7 @@ func grpcClient(t *testing.T, cp *xds.ControlPlane, ca *identity.CA, files map[s
 	}
 	ads := map[string]any{"certificate_file": files["certificate_file"], "private_key_file": files["private_key_file"], "spiffe_trust_bundle_map_file": bundleMap}
 	node := map[string]any{"id": nodeID, "metadata": map[string]string{xds.MetaProxy: xds.ProxyValueGRPC, xds.MetaNamespace: gNS}}
-	res, err := grpcxds.NewXDSResolverWithConfigForTesting(grpcBootstrap(t, cp.XDSAddr(), ads, node, files))
+	res, err := grpcxds.NewXDSResolverWithConfigForTesting(grpcxdstest.Bootstrap(t, cp.XDSAddr(), ads, node, files))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,133 +427,6 @@ func grpcClient(t *testing.T, cp *xds.ControlPlane, ca *identity.CA, files map[s
 	}
 	t.Cleanup(func() { conn.Close() })
 	return testgrpc.NewTestServiceClient(conn)
-}
-
-func grpcBootstrap(t *testing.T, server string, ads, node, files map[string]any) []byte {
-	t.Helper()
-	creds := []any{map[string]any{"type": "insecure"}}
-	if ads != nil {
-		creds = []any{map[string]any{"type": "tls", "config": ads}}
-	}
-	b, err := json.Marshal(map[string]any{
-		"xds_servers": []any{map[string]any{"server_uri": server, "channel_creds": creds, "server_features": []string{"xds_v3"}}},
-		"node":        node,
-		"certificate_providers": map[string]any{
-			secure.DefaultCertProviderInstance: map[string]any{"plugin_name": "file_watcher", "config": files},
-		},
-		"server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// echoServer answers with the caller's SPIFFE ID and certificate serial.
-type echoServer struct {
-	testgrpc.UnimplementedTestServiceServer
-}
-
-func (echoServer) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, status.Error(codes.Internal, "no peer")
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return nil, status.Errorf(codes.Unauthenticated, "no client certificate (auth info %T)", p.AuthInfo)
-	}
-	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
-	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
-	}
-	return &testgrpc.SimpleResponse{Hostname: id.String(), Username: ti.State.PeerCertificates[0].SerialNumber.String()}, nil
-}
-
-func anyOf(t *testing.T, m proto.Message) *anypb.Any {
-	t.Helper()
-	a, err := anypb.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
-// serverListener is what gRPC's xDS server asks for: mTLS through
-// secure.DownstreamProvider, RBAC allowing only principal.
-func serverListener(t *testing.T, addr *net.TCPAddr, principal spiffeid.ID) *listenerv3.Listener {
-	t.Helper()
-	rbac := &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{
-		Action: rbacconfigv3.RBAC_ALLOW,
-		Policies: map[string]*rbacconfigv3.Policy{"client": {
-			Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}},
-			Principals: []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_Authenticated_{Authenticated: &rbacconfigv3.Principal_Authenticated{
-				PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: principal.String()}},
-			}}}},
-		}},
-	}}
-	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: "inbound",
-		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-			Name: "inbound",
-			VirtualHosts: []*routev3.VirtualHost{{Name: "inbound", Domains: []string{"*"}, Routes: []*routev3.Route{{
-				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
-			}}}},
-		}},
-		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: "rbac", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(t, rbac)}},
-			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(t, &routerv3.Router{})}},
-		},
-	}
-	return &listenerv3.Listener{
-		Name: "grpc/server?xds.resource.listening_address=" + addr.String(),
-		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: addr.IP.String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(addr.Port)}}}},
-		FilterChains: []*listenerv3.FilterChain{{
-			Name:            "inbound-mtls",
-			TransportSocket: secure.DownstreamProvider(secure.DefaultCertProviderInstance),
-			Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(t, hcm)}}},
-		}},
-	}
-}
-
-// startServer runs gRPC's xDS server on lis with the SVID in files,
-// configured by a small ADS server of its own holding its Listener.
-func startServer(t *testing.T, ctx context.Context, lis net.Listener, files map[string]any, principal spiffeid.ID) {
-	t.Helper()
-	addr := lis.Addr().(*net.TCPAddr)
-	nodeID := "grpcsvid-server-" + addr.String()
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]cachetypes.Resource{resourcev3.ListenerType: {serverListener(t, addr, principal)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cache.SetSnapshot(ctx, nodeID, snap); err != nil {
-		t.Fatal(err)
-	}
-	adsLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, scancel := context.WithCancel(ctx)
-	ads := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(ads, serverv3.NewServer(sctx, cache, nil))
-	go ads.Serve(adsLis)
-	t.Cleanup(func() { ads.Stop(); scancel() })
-	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := grpcxds.NewGRPCServer(grpc.Creds(creds),
-		grpcxds.BootstrapContentsForTesting(grpcBootstrap(t, adsLis.Addr().String(), nil, map[string]any{"id": nodeID}, files)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testgrpc.RegisterTestServiceServer(srv, echoServer{})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
 }
 
 // listenLoopback listens on a random 127.79.x.y address.

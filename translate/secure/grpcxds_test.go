@@ -36,36 +36,19 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	grpcxds "google.golang.org/grpc/xds"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/nodemesh/nodemesh/identity"
-	"github.com/nodemesh/nodemesh/translate/secure"
+	"github.com/nodemesh/nodemesh/internal/grpcxdstest"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -83,15 +66,6 @@ func gID(t *testing.T, sa string) spiffeid.ID {
 		t.Fatal(err)
 	}
 	return id
-}
-
-func anyOf(t *testing.T, m proto.Message) *anypb.Any {
-	t.Helper()
-	a, err := anypb.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
 }
 
 // writeSVID writes what the node agent hands a proxyless workload: its
@@ -141,47 +115,6 @@ func adsCreds(t *testing.T, files map[string]any, ca *identity.CA) map[string]an
 	}
 }
 
-func bootstrap(t *testing.T, server string, ads map[string]any, node map[string]any, files map[string]any) []byte {
-	t.Helper()
-	creds := []any{map[string]any{"type": "insecure"}}
-	if ads != nil {
-		creds = []any{map[string]any{"type": "tls", "config": ads}}
-	}
-	b, err := json.Marshal(map[string]any{
-		"xds_servers": []any{map[string]any{"server_uri": server, "channel_creds": creds, "server_features": []string{"xds_v3"}}},
-		"node":        node,
-		"certificate_providers": map[string]any{
-			secure.DefaultCertProviderInstance: map[string]any{"plugin_name": "file_watcher", "config": files},
-		},
-		"server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// echo answers with the SPIFFE ID of the caller, as the server's TLS saw it.
-type echo struct {
-	testgrpc.UnimplementedTestServiceServer
-}
-
-func (echo) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, status.Error(codes.Internal, "no peer")
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return nil, status.Errorf(codes.Unauthenticated, "no client certificate (auth info %T)", p.AuthInfo)
-	}
-	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
-	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
-	}
-	return &testgrpc.SimpleResponse{Hostname: id.String(), Username: ti.State.PeerCertificates[0].SerialNumber.String()}, nil
-}
-
 // writeInto writes an SVID's files into dir, each by rename (as the agent
 // does, so that a watcher never reads half a file).
 func writeInto(t *testing.T, dir string, svid *x509svid.SVID, ca *identity.CA) {
@@ -200,87 +133,6 @@ func writeInto(t *testing.T, dir string, svid *x509svid.SVID, ca *identity.CA) {
 			t.Fatal(err)
 		}
 	}
-}
-
-// serverListener is what gRPC's xDS server asks for: named after its
-// address, mTLS through secure.DownstreamProvider, RBAC allowing only
-// principal, a non-forwarding route.
-func serverListener(t *testing.T, addr *net.TCPAddr, principal spiffeid.ID) *listenerv3.Listener {
-	t.Helper()
-	rbac := &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{
-		Action: rbacconfigv3.RBAC_ALLOW,
-		Policies: map[string]*rbacconfigv3.Policy{"client": {
-			Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}},
-			Principals: []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_Authenticated_{Authenticated: &rbacconfigv3.Principal_Authenticated{
-				PrincipalName: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: principal.String()}},
-			}}}},
-		}},
-	}}
-	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: "inbound",
-		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-			Name: "inbound",
-			VirtualHosts: []*routev3.VirtualHost{{Name: "inbound", Domains: []string{"*"}, Routes: []*routev3.Route{{
-				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
-			}}}},
-		}},
-		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: "rbac", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(t, rbac)}},
-			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(t, &routerv3.Router{})}},
-		},
-	}
-	l := &listenerv3.Listener{
-		Name: "grpc/server?xds.resource.listening_address=" + addr.String(),
-		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: addr.IP.String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(addr.Port)}}}},
-		FilterChains: []*listenerv3.FilterChain{{
-			Name:            "inbound-mtls",
-			TransportSocket: secure.DownstreamProvider(secure.DefaultCertProviderInstance),
-			Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager",
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(t, hcm)}}},
-		}},
-	}
-	if err := l.ValidateAll(); err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// startServer runs a gRPC xDS server on addr with the SVID in files,
-// configured by its own small ADS server holding only its Listener.
-func startServer(t *testing.T, ctx context.Context, lis net.Listener, files map[string]any, principal spiffeid.ID) {
-	t.Helper()
-	addr := lis.Addr().(*net.TCPAddr)
-	nodeID := "grpcsec-server-" + addr.String()
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]cachetypes.Resource{resourcev3.ListenerType: {serverListener(t, addr, principal)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cache.SetSnapshot(ctx, nodeID, snap); err != nil {
-		t.Fatal(err)
-	}
-	adsLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ads := grpc.NewServer()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(ads, serverv3.NewServer(ctx, cache, nil))
-	go ads.Serve(adsLis)
-	t.Cleanup(ads.Stop)
-	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := grpcxds.NewGRPCServer(grpc.Creds(creds),
-		grpcxds.BootstrapContentsForTesting(bootstrap(t, adsLis.Addr().String(), nil, map[string]any{"id": nodeID}, files)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testgrpc.RegisterTestServiceServer(srv, echo{})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
 }
 
 // listenPods listens on n loopback addresses 127.78.B.(11+i) on one port.
@@ -364,8 +216,8 @@ func TestGRPCXDSMutualTLS(t *testing.T) {
 	clientID, otherID := gID(t, "client"), gID(t, "other")
 
 	// The servers: the real echo-server, and an impostor with another SVID.
-	startServer(t, ctx, pods[0], writeSVID(t, ca, gID(t, "echo-server")), clientID)
-	startServer(t, ctx, pods[1], writeSVID(t, ca, gID(t, "impostor")), clientID)
+	grpcxdstest.StartServer(t, ctx, pods[0], writeSVID(t, ca, gID(t, "echo-server")), clientID)
+	grpcxdstest.StartServer(t, ctx, pods[1], writeSVID(t, ca, gID(t, "impostor")), clientID)
 
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(meshYAML(echoAddr, impostorAddr)), 0o644); err != nil {
@@ -391,7 +243,7 @@ func TestGRPCXDSMutualTLS(t *testing.T) {
 	clientWith = func(t *testing.T, files map[string]any, nodeID, service string) testgrpc.TestServiceClient {
 		t.Helper()
 		node := map[string]any{"id": nodeID, "metadata": map[string]string{xds.MetaProxy: xds.ProxyValueGRPC, xds.MetaNamespace: gNS}}
-		res, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap(t, cp.XDSAddr(), adsCreds(t, files, ca), node, files))
+		res, err := grpcxds.NewXDSResolverWithConfigForTesting(grpcxdstest.Bootstrap(t, cp.XDSAddr(), adsCreds(t, files, ca), node, files))
 		if err != nil {
 			t.Fatal(err)
 		}
