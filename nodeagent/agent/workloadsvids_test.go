@@ -266,9 +266,10 @@ func TestSVIDManager(t *testing.T) {
 		if identity.NeedsRotation(first.Certificates[0], time.Now()) {
 			t.Errorf("renewed only after the half-life (NotAfter %s)", first.Certificates[0].NotAfter)
 		}
+		// The files are written before the secrets are published.
 		select {
 		case <-changed:
-		default:
+		case <-time.After(5 * time.Second):
 			t.Error("secret watchers were not told")
 		}
 		waitUntil(t, "the renewed secret", 5*time.Second, func() bool {
