@@ -2,14 +2,8 @@ package xds
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,9 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/translate/secure"
@@ -82,7 +74,9 @@ func TestReservedIdentitiesNeverIssued(t *testing.T) {
 		{"agent asks for a workload on its node", agent, "", productpage, codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := createCertificate(t, tc.conn, tc.token, tc.target)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := requestSVID(ctx, t, tc.conn, tc.token, tc.target)
 			if status.Code(err) != tc.want {
 				t.Fatalf("CreateCertificate(%s) = %v; want %s", tc.target, err, tc.want)
 			}
@@ -94,25 +88,4 @@ func TestReservedIdentitiesNeverIssued(t *testing.T) {
 			t.Errorf("/metrics lacks %q:\n%s", want, got)
 		}
 	}
-}
-
-// createCertificate asks for target's SVID, with token as bearer if set.
-func createCertificate(t *testing.T, conn *grpc.ClientConn, token string, target spiffeid.ID) (*securityv1alpha1.IstioCertificateResponse, error) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{target.URL()}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	}
-	return securityv1alpha1.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
-		Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
-	})
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -75,19 +77,33 @@ func certlessConn(t *testing.T, ca *identity.CA, addr string) *grpc.ClientConn {
 	return conn
 }
 
-// agentSVIDByToken asks CreateCertificate for the agent identity with a
-// bearer token and no client certificate.
+// agentSVIDByToken asks for the caller's own identity (a CSR without
+// names) with token as bearer.
 func agentSVIDByToken(ctx context.Context, t *testing.T, conn *grpc.ClientConn, token string) (*x509svid.SVID, error) {
+	t.Helper()
+	return requestSVID(ctx, t, conn, token, spiffeid.ID{})
+}
+
+// requestSVID calls CreateCertificate for target (none: the caller's
+// own), with token as bearer when set, and returns the SVID without the
+// root.
+func requestSVID(ctx context.Context, t *testing.T, conn *grpc.ClientConn, token string, target spiffeid.ID) (*x509svid.SVID, error) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	tmpl := &x509.CertificateRequest{}
+	if !target.IsZero() {
+		tmpl.URIs = []*url.URL{target.URL()}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
 	resp, err := securityv1alpha1.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
 		Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
 	})
