@@ -39,8 +39,15 @@ type RotatorConfig struct {
 	RenewFraction float64
 	// RetryInterval is the wait after a failed fetch, or after a fetch
 	// that returned the SVID already held (SPIRE renews on its own
-	// schedule). Default 5s.
+	// schedule), and the least wait between two fetches: an SVID already
+	// past its renewal time (a source's cache handing out an aged one, a
+	// CA whose clock lags) is not fetched again at once, in a loop.
+	// Default 5s.
 	RetryInterval time.Duration
+	// MaxRetryInterval, when above RetryInterval, makes the wait after
+	// consecutive failed fetches double from RetryInterval up to it; zero
+	// keeps it at RetryInterval.
+	MaxRetryInterval time.Duration
 	// FetchTimeout bounds one fetch (default 30s).
 	FetchTimeout time.Duration
 	// OnError, if set, is told about every failed fetch (the caller logs;
@@ -59,6 +66,8 @@ func (c RotatorConfig) Validate() error {
 		return fmt.Errorf("rotator config: RenewFraction %g must be in (0, 0.5) to renew before the half-life", c.RenewFraction)
 	case c.RetryInterval < 0:
 		return fmt.Errorf("rotator config: RetryInterval %s is negative", c.RetryInterval)
+	case c.MaxRetryInterval < 0:
+		return fmt.Errorf("rotator config: MaxRetryInterval %s is negative", c.MaxRetryInterval)
 	case c.FetchTimeout < 0:
 		return fmt.Errorf("rotator config: FetchTimeout %s is negative", c.FetchTimeout)
 	}
@@ -143,6 +152,7 @@ func (r *Rotator) Run(ctx context.Context) error {
 	if w, ok := r.cfg.Source.(Watcher); ok {
 		return r.runWatch(ctx, w)
 	}
+	failures := 0
 	for {
 		wait := r.cfg.RetryInterval
 		upd, err := r.fetch(ctx)
@@ -154,13 +164,15 @@ func (r *Rotator) Run(ctx context.Context) error {
 			if r.cfg.OnError != nil {
 				r.cfg.OnError(err)
 			}
+			failures++
+			wait = r.backoff(failures)
 		case r.changed(upd):
+			failures = 0
 			r.publish(upd)
-			wait = time.Until(renewAt(upd.SVID.Certificates[0], r.cfg.RenewFraction))
+			wait = max(time.Until(renewAt(upd.SVID.Certificates[0], r.cfg.RenewFraction)), r.cfg.RetryInterval)
+		default:
+			failures = 0
 		}
-		// A new SVID already past its renewal time (a source's cache may
-		// hand out an aged one) is fetched again at once; if that returns
-		// the same SVID, the unchanged case above waits RetryInterval.
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -171,6 +183,16 @@ func (r *Rotator) Run(ctx context.Context) error {
 		case <-timer.C:
 		}
 	}
+}
+
+// backoff is the wait after the given number of consecutive failed
+// fetches: RetryInterval, doubling up to MaxRetryInterval.
+func (r *Rotator) backoff(failures int) time.Duration {
+	wait := r.cfg.RetryInterval
+	for i := 1; i < failures && wait < r.cfg.MaxRetryInterval; i++ {
+		wait *= 2
+	}
+	return max(min(wait, r.cfg.MaxRetryInterval), r.cfg.RetryInterval)
 }
 
 // runWatch follows a Watcher, resuming after RetryInterval when the watch

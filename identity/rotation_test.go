@@ -340,3 +340,57 @@ func TestShortSVIDNotDueAtIssue(t *testing.T) {
 		}
 	}
 }
+
+// The rotator never asks its source in a loop: SVIDs already past their
+// renewal time (a CA whose clock lags 50 minutes, TTL 1h) are fetched once
+// per RetryInterval, and failures back off from RetryInterval, doubling up
+// to MaxRetryInterval.
+func TestRotatorPacesFetches(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		lag       time.Duration
+		fail      int
+		max       time.Duration
+		firstAt   time.Duration // fake time of the first SVID
+		callsAt10 int           // fetches in the first 10s
+	}{
+		{name: "aged SVIDs", lag: 50 * time.Minute, firstAt: 0, callsAt10: 6},                 // 0,2,4,6,8,10
+		{name: "failures back off", fail: 4, max: 8 * time.Second, firstAt: 22 * time.Second}, // 0,2,6,14 fail; 22 ok
+		{name: "failures without a maximum", fail: 4, firstAt: 8 * time.Second, callsAt10: 5}, // 0,2,4,6 fail; 8 ok
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ca := newTestCA(t, CAConfig{SVIDTTL: time.Hour, Now: func() time.Time { return time.Now().Add(-tc.lag) }})
+				src := &flakySource{ca: ca, fail: tc.fail}
+				r, err := NewRotator(RotatorConfig{Source: src, Workload: Workload{ID: mustWorkloadID(t, "demo", "web")},
+					RetryInterval: 2 * time.Second, MaxRetryInterval: tc.max})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				done := make(chan error)
+				start := time.Now()
+				go func() { done <- r.Run(ctx) }()
+				sub := r.Subscribe()
+				if _, err := sub.Next(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if got := time.Since(start); got != tc.firstAt {
+					t.Errorf("first SVID after %s, want %s", got, tc.firstAt)
+				}
+				if tc.callsAt10 > 0 {
+					time.Sleep(10*time.Second - time.Since(start) + time.Millisecond)
+					synctest.Wait()
+					src.mu.Lock()
+					calls := src.calls
+					src.mu.Unlock()
+					if calls != tc.callsAt10 {
+						t.Errorf("%d fetches in 10s, want %d", calls, tc.callsAt10)
+					}
+				}
+				cancel()
+				<-done
+			})
+		})
+	}
+}

@@ -253,14 +253,23 @@ func (m *svidManager) reconcile(ctx context.Context) {
 	}
 }
 
+// maxSVIDBackoff caps the wait between failed fetches of one account's
+// SVID (identity.RotatorConfig.MaxRetryInterval), below the rotator's 30s
+// fetch timeout.
+const maxSVIDBackoff = 20 * time.Second
+
+// startAccount runs a rotator for a's SVID, fetches paced by it (Retry
+// apart at least, failures backing off to maxSVIDBackoff), and installs
+// every SVID it delivers.
 func (m *svidManager) startAccount(ctx context.Context, a *account) {
 	ctx, a.cancel = context.WithCancel(ctx)
 	src, w := m.sourceFor(a)
 	rot, err := identity.NewRotator(identity.RotatorConfig{
-		Source:        src,
-		Workload:      w,
-		RetryInterval: m.cfg.Retry,
-		OnError:       func(err error) { m.failed(a, err) },
+		Source:           src,
+		Workload:         w,
+		RetryInterval:    m.cfg.Retry,
+		MaxRetryInterval: maxSVIDBackoff,
+		OnError:          func(err error) { m.failed(a, err) },
 	})
 	if err != nil { // only a broken config: Source and Workload are set
 		m.failed(a, err)
@@ -292,7 +301,7 @@ func (m *svidManager) startAccount(ctx context.Context, a *account) {
 func (m *svidManager) sourceFor(a *account) (identity.Source, identity.Workload) {
 	switch m.cfg.By {
 	case SVIDBySelectors:
-		return paced(m.cfg.Source, m.cfg.Retry), identity.Workload{ID: a.ID, Selectors: []identity.Selector{
+		return m.cfg.Source, identity.Workload{ID: a.ID, Selectors: []identity.Selector{
 			{Type: "k8s", Value: "ns:" + a.Namespace}, {Type: "k8s", Value: "sa:" + a.ServiceAccount}}}
 	case SVIDByPID:
 		if w, ok := m.cfg.Source.(identity.Watcher); ok {
@@ -300,7 +309,7 @@ func (m *svidManager) sourceFor(a *account) (identity.Source, identity.Workload)
 				onPick: func(desc string) { m.picked(a, desc) }, check: m.cfg.PIDCheck, timeout: m.cfg.AttestTimeout}, identity.Workload{ID: a.ID}
 		}
 	}
-	return paced(m.cfg.Source, m.cfg.Retry), identity.Workload{ID: a.ID}
+	return m.cfg.Source, identity.Workload{ID: a.ID}
 }
 
 func (m *svidManager) podsOf(id string) []podRef {
